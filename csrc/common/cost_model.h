@@ -1,0 +1,33 @@
+// Which algorithm sl_matmul uses for one call. Torch-free so the C++
+// microbenchmarks can print what the extension would choose.
+#pragma once
+
+#include <cstdint>
+
+namespace sltrain {
+
+enum class MatmulPath : int {
+  kAuto = 0,          // decided by choose_matmul_path
+  kFactored = 1,      // (x @ A^T) @ B^T * s + x @ S^T: no m x n matrix at all
+  kMaterialized = 2,  // W = s * B @ A + S built in row chunks, then dense GEMMs
+};
+
+// Forward + backward multiply-adds of each path, with a sparse multiply-add
+// weighted by sparse_cost: how many dense GEMM multiply-adds it costs on the
+// device at hand. The factored path does 2br(3m + 4n) dense flops and three
+// sparse passes (SpMM, transposed SpMM, SDDMM); the materialised one builds W
+// twice, runs three b x m x n GEMMs and two m x n x r ones.
+inline MatmulPath choose_matmul_path(int64_t b, int64_t m, int64_t n, int64_t r, int64_t nnz,
+                                     double sparse_cost) {
+  const double bd = double(b), md = double(m), nd = double(n), rd = double(r);
+  const double factored = 2 * bd * rd * (3 * md + 4 * nd) + 3 * 2 * sparse_cost * bd * double(nnz);
+  const double materialized = 8 * md * nd * rd + 6 * bd * md * nd;
+  return factored <= materialized ? MatmulPath::kFactored : MatmulPath::kMaterialized;
+}
+
+// Measured by benchmarks/bench_layer.py --sweep-paths on the CPU of the CI
+// machine (2-core AMD EPYC, AVX2): our vectorised CSR loops against oneDNN's
+// float32 GEMM.
+constexpr double kCpuSparseCost = 4.0;
+
+}  // namespace sltrain

@@ -1,0 +1,333 @@
+// CPU kernels of the sltrain ops: ATen glue around csrc/cpu/torch_free_kernels.
+// Dense sub-products go to at::mm (oneDNN/MKL); the sparse parts, the support
+// sampler and Adam are our own loops. Half-precision inputs are computed in
+// float32 and rounded once at the end, so every reduction accumulates in fp32.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "../checks.h"
+#include "../config.h"
+#include "torch_free_kernels/kernels.h"
+
+namespace sltrain {
+namespace {
+
+using at::Tensor;
+
+at::ScalarType compute_dtype(const Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+Tensor to_compute(const Tensor& t) { return t.to(compute_dtype(t)).contiguous(); }
+
+// t [..., features] as a [tokens, features] matrix in the compute dtype.
+Tensor flatten_tokens(const Tensor& t, int64_t features) {
+  const int64_t tokens = c10::multiply_integers(t.sizes().slice(0, t.dim() - 1));
+  return to_compute(t.reshape({tokens, features}));
+}
+
+// The CSR operands of one call, checked and ready for the kernels.
+struct Csr {
+  Tensor row_ptr, col_idx, values;  // values in the compute dtype
+  int64_t m, n, nnz;
+
+  const int32_t* rows() const { return row_ptr.data_ptr<int32_t>(); }
+  const int32_t* cols() const { return col_idx.data_ptr<int32_t>(); }
+};
+
+// row_ptr, contiguous, after an O(m) check that it starts at 0, never
+// decreases and ends at nnz; column bounds are checked by the kernels.
+Tensor checked_row_ptr(const char* op, const Tensor& row_ptr, int64_t m, int64_t nnz) {
+  Tensor rows = row_ptr.contiguous();
+  const int32_t* rp = rows.data_ptr<int32_t>();
+  const auto check = cpu::check_row_ptr(m, nnz, rp);
+  switch (check.kind) {
+    case cpu::RowPtrCheck::kNonzeroStart:
+      TORCH_CHECK_VALUE(false, op, ": `row_ptr` must start at 0, got ", rp[0]);
+    case cpu::RowPtrCheck::kDecreasing:
+      TORCH_CHECK_VALUE(false, op, ": `row_ptr` must be non-decreasing, but row_ptr[", check.row + 1,
+                        "] = ", rp[check.row + 1], " < row_ptr[", check.row, "] = ", rp[check.row]);
+    case cpu::RowPtrCheck::kWrongEnd:
+      TORCH_CHECK_VALUE(false, op, ": `row_ptr` must end at nnz = ", nnz, ", got ", rp[m]);
+    case cpu::RowPtrCheck::kValid:
+      break;
+  }
+  return rows;
+}
+
+Csr make_csr(const char* op, const Tensor& row_ptr, const Tensor& col_idx, const Tensor& values,
+             const FactorDims& dims) {
+  return Csr{checked_row_ptr(op, row_ptr, dims.m, dims.nnz), col_idx.contiguous(),
+             to_compute(values), dims.m, dims.n, dims.nnz};
+}
+
+void check_columns(const char* op, bool in_range, const Csr& csr) {
+  TORCH_CHECK_VALUE(in_range, op, ": `col_idx` has entries outside [0, n) with n = ", csr.n);
+}
+
+bool use_factored_path(int64_t b, const FactorDims& dims) {
+  MatmulPath path = matmul_path_override();
+  if (path == MatmulPath::kAuto)
+    path = choose_matmul_path(b, dims.m, dims.n, dims.r, dims.nnz, kCpuSparseCost);
+  return path == MatmulPath::kFactored;
+}
+
+// Rows of W per chunk of the materialised path, so that `copies` m x n-row
+// buffers of the compute dtype fit the workspace.
+int64_t rows_per_chunk(const FactorDims& dims, int64_t copies, const Tensor& like) {
+  const int64_t row_bytes = std::max<int64_t>(1, dims.n * like.element_size() * copies);
+  return std::clamp<int64_t>(matmul_workspace_bytes() / row_bytes, 1, std::max<int64_t>(dims.m, 1));
+}
+
+// Rows [row_begin, row_end) of W = scale * B @ A + S.
+Tensor materialize_rows(const char* op, const Tensor& A, const Tensor& B, const Csr& csr,
+                        double scale, int64_t row_begin, int64_t row_end) {
+  Tensor w = at::mm(B.narrow(0, row_begin, row_end - row_begin), A).mul_(scale);
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "materialize_rows", [&] {
+    check_columns(op,
+                  cpu::csr_scatter_add_rows(row_begin, row_end, csr.n, csr.rows(), csr.cols(),
+                                            csr.values.data_ptr<scalar_t>(),
+                                            w.data_ptr<scalar_t>(), w.stride(0)),
+                  csr);
+  });
+  return w;
+}
+
+Tensor sl_matmul_cpu(const Tensor& x, const Tensor& A, const Tensor& B, const Tensor& values,
+                     const Tensor& row_ptr, const Tensor& col_idx, double scale,
+                     const std::optional<Tensor>& bias) {
+  constexpr const char* op = "sl_matmul";
+  const FactorDims dims = check_factors(op, A, B, values, row_ptr, col_idx, scale);
+  check_input(op, "x", x, dims.n, A, "n");
+  check_bias(op, bias, dims, A);
+  const Csr csr = make_csr(op, row_ptr, col_idx, values, dims);
+
+  const Tensor x2 = flatten_tokens(x, dims.n);
+  const Tensor a = to_compute(A), b_factor = to_compute(B);
+  const int64_t batch = x2.size(0);
+  Tensor y;
+  if (use_factored_path(batch, dims)) {
+    const Tensor x_t = x2.t().contiguous();
+    Tensor y_t = at::empty({dims.m, batch}, x2.options());
+    AT_DISPATCH_FLOATING_TYPES(x2.scalar_type(), "sl_matmul_cpu", [&] {
+      check_columns(op,
+                    cpu::csr_spmm(dims.m, dims.n, batch, csr.rows(), csr.cols(),
+                                  csr.values.data_ptr<scalar_t>(), x_t.data_ptr<scalar_t>(),
+                                  x_t.stride(0), y_t.data_ptr<scalar_t>(), y_t.stride(0)),
+                    csr);
+    });
+    y = at::addmm(y_t.t(), at::mm(x2, a.t()), b_factor.t(), 1.0, scale);
+  } else {
+    y = at::empty({batch, dims.m}, x2.options());
+    const int64_t chunk = rows_per_chunk(dims, 1, x2);
+    for (int64_t row = 0; row < dims.m; row += chunk) {
+      const int64_t row_end = std::min(dims.m, row + chunk);
+      const Tensor w = materialize_rows(op, a, b_factor, csr, scale, row, row_end);
+      Tensor y_chunk = y.narrow(1, row, row_end - row);
+      at::mm_out(y_chunk, x2, w.t());
+    }
+  }
+  if (bias.has_value()) y.add_(*bias);
+  auto out_sizes = x.sizes().vec();
+  out_sizes.back() = dims.m;
+  return y.to(x.scalar_type()).view(out_sizes);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cpu(
+    const Tensor& grad_y, const Tensor& x, const Tensor& A, const Tensor& B, const Tensor& values,
+    const Tensor& row_ptr, const Tensor& col_idx, double scale, std::array<bool, 4> output_mask) {
+  constexpr const char* op = "sl_matmul_backward";
+  const FactorDims dims = check_factors(op, A, B, values, row_ptr, col_idx, scale);
+  check_input(op, "x", x, dims.n, A, "n");
+  check_grad_output(op, grad_y, x, dims, A);
+  const Csr csr = make_csr(op, row_ptr, col_idx, values, dims);
+  const auto [need_dx, need_dA, need_dB, need_dvalues] = output_mask;
+
+  const Tensor g2 = flatten_tokens(grad_y, dims.m);
+  const Tensor x2 = flatten_tokens(x, dims.n);
+  const Tensor a = to_compute(A), b_factor = to_compute(B);
+  const int64_t batch = x2.size(0);
+  const auto options = x2.options();
+  Tensor dx, dA, dB, dvalues;
+
+  if (use_factored_path(batch, dims)) {
+    const Tensor gB = (need_dx || need_dA) ? at::mm(g2, b_factor) : Tensor();
+    const Tensor g_t = (need_dx || need_dvalues) ? g2.t().contiguous() : Tensor();
+    if (need_dx) {
+      Tensor dx_t = at::empty({dims.n, batch}, options);
+      AT_DISPATCH_FLOATING_TYPES(options.dtype().toScalarType(), "sl_matmul_backward_dx", [&] {
+        check_columns(op,
+                      cpu::csr_spmm_transposed(dims.m, dims.n, batch, csr.rows(), csr.cols(),
+                                               csr.values.data_ptr<scalar_t>(),
+                                               g_t.data_ptr<scalar_t>(), g_t.stride(0),
+                                               dx_t.data_ptr<scalar_t>(), dx_t.stride(0)),
+                      csr);
+      });
+      dx = at::addmm(dx_t.t(), gB, a, 1.0, scale);
+    }
+    if (need_dA) dA = at::mm(gB.t(), x2).mul_(scale);
+    if (need_dB) dB = at::mm(g2.t(), at::mm(x2, a.t())).mul_(scale);
+    if (need_dvalues) {
+      const Tensor x_t = x2.t().contiguous();
+      dvalues = at::empty({dims.nnz}, options);
+      AT_DISPATCH_FLOATING_TYPES(options.dtype().toScalarType(), "sl_matmul_backward_dvalues", [&] {
+        check_columns(op,
+                      cpu::csr_sddmm(dims.m, dims.n, batch, csr.rows(), csr.cols(),
+                                     g_t.data_ptr<scalar_t>(), g_t.stride(0),
+                                     x_t.data_ptr<scalar_t>(), x_t.stride(0),
+                                     dvalues.data_ptr<scalar_t>()),
+                      csr);
+      });
+    }
+  } else {
+    // Row chunks of W and dW = g^T x: neither is ever held whole.
+    if (need_dx) dx = at::zeros({batch, dims.n}, options);
+    if (need_dA) dA = at::zeros({dims.r, dims.n}, options);
+    if (need_dB) dB = at::empty({dims.m, dims.r}, options);
+    if (need_dvalues) dvalues = at::empty({dims.nnz}, options);
+    const bool need_dW = need_dA || need_dB || need_dvalues;
+    const int64_t chunk = rows_per_chunk(dims, 2, x2);
+    for (int64_t row = 0; row < dims.m && (need_dx || need_dW); row += chunk) {
+      const int64_t row_end = std::min(dims.m, row + chunk);
+      const int64_t rows = row_end - row;
+      const Tensor g_chunk = g2.narrow(1, row, rows);
+      if (need_dx) dx.addmm_(g_chunk, materialize_rows(op, a, b_factor, csr, scale, row, row_end));
+      if (!need_dW) continue;
+      const Tensor dW = at::mm(g_chunk.t(), x2);
+      if (need_dB) {
+        Tensor dB_chunk = dB.narrow(0, row, rows);
+        at::mm_out(dB_chunk, dW, a.t());
+      }
+      if (need_dA) dA.addmm_(b_factor.narrow(0, row, rows).t(), dW);
+      if (need_dvalues) {
+        AT_DISPATCH_FLOATING_TYPES(options.dtype().toScalarType(), "sl_matmul_backward_gather", [&] {
+          check_columns(op,
+                        cpu::csr_gather_rows(row, row_end, dims.n, csr.rows(), csr.cols(),
+                                             dW.data_ptr<scalar_t>(), dW.stride(0),
+                                             dvalues.data_ptr<scalar_t>()),
+                        csr);
+        });
+      }
+    }
+    if (need_dA) dA.mul_(scale);
+    if (need_dB) dB.mul_(scale);
+  }
+
+  const auto finish = [&](const Tensor& t, bool needed, const Tensor& like) {
+    return needed ? t.to(like.scalar_type()).view(like.sizes()) : at::empty({0}, like.options());
+  };
+  return {finish(dx, need_dx, x), finish(dA, need_dA, A), finish(dB, need_dB, B),
+          finish(dvalues, need_dvalues, values)};
+}
+
+Tensor densify_cpu(const Tensor& A, const Tensor& B, const Tensor& values, const Tensor& row_ptr,
+                   const Tensor& col_idx, double scale) {
+  constexpr const char* op = "densify";
+  const FactorDims dims = check_factors(op, A, B, values, row_ptr, col_idx, scale);
+  const Csr csr = make_csr(op, row_ptr, col_idx, values, dims);
+  return materialize_rows(op, to_compute(A), to_compute(B), csr, scale, 0, dims.m)
+      .to(A.scalar_type());
+}
+
+void random_support_fill_cpu(const Tensor& row_ptr, const Tensor& col_idx, int64_t n,
+                             int64_t seed) {
+  TORCH_CHECK(row_ptr.is_contiguous() && col_idx.is_contiguous() &&
+                  row_ptr.scalar_type() == at::kInt && col_idx.scalar_type() == at::kInt,
+              "_random_support_fill: expects contiguous int32 row_ptr and col_idx");
+  cpu::random_support(row_ptr.numel() - 1, n, col_idx.numel(), uint64_t(seed),
+                      row_ptr.data_ptr<int32_t>(), col_idx.data_ptr<int32_t>());
+}
+
+void validate_support_cpu(const Tensor& row_ptr, const Tensor& col_idx, int64_t m, int64_t n) {
+  constexpr const char* op = "validate_support";
+  TORCH_CHECK_VALUE(m >= 0 && n >= 0, op, ": `m` and `n` must be non-negative, got ", m, " and ", n);
+  for (const auto& [name, t] : {std::pair{"row_ptr", &row_ptr}, {"col_idx", &col_idx}}) {
+    TORCH_CHECK_TYPE(t->scalar_type() == at::kInt, op, ": `", name, "` must be int32, got ",
+                     t->scalar_type());
+    TORCH_CHECK_VALUE(t->dim() == 1, op, ": `", name, "` must be 1-D, got shape ", t->sizes());
+  }
+  TORCH_CHECK_VALUE(row_ptr.size(0) == m + 1, op, ": `row_ptr` must have m + 1 = ", m + 1,
+                    " entries, got ", row_ptr.size(0));
+  const int64_t nnz = col_idx.size(0);
+  TORCH_CHECK_VALUE(nnz <= m * n, op, ": `col_idx` has ", nnz, " entries, more than m * n = ", m * n);
+  const Tensor rows_tensor = checked_row_ptr(op, row_ptr, m, nnz);
+  const Tensor cols_tensor = col_idx.contiguous();
+  const int32_t* rows = rows_tensor.data_ptr<int32_t>();
+  const int32_t* cols = cols_tensor.data_ptr<int32_t>();
+  const int64_t bad = cpu::first_bad_col_idx(m, n, rows, cols);
+  if (bad < 0) return;
+  const int64_t row = std::upper_bound(rows, rows + m + 1, int32_t(bad)) - rows - 1;
+  TORCH_CHECK_VALUE(cols[bad] >= 0 && cols[bad] < n, op, ": `col_idx`[", bad, "] = ", cols[bad],
+                    " (row ", row, ") is outside [0, n) with n = ", n);
+  TORCH_CHECK_VALUE(false, op, ": `col_idx` must strictly increase within each row, but col_idx[",
+                    bad, "] = ", cols[bad], " follows ", cols[bad - 1], " in row ", row);
+}
+
+template <class P, class S>
+void adam_step_tensor(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
+                      const Tensor& exp_avg_sq, const cpu::AdamHyper& hyper) {
+  cpu::adam_step<P, S>(param.numel(), reinterpret_cast<P*>(param.data_ptr()),
+                       reinterpret_cast<const P*>(grad.data_ptr()), exp_avg.data_ptr<S>(),
+                       exp_avg_sq.data_ptr<S>(), hyper);
+}
+
+void fused_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                    at::TensorList exp_avg_sqs, double lr, double beta1, double beta2, double eps,
+                    double weight_decay, int64_t step, bool decoupled) {
+  constexpr const char* op = "fused_adam_";
+  const size_t count = params.size();
+  TORCH_CHECK_VALUE(grads.size() == count && exp_avgs.size() == count && exp_avg_sqs.size() == count,
+                    op, ": `params`, `grads`, `exp_avgs` and `exp_avg_sqs` must have equal lengths, got ",
+                    count, ", ", grads.size(), ", ", exp_avgs.size(), ", ", exp_avg_sqs.size());
+  TORCH_CHECK_VALUE(lr >= 0, op, ": `lr` must be >= 0, got ", lr);
+  TORCH_CHECK_VALUE(beta1 >= 0 && beta1 < 1, op, ": `beta1` must be in [0, 1), got ", beta1);
+  TORCH_CHECK_VALUE(beta2 >= 0 && beta2 < 1, op, ": `beta2` must be in [0, 1), got ", beta2);
+  TORCH_CHECK_VALUE(eps > 0, op, ": `eps` must be > 0, got ", eps);
+  TORCH_CHECK_VALUE(weight_decay >= 0, op, ": `weight_decay` must be >= 0, got ", weight_decay);
+  TORCH_CHECK_VALUE(step >= 1, op, ": `step` must be >= 1 (the step being taken), got ", step);
+  const cpu::AdamHyper hyper{lr, beta1, beta2, eps, weight_decay, step, decoupled};
+  for (size_t i = 0; i < count; ++i) {
+    const Tensor &param = params[i], &grad = grads[i], &m = exp_avgs[i], &v = exp_avg_sqs[i];
+    TORCH_CHECK_VALUE(param.is_cpu(), op, ": `params`[", i, "] is on ", param.device(),
+                      " but `params`[0] is on the CPU");
+    const auto state_dtype = param.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    TORCH_CHECK_TYPE(param.scalar_type() == at::kFloat || param.scalar_type() == at::kBFloat16 ||
+                         param.scalar_type() == at::kHalf || param.scalar_type() == at::kDouble,
+                     op, ": `params`[", i, "] must be float32, bfloat16, float16 or float64, got ",
+                     param.scalar_type());
+    TORCH_CHECK_TYPE(grad.scalar_type() == param.scalar_type(), op, ": `grads`[", i,
+                     "] has dtype ", grad.scalar_type(), " but its param has ", param.scalar_type());
+    TORCH_CHECK_TYPE(m.scalar_type() == state_dtype && v.scalar_type() == state_dtype, op,
+                     ": `exp_avgs`[", i, "] and `exp_avg_sqs`[", i, "] must be ", state_dtype,
+                     " for a ", param.scalar_type(), " param");
+    for (const auto& [name, t] : {std::pair{"grads", &grad}, {"exp_avgs", &m}, {"exp_avg_sqs", &v}}) {
+      TORCH_CHECK_VALUE(t->sizes() == param.sizes(), op, ": `", name, "`[", i, "] has shape ",
+                        t->sizes(), " but `params`[", i, "] has ", param.sizes());
+      TORCH_CHECK_VALUE(t->device() == param.device(), op, ": `", name, "`[", i, "] is on ",
+                        t->device(), " but `params`[", i, "] is on ", param.device());
+    }
+    TORCH_CHECK_VALUE(param.is_contiguous() && m.is_contiguous() && v.is_contiguous(), op,
+                      ": `params`[", i, "] and its states must be contiguous (they are updated in place)");
+    const Tensor g = grad.contiguous();
+    switch (param.scalar_type()) {
+      case at::kFloat: adam_step_tensor<float, float>(param, g, m, v, hyper); break;
+      case at::kDouble: adam_step_tensor<double, double>(param, g, m, v, hyper); break;
+      case at::kBFloat16: adam_step_tensor<bf16, float>(param, g, m, v, hyper); break;
+      default: adam_step_tensor<fp16, float>(param, g, m, v, hyper); break;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace sltrain
+
+TORCH_LIBRARY_IMPL(sltrain, CPU, m) {
+  m.impl("sl_matmul", &sltrain::sl_matmul_cpu);
+  m.impl("sl_matmul_backward", &sltrain::sl_matmul_backward_cpu);
+  m.impl("densify", &sltrain::densify_cpu);
+  m.impl("fused_adam_", &sltrain::fused_adam_cpu);
+  m.impl("_random_support_fill", &sltrain::random_support_fill_cpu);
+  m.impl("validate_support", &sltrain::validate_support_cpu);
+}

@@ -1,0 +1,216 @@
+#include <algorithm>
+#include <atomic>
+
+#include "kernels.h"
+#include "parallel.h"
+
+// The dense inner loops are compiled twice, for the x86-64 baseline and for
+// AVX2+FMA, and picked at load time: one portable binary, full-width SIMD.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SLTRAIN_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define SLTRAIN_SIMD_CLONES
+#endif
+
+namespace sltrain::cpu {
+namespace {
+
+// Columns of the batch processed together: 256 floats of y stay in L1 while
+// the rows of x they gather from stay in L2.
+constexpr int64_t kBatchBlock = 256;
+// Multiply-adds worth giving a thread of their own.
+constexpr int64_t kWorkGrain = int64_t{1} << 15;
+
+template <class T>
+SLTRAIN_SIMD_CLONES void axpy(int64_t count, T alpha, const T* __restrict x, T* __restrict y) {
+  for (int64_t j = 0; j < count; ++j) y[j] += alpha * x[j];
+}
+
+// Sixteen independent partial sums in a fixed order: vectorisable without
+// -ffast-math, and the result does not depend on the thread count.
+template <class T>
+SLTRAIN_SIMD_CLONES T dot(int64_t count, const T* __restrict x, const T* __restrict y) {
+  constexpr int kLanes = 16;
+  T lanes[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= count; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) lanes[l] += x[j + l] * y[j + l];
+  T total = 0;
+  for (; j < count; ++j) total += x[j] * y[j];
+  for (int l = 0; l < kLanes; ++l) total += lanes[l];
+  return total;
+}
+
+inline bool column_in_range(int32_t column, int64_t n) {
+  return column >= 0 && column < n;
+}
+
+// Rows per chunk so that each chunk does about kWorkGrain multiply-adds.
+inline int64_t row_grain(int64_t m, int64_t nnz, int64_t b) {
+  const int64_t work = std::max<int64_t>(1, nnz) * std::max<int64_t>(1, b);
+  return std::max<int64_t>(1, kWorkGrain * std::max<int64_t>(1, m) / work);
+}
+
+}  // namespace
+
+RowPtrCheck check_row_ptr(int64_t m, int64_t nnz, const int32_t* row_ptr) {
+  if (row_ptr[0] != 0) return {RowPtrCheck::kNonzeroStart, 0};
+  for (int64_t i = 0; i < m; ++i)
+    if (row_ptr[i + 1] < row_ptr[i]) return {RowPtrCheck::kDecreasing, i};
+  if (row_ptr[m] != nnz) return {RowPtrCheck::kWrongEnd, m};
+  return {RowPtrCheck::kValid, m};
+}
+
+int64_t first_bad_col_idx(int64_t m, int64_t n, const int32_t* row_ptr, const int32_t* col_idx) {
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t k = row_ptr[i]; k < row_ptr[i + 1]; ++k) {
+      if (!column_in_range(col_idx[k], n)) return k;
+      if (k > row_ptr[i] && col_idx[k] <= col_idx[k - 1]) return k;
+    }
+  }
+  return -1;
+}
+
+template <class T>
+bool csr_spmm(int64_t m, int64_t n, int64_t b, const int32_t* row_ptr, const int32_t* col_idx,
+              const T* values, const T* x_t, int64_t ld_x, T* y_t, int64_t ld_y) {
+  std::atomic<bool> ok{true};
+  parallel_for(0, m, row_grain(m, row_ptr[m], b), [&](int64_t row_begin, int64_t row_end) {
+    for (int64_t j0 = 0; j0 < b; j0 += kBatchBlock) {
+      const int64_t width = std::min(kBatchBlock, b - j0);
+      for (int64_t i = row_begin; i < row_end; ++i) {
+        T* y = y_t + i * ld_y + j0;
+        std::fill(y, y + width, T(0));
+        for (int64_t k = row_ptr[i]; k < row_ptr[i + 1]; ++k) {
+          const int32_t column = col_idx[k];
+          if (!column_in_range(column, n)) {
+            ok.store(false, std::memory_order_relaxed);
+            continue;
+          }
+          axpy(width, values[k], x_t + column * ld_x + j0, y);
+        }
+      }
+    }
+  });
+  return ok.load();
+}
+
+template <class T>
+bool csr_spmm_transposed(int64_t m, int64_t n, int64_t b, const int32_t* row_ptr,
+                         const int32_t* col_idx, const T* values, const T* g_t, int64_t ld_g,
+                         T* dx_t, int64_t ld_x) {
+  // Entries of one column of S are scattered over rows, so threads split the
+  // batch instead: each owns a slab of columns of dx_t and never races.
+  const int64_t threads = max_threads();
+  const int64_t width = std::clamp<int64_t>((b + threads - 1) / std::max<int64_t>(threads, 1), 16,
+                                            kBatchBlock);
+  const int64_t blocks = (b + width - 1) / width;
+  std::atomic<bool> ok{true};
+  parallel_for(0, blocks, 1, [&](int64_t block_begin, int64_t block_end) {
+    for (int64_t block = block_begin; block < block_end; ++block) {
+      const int64_t j0 = block * width;
+      const int64_t w = std::min(width, b - j0);
+      for (int64_t j = 0; j < n; ++j) std::fill(dx_t + j * ld_x + j0, dx_t + j * ld_x + j0 + w, T(0));
+      for (int64_t i = 0; i < m; ++i) {
+        const T* g = g_t + i * ld_g + j0;
+        for (int64_t k = row_ptr[i]; k < row_ptr[i + 1]; ++k) {
+          const int32_t column = col_idx[k];
+          if (!column_in_range(column, n)) {
+            ok.store(false, std::memory_order_relaxed);
+            continue;
+          }
+          axpy(w, values[k], g, dx_t + column * ld_x + j0);
+        }
+      }
+    }
+  });
+  return ok.load();
+}
+
+template <class T>
+bool csr_sddmm(int64_t m, int64_t n, int64_t b, const int32_t* row_ptr, const int32_t* col_idx,
+               const T* g_t, int64_t ld_g, const T* x_t, int64_t ld_x, T* dvalues) {
+  std::atomic<bool> ok{true};
+  parallel_for(0, m, row_grain(m, row_ptr[m], b), [&](int64_t row_begin, int64_t row_end) {
+    std::fill(dvalues + row_ptr[row_begin], dvalues + row_ptr[row_end], T(0));
+    for (int64_t j0 = 0; j0 < b; j0 += kBatchBlock) {
+      const int64_t width = std::min(kBatchBlock, b - j0);
+      for (int64_t i = row_begin; i < row_end; ++i) {
+        const T* g = g_t + i * ld_g + j0;
+        for (int64_t k = row_ptr[i]; k < row_ptr[i + 1]; ++k) {
+          const int32_t column = col_idx[k];
+          if (!column_in_range(column, n)) {
+            ok.store(false, std::memory_order_relaxed);
+            continue;
+          }
+          dvalues[k] += dot(width, g, x_t + column * ld_x + j0);
+        }
+      }
+    }
+  });
+  return ok.load();
+}
+
+template <class T>
+bool csr_scatter_add_rows(int64_t row_begin, int64_t row_end, int64_t n, const int32_t* row_ptr,
+                          const int32_t* col_idx, const T* values, T* w, int64_t ld_w) {
+  std::atomic<bool> ok{true};
+  const int64_t rows = row_end - row_begin;
+  parallel_for(0, rows, row_grain(rows, row_ptr[row_end] - row_ptr[row_begin], 1),
+               [&](int64_t begin, int64_t end) {
+                 for (int64_t r = begin; r < end; ++r) {
+                   T* w_row = w + r * ld_w;
+                   const int64_t i = row_begin + r;
+                   for (int64_t k = row_ptr[i]; k < row_ptr[i + 1]; ++k) {
+                     const int32_t column = col_idx[k];
+                     if (column_in_range(column, n)) {
+                       w_row[column] += values[k];
+                     } else {
+                       ok.store(false, std::memory_order_relaxed);
+                     }
+                   }
+                 }
+               });
+  return ok.load();
+}
+
+template <class T>
+bool csr_gather_rows(int64_t row_begin, int64_t row_end, int64_t n, const int32_t* row_ptr,
+                     const int32_t* col_idx, const T* w, int64_t ld_w, T* out) {
+  std::atomic<bool> ok{true};
+  const int64_t rows = row_end - row_begin;
+  parallel_for(0, rows, row_grain(rows, row_ptr[row_end] - row_ptr[row_begin], 1),
+               [&](int64_t begin, int64_t end) {
+                 for (int64_t r = begin; r < end; ++r) {
+                   const T* w_row = w + r * ld_w;
+                   const int64_t i = row_begin + r;
+                   for (int64_t k = row_ptr[i]; k < row_ptr[i + 1]; ++k) {
+                     const int32_t column = col_idx[k];
+                     if (column_in_range(column, n)) {
+                       out[k] = w_row[column];
+                     } else {
+                       out[k] = T(0);
+                       ok.store(false, std::memory_order_relaxed);
+                     }
+                   }
+                 }
+               });
+  return ok.load();
+}
+
+#define SLTRAIN_INSTANTIATE_CSR(T)                                                                \
+  template bool csr_spmm<T>(int64_t, int64_t, int64_t, const int32_t*, const int32_t*, const T*, \
+                            const T*, int64_t, T*, int64_t);                                      \
+  template bool csr_spmm_transposed<T>(int64_t, int64_t, int64_t, const int32_t*, const int32_t*, \
+                                       const T*, const T*, int64_t, T*, int64_t);                 \
+  template bool csr_sddmm<T>(int64_t, int64_t, int64_t, const int32_t*, const int32_t*, const T*, \
+                             int64_t, const T*, int64_t, T*);                                     \
+  template bool csr_scatter_add_rows<T>(int64_t, int64_t, int64_t, const int32_t*,                \
+                                        const int32_t*, const T*, T*, int64_t);                   \
+  template bool csr_gather_rows<T>(int64_t, int64_t, int64_t, const int32_t*, const int32_t*,     \
+                                   const T*, int64_t, T*);
+
+SLTRAIN_INSTANTIATE_CSR(float)
+SLTRAIN_INSTANTIATE_CSR(double)
+
+}  // namespace sltrain::cpu

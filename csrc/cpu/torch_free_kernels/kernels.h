@@ -1,0 +1,85 @@
+// Torch-free CPU kernels of sltrain: raw pointers and sizes in, no ATen types.
+// The ATen binding (csrc/cpu/ops.cpp), the C++ microbenchmarks and the ctest
+// all call exactly these functions.
+//
+// Sparse matrices are CSR with int32 indices: row_ptr[m + 1], col_idx[nnz].
+// Dense operands of the sparse kernels are "feature-major": the token batch is
+// the fast axis, so every sparse entry touches a contiguous run of b numbers
+// and the inner loops vectorise. Scalar type T is float or double; callers
+// convert half types to float first so every sum accumulates in float32.
+#pragma once
+
+#include <cstdint>
+
+#include "../../common/half.h"
+
+namespace sltrain::cpu {
+
+// ---- support ----------------------------------------------------------------
+
+// Fills row_ptr[m + 1] and col_idx[nnz] with nnz distinct positions of an
+// m x n matrix, a pseudo-random uniform subset that depends only on
+// (m, n, nnz, seed), as sorted CSR. O(nnz + m) time and memory.
+// Requires 0 <= nnz <= m * n and nnz < 2^31.
+void random_support(int64_t m, int64_t n, int64_t nnz, uint64_t seed, int32_t* row_ptr,
+                    int32_t* col_idx);
+
+// What is wrong with row_ptr[m + 1], if anything. O(m): the sparse kernels
+// below rely on a valid row_ptr and check column bounds themselves.
+struct RowPtrCheck {
+  enum Kind { kValid, kNonzeroStart, kDecreasing, kWrongEnd } kind;
+  int64_t row;  // with kDecreasing: row_ptr[row + 1] < row_ptr[row]
+};
+RowPtrCheck check_row_ptr(int64_t m, int64_t nnz, const int32_t* row_ptr);
+
+// For validate_support: -1 if every row's columns lie in [0, n) and strictly
+// increase, else the position in col_idx of the first that does not.
+// Requires a valid row_ptr.
+int64_t first_bad_col_idx(int64_t m, int64_t n, const int32_t* row_ptr, const int32_t* col_idx);
+
+// ---- sparse products ----------------------------------------------------------
+// Each returns false, having written only in-bounds memory, if a column index
+// lies outside [0, n).
+
+// y_t[i, :b] = sum_k values[k] * x_t[col_idx[k], :b]   (y = x @ S^T)
+template <class T>
+bool csr_spmm(int64_t m, int64_t n, int64_t b, const int32_t* row_ptr, const int32_t* col_idx,
+              const T* values, const T* x_t, int64_t ld_x, T* y_t, int64_t ld_y);
+
+// dx_t[j, :b] = sum_{(i, j) in S} values[k] * g_t[i, :b]   (dx = g @ S)
+template <class T>
+bool csr_spmm_transposed(int64_t m, int64_t n, int64_t b, const int32_t* row_ptr,
+                         const int32_t* col_idx, const T* values, const T* g_t, int64_t ld_g,
+                         T* dx_t, int64_t ld_x);
+
+// dvalues[k] = dot(g_t[i, :b], x_t[col_idx[k], :b])   (dvalues = (g^T x)[S])
+template <class T>
+bool csr_sddmm(int64_t m, int64_t n, int64_t b, const int32_t* row_ptr, const int32_t* col_idx,
+               const T* g_t, int64_t ld_g, const T* x_t, int64_t ld_x, T* dvalues);
+
+// w[i - row_begin, col_idx[k]] += values[k] for rows [row_begin, row_end).
+template <class T>
+bool csr_scatter_add_rows(int64_t row_begin, int64_t row_end, int64_t n, const int32_t* row_ptr,
+                          const int32_t* col_idx, const T* values, T* w, int64_t ld_w);
+
+// out[k] = w[i - row_begin, col_idx[k]] for the entries k of rows [row_begin, row_end).
+template <class T>
+bool csr_gather_rows(int64_t row_begin, int64_t row_end, int64_t n, const int32_t* row_ptr,
+                     const int32_t* col_idx, const T* w, int64_t ld_w, T* out);
+
+// ---- optimizer ----------------------------------------------------------------
+
+struct AdamHyper {
+  double lr, beta1, beta2, eps, weight_decay;
+  int64_t step;    // 1 on the first update: the bias corrections use it
+  bool decoupled;  // AdamW (decay the parameter) rather than Adam (L2 in the gradient)
+};
+
+// One in-place Adam/AdamW update of numel elements, the same arithmetic as
+// torch.optim.AdamW's single-tensor path. Param P is float, double, bf16 or
+// fp16 and grad has P's type; states S are float (double for double params).
+template <class P, class S>
+void adam_step(int64_t numel, P* param, const P* grad, S* exp_avg, S* exp_avg_sq,
+               const AdamHyper& hyper);
+
+}  // namespace sltrain::cpu

@@ -1,0 +1,55 @@
+// The one place the torch-free CPU kernels get their threads from: ATen's
+// thread pool inside the extension (so they honour torch.set_num_threads),
+// OpenMP in the standalone CMake build, or a plain loop.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#if defined(SLTRAIN_ATEN_PARALLEL)
+#include <ATen/Parallel.h>
+#elif defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace sltrain::cpu {
+
+inline int max_threads() {
+#if defined(SLTRAIN_ATEN_PARALLEL)
+  return at::get_num_threads();
+#elif defined(_OPENMP)
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+// Calls body(chunk_begin, chunk_end) over disjoint chunks covering [begin, end),
+// none smaller than grain unless the range is.
+template <class Body>
+void parallel_for(int64_t begin, int64_t end, int64_t grain, const Body& body) {
+  if (end <= begin) return;
+#if defined(SLTRAIN_ATEN_PARALLEL)
+  at::parallel_for(begin, end, grain, body);
+#elif defined(_OPENMP)
+  const int64_t range = end - begin;
+  const int64_t most_chunks = std::max<int64_t>(1, range / std::max<int64_t>(grain, 1));
+  const int threads = int(std::min<int64_t>(omp_get_max_threads(), most_chunks));
+  if (threads <= 1) {
+    body(begin, end);
+    return;
+  }
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t chunk = (range + omp_get_num_threads() - 1) / omp_get_num_threads();
+    const int64_t chunk_begin = begin + omp_get_thread_num() * chunk;
+    const int64_t chunk_end = std::min(end, chunk_begin + chunk);
+    if (chunk_begin < chunk_end) body(chunk_begin, chunk_end);
+  }
+#else
+  (void)grain;
+  body(begin, end);
+#endif
+}
+
+}  // namespace sltrain::cpu

@@ -1,0 +1,36 @@
+"""sltrain_ext: SLTrain (sparse + low-rank) layers, kernels and optimizer for PyTorch.
+
+``import sltrain_ext`` registers the ``torch.ops.sltrain`` operators.
+"""
+
+from .nn import SLLinear
+from .ops import (
+    densify,
+    fused_adam_,
+    matmul_config,
+    matmul_path,
+    nnz_for_density,
+    random_support,
+    set_matmul_config,
+    sl_matmul,
+    sl_matmul_backward,
+    validate_support,
+)
+from .optim import SLAdamW
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SLLinear",
+    "SLAdamW",
+    "densify",
+    "fused_adam_",
+    "matmul_config",
+    "matmul_path",
+    "nnz_for_density",
+    "random_support",
+    "set_matmul_config",
+    "sl_matmul",
+    "sl_matmul_backward",
+    "validate_support",
+]

@@ -1,0 +1,122 @@
+"""``SLLinear``: a drop-in ``nn.Linear`` whose weight is ``s * B @ A + S``."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .ops import densify, nnz_for_density, random_support, sl_matmul, validate_support
+
+__all__ = ["SLLinear"]
+
+
+class SLLinear(nn.Module):
+    """Applies ``y = x @ (s * B @ A + S).T + bias`` with ``s = alpha / rank``.
+
+    ``B`` (``out x rank``, zeros at init) and ``A`` (``rank x in``,
+    Kaiming-uniform) are the low-rank factors; ``S`` is sparse with a support of
+    ``round(density * out * in)`` positions drawn uniformly at random once (from
+    ``seed``) and kept in int32 CSR buffers ``row_ptr``/``col_idx``. Only its
+    ``values`` train. Shaped like ``nn.Linear``: input ``[..., in_features]``,
+    output ``[..., out_features]``.
+
+    Args:
+        in_features, out_features: sizes of each input and output sample.
+        rank: inner dimension ``r`` of the low-rank product.
+        density: fraction of the ``out x in`` positions in the sparse support, in (0, 1].
+        alpha: low-rank scale numerator, ``s = alpha / rank``.
+        bias: learn an additive bias, as ``nn.Linear``.
+        seed: seed of the support; ``None`` draws one from torch's global RNG, so
+            ``torch.manual_seed`` makes the model reproducible.
+    """
+
+    __constants__ = ["in_features", "out_features", "rank", "density", "alpha", "seed"]
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rank: int,
+        density: float,
+        alpha: float = 32.0,
+        bias: bool = True,
+        seed: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("in_features", in_features), ("out_features", out_features), ("rank", rank)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+        nnz = nnz_for_density(out_features, in_features, density)
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, ()).item())
+        factory = {"device": device, "dtype": dtype}
+        self.in_features = in_features
+        self.out_features = out_features
+        self.rank = rank
+        self.density = density
+        self.alpha = float(alpha)
+        self.seed = seed
+        row_ptr, col_idx = random_support(out_features, in_features, nnz, seed, device=device)
+        self.register_buffer("row_ptr", row_ptr)
+        self.register_buffer("col_idx", col_idx)
+        self.A = nn.Parameter(torch.empty(rank, in_features, **factory))
+        self.B = nn.Parameter(torch.empty(out_features, rank, **factory))
+        self.values = nn.Parameter(torch.empty(nnz, **factory))
+        self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
+        self.reset_parameters()
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    @property
+    def nnz(self) -> int:
+        return self.values.numel()
+
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        nn.init.zeros_(self.B)
+        bound = 1.0 / math.sqrt(self.in_features)
+        nn.init.uniform_(self.values, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        A, B, values, bias = self.A, self.B, self.values, self.bias
+        if torch.is_autocast_enabled(x.device.type):
+            # Autocast does not know this op: cast as it would cast nn.Linear.
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, A, B, values = x.to(dtype), A.to(dtype), B.to(dtype), values.to(dtype)
+            bias = bias.to(dtype) if bias is not None else None
+        return sl_matmul(x, A, B, values, self.row_ptr, self.col_idx, self.scale, bias)
+
+    @torch.no_grad()
+    def dense_weight(self) -> Tensor:
+        """The ``out x in`` weight ``s * B @ A + S`` this layer applies."""
+        return densify(self.A, self.B, self.values, self.row_ptr, self.col_idx, self.scale)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"rank={self.rank}, density={self.density}, nnz={self.nnz}, alpha={self.alpha}, "
+            f"bias={self.bias is not None}, seed={self.seed}"
+        )
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # A support is only ever loaded after an O(nnz) check: a corrupt one
+        # would otherwise reach the kernels.
+        row_ptr = state_dict.get(prefix + "row_ptr")
+        col_idx = state_dict.get(prefix + "col_idx")
+        if row_ptr is not None and col_idx is not None:
+            try:
+                validate_support(row_ptr, col_idx, self.out_features, self.in_features)
+            except ValueError as error:
+                raise ValueError(f"{prefix or 'SLLinear.'}: invalid support in state_dict: {error}") from None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -1,0 +1,244 @@
+"""Typed Python entry points to the ``torch.ops.sltrain`` operators.
+
+The schemas and the CPU/CUDA kernels live in C++ (``csrc/``); this module adds
+what the dispatcher needs from Python: a fake (meta) kernel per op so that
+``torch.compile`` can trace them, and the autograd formula of ``sl_matmul``,
+registered once with ``torch.library.register_autograd``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from . import _C  # noqa: F401  (loads the library that defines torch.ops.sltrain)
+
+__all__ = [
+    "sl_matmul",
+    "sl_matmul_backward",
+    "densify",
+    "random_support",
+    "fused_adam_",
+    "validate_support",
+    "nnz_for_density",
+    "set_matmul_config",
+    "matmul_config",
+    "matmul_path",
+]
+
+_ops = torch.ops.sltrain
+
+
+def sl_matmul(
+    x: Tensor,
+    A: Tensor,
+    B: Tensor,
+    values: Tensor,
+    row_ptr: Tensor,
+    col_idx: Tensor,
+    scale: float,
+    bias: Tensor | None = None,
+) -> Tensor:
+    """``x @ (scale * B @ A + S).T + bias``, differentiable in x, A, B, values and bias.
+
+    Args:
+        x: ``[..., n]`` input.
+        A: ``[r, n]`` right factor.  B: ``[m, r]`` left factor.
+        values: ``[nnz]`` nonzeros of the sparse part ``S`` (``m x n``).
+        row_ptr, col_idx: ``S``'s fixed support as int32 CSR (``[m + 1]``, ``[nnz]``).
+        scale: the low-rank scale ``s = alpha / r``.
+        bias: optional ``[m]``.
+
+    All floating tensors share one dtype (float32, float64, bfloat16, float16)
+    and one device. Returns ``[..., m]``.
+    """
+    return _ops.sl_matmul(x, A, B, values, row_ptr, col_idx, scale, bias)
+
+
+def sl_matmul_backward(
+    grad_y: Tensor,
+    x: Tensor,
+    A: Tensor,
+    B: Tensor,
+    values: Tensor,
+    row_ptr: Tensor,
+    col_idx: Tensor,
+    scale: float,
+    output_mask: Sequence[bool] = (True, True, True, True),
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients ``(dx, dA, dB, dvalues)`` of ``sl_matmul`` (without bias).
+
+    An entry whose ``output_mask`` flag is false is returned empty and costs nothing.
+    """
+    return _ops.sl_matmul_backward(
+        grad_y, x, A, B, values, row_ptr, col_idx, scale, list(output_mask)
+    )
+
+
+def densify(
+    A: Tensor, B: Tensor, values: Tensor, row_ptr: Tensor, col_idx: Tensor, scale: float
+) -> Tensor:
+    """The dense ``m x n`` weight ``scale * B @ A + S`` (for export, merging and tests)."""
+    return _ops.densify(A, B, values, row_ptr, col_idx, scale)
+
+
+def random_support(
+    m: int, n: int, nnz: int, seed: int, device: torch.device | str | None = None
+) -> tuple[Tensor, Tensor]:
+    """``nnz`` distinct positions of an ``m x n`` matrix, drawn uniformly, as int32 CSR.
+
+    Returns ``(row_ptr, col_idx)`` with columns strictly increasing in each row.
+    The result depends only on ``(m, n, nnz, seed)``: every device and every run
+    draws the same support. Takes O(nnz) time and memory (a counter-based
+    Feistel permutation of ``[0, m*n)``, never a permutation of all positions).
+    """
+    return _ops.random_support(m, n, nnz, seed, torch.device(device) if device else None)
+
+
+def fused_adam_(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    exp_avgs: Sequence[Tensor],
+    exp_avg_sqs: Sequence[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    step: int,
+    decoupled: bool = True,
+) -> None:
+    """One in-place Adam (``decoupled=False``) or AdamW step over every tensor of the lists.
+
+    ``step`` is the number of the step being taken (1 for the first). States are
+    float32 (float64 for float64 params); params may be float32, bfloat16,
+    float16 or float64, and each grad has its param's dtype.
+    """
+    if len(params) == 0:
+        return
+    _ops.fused_adam_(
+        list(params), list(grads), list(exp_avgs), list(exp_avg_sqs),
+        lr, beta1, beta2, eps, weight_decay, step, decoupled,
+    )
+
+
+def validate_support(row_ptr: Tensor, col_idx: Tensor, m: int, n: int) -> None:
+    """Raises ``ValueError`` naming what is wrong unless ``(row_ptr, col_idx)`` is a
+    valid support of an ``m x n`` matrix: int32, ``row_ptr`` ``[m + 1]`` from 0 to
+    nnz and non-decreasing, columns in ``[0, n)`` strictly increasing in each row.
+    O(nnz); runs on the CPU (tensors on other devices are copied)."""
+    _ops.validate_support(row_ptr.cpu(), col_idx.cpu(), m, n)
+
+
+def nnz_for_density(m: int, n: int, density: float) -> int:
+    """``round(density * m * n)``, the support size of an ``m x n`` matrix."""
+    if not 0.0 < density <= 1.0:
+        raise ValueError(f"`density` must be in (0, 1], got {density}")
+    return round(density * m * n)
+
+
+def set_matmul_config(path: str = "auto", workspace_bytes: int = 64 << 20) -> None:
+    """Process-wide ``sl_matmul`` settings.
+
+    Args:
+        path: ``"auto"`` (the cost model decides per call), ``"factored"``
+            (low-rank products plus sparse kernels, no ``m x n`` matrix) or
+            ``"materialized"`` (``W`` built in row chunks, then dense GEMMs).
+        workspace_bytes: the most the materialised path spends on ``W`` and
+            ``dW`` row chunks at once.
+    """
+    _ops.set_matmul_config(path, workspace_bytes)
+
+
+@contextlib.contextmanager
+def matmul_config(path: str | None = None, workspace_bytes: int | None = None) -> Iterator[None]:
+    """``set_matmul_config`` for the duration of a ``with`` block; ``None`` keeps a setting."""
+    old_path, old_workspace = _ops.get_matmul_config()
+    set_matmul_config(path or old_path, workspace_bytes or old_workspace)
+    try:
+        yield
+    finally:
+        set_matmul_config(old_path, old_workspace)
+
+
+def matmul_path(
+    b: int, m: int, n: int, r: int, nnz: int, device: torch.device | str = "cpu"
+) -> str:
+    """The path ``sl_matmul`` takes for ``b`` tokens of these sizes under the current config."""
+    return _ops.matmul_path(b, m, n, r, nnz, torch.device(device))
+
+
+# ---- fake kernels: shapes only, for torch.compile and meta tensors -------------
+
+
+@torch.library.register_fake("sltrain::sl_matmul")
+def _(x, A, B, values, row_ptr, col_idx, scale, bias=None):
+    return x.new_empty((*x.shape[:-1], B.shape[0]))
+
+
+@torch.library.register_fake("sltrain::sl_matmul_backward")
+def _(grad_y, x, A, B, values, row_ptr, col_idx, scale, output_mask):
+    return tuple(
+        t.new_empty(t.shape if wanted else (0,))
+        for t, wanted in zip((x, A, B, values), output_mask)
+    )
+
+
+@torch.library.register_fake("sltrain::densify")
+def _(A, B, values, row_ptr, col_idx, scale):
+    return A.new_empty((B.shape[0], A.shape[1]))
+
+
+@torch.library.register_fake("sltrain::random_support")
+def _(m, n, nnz, seed, device=None):
+    return (
+        torch.empty(m + 1, dtype=torch.int32, device=device),
+        torch.empty(nnz, dtype=torch.int32, device=device),
+    )
+
+
+@torch.library.register_fake("sltrain::_random_support_fill")
+def _(row_ptr, col_idx, n, seed):
+    return None
+
+
+@torch.library.register_fake("sltrain::fused_adam_")
+def _(params, grads, exp_avgs, exp_avg_sqs, lr, beta1, beta2, eps, weight_decay, step, decoupled):
+    return None
+
+
+@torch.library.register_fake("sltrain::validate_support")
+def _(row_ptr, col_idx, m, n):
+    return None
+
+
+# ---- autograd -------------------------------------------------------------------
+
+
+def _sl_matmul_setup_context(ctx, inputs, output):
+    x, A, B, values, row_ptr, col_idx, scale, bias = inputs
+    ctx.save_for_backward(x, A, B, values, row_ptr, col_idx)
+    ctx.scale = scale
+
+
+def _sl_matmul_backward(ctx, grad_y):
+    x, A, B, values, row_ptr, col_idx = ctx.saved_tensors
+    mask = list(ctx.needs_input_grad[:4])
+    dx = dA = dB = dvalues = dbias = None
+    if any(mask):
+        grads = _ops.sl_matmul_backward(grad_y, x, A, B, values, row_ptr, col_idx, ctx.scale, mask)
+        dx, dA, dB, dvalues = (g if wanted else None for g, wanted in zip(grads, mask))
+    # needs_input_grad has an entry per argument passed: no bias entry without one.
+    has_bias_input = len(ctx.needs_input_grad) == 8
+    if has_bias_input and ctx.needs_input_grad[7]:
+        dbias = grad_y.reshape(-1, grad_y.shape[-1]).sum(0)
+    return (dx, dA, dB, dvalues, None, None, None, dbias)[: len(ctx.needs_input_grad)]
+
+
+torch.library.register_autograd(
+    "sltrain::sl_matmul", _sl_matmul_backward, setup_context=_sl_matmul_setup_context
+)

@@ -1,0 +1,96 @@
+"""Shared test helpers: random SL problems and float64 dense references."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+import sltrain_ext as sl
+
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+# Relative error allowed against a float64 reference computed from the same
+# (already rounded) inputs: the kernels accumulate in fp32 (fp64) and round once.
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+@dataclass
+class Problem:
+    A: Tensor
+    B: Tensor
+    values: Tensor
+    row_ptr: Tensor
+    col_idx: Tensor
+    scale: float
+    bias: Tensor | None
+
+    @property
+    def m(self) -> int:
+        return self.B.shape[0]
+
+    @property
+    def n(self) -> int:
+        return self.A.shape[1]
+
+    def operands(self) -> tuple:
+        return (self.A, self.B, self.values, self.row_ptr, self.col_idx, self.scale)
+
+
+def make_problem(m, n, r, nnz, dtype=torch.float32, device="cpu", seed=0, bias=True) -> Problem:
+    """Random factors (B nonzero, unlike at init) on a random support."""
+    gen = torch.Generator().manual_seed(seed)
+    row_ptr, col_idx = sl.random_support(m, n, nnz, seed, device=device)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
+
+    return Problem(
+        A=rand(r, n) / max(n, 1) ** 0.5,
+        B=rand(m, r) / max(r, 1) ** 0.5,
+        values=rand(nnz),
+        row_ptr=row_ptr,
+        col_idx=col_idx,
+        scale=0.5 + torch.rand((), generator=gen).item(),
+        bias=rand(m) if bias else None,
+    )
+
+
+def flat_support(row_ptr: Tensor, col_idx: Tensor, n: int) -> Tensor:
+    rows = torch.repeat_interleave(torch.arange(row_ptr.numel() - 1), row_ptr.diff().long().cpu())
+    return rows * n + col_idx.long().cpu()
+
+
+def reference_weight(p: Problem, A=None, B=None, values=None) -> Tensor:
+    """float64 dense W = scale * B @ A + S, differentiable in the given factors."""
+    A = p.A.double().cpu() if A is None else A
+    B = p.B.double().cpu() if B is None else B
+    values = p.values.double().cpu() if values is None else values
+    flat = flat_support(p.row_ptr, p.col_idx, p.n)
+    sparse = torch.zeros(p.m * p.n, dtype=torch.float64).scatter(0, flat, values)
+    return p.scale * B @ A + sparse.view(p.m, p.n)
+
+
+def reference_forward_backward(p: Problem, x: Tensor, grad_y: Tensor):
+    """float64 (y, dx, dA, dB, dvalues, dbias) by autograd through a dense W."""
+    leaves = [t.detach().double().cpu().requires_grad_() for t in (x, p.A, p.B, p.values)]
+    x64, A64, B64, v64 = leaves
+    y = x64 @ reference_weight(p, A64, B64, v64).T
+    bias64 = None
+    if p.bias is not None:
+        bias64 = p.bias.detach().double().cpu().requires_grad_()
+        y = y + bias64
+    y.backward(grad_y.double().cpu())
+    return (y.detach(), *(t.grad for t in leaves), None if bias64 is None else bias64.grad)
+
+
+def assert_close(actual: Tensor, expected: Tensor, dtype: torch.dtype, what: str = "") -> None:
+    """|actual - expected| <= tol(dtype) * max(1, max|expected|), elementwise."""
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    assert torch.isfinite(actual).all(), f"{what}: non-finite entries"
+    if expected.numel() == 0:
+        return
+    bound = TOLERANCE[dtype] * max(1.0, expected.abs().max().item())
+    error = (actual.double().cpu() - expected).abs().max().item()
+    assert error <= bound, f"{what}: max error {error:.3g} > {bound:.3g} ({dtype})"

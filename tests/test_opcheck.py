@@ -1,0 +1,84 @@
+"""torch.library.opcheck for every op, and torch.compile through SL layers."""
+
+import pytest
+import torch
+from torch import nn
+
+import sltrain_ext as sl
+from helpers import make_problem
+
+ops = torch.ops.sltrain
+
+
+def sl_matmul_samples():
+    for dtype in (torch.float32, torch.bfloat16):
+        p = make_problem(9, 12, 3, 30, dtype)
+        x = torch.randn(2, 4, 12, dtype=dtype)
+        leaves = [t.requires_grad_() for t in (x, p.A, p.B, p.values, p.bias)]
+        yield (leaves[0], *leaves[1:4], p.row_ptr, p.col_idx, p.scale, leaves[4])
+        yield (x.detach(), p.A.detach(), p.B.detach(), p.values.detach(), p.row_ptr, p.col_idx, p.scale, None)
+
+
+@pytest.mark.parametrize("path", ["factored", "materialized"])
+def test_opcheck_sl_matmul(path):
+    with sl.matmul_config(path):
+        for args in sl_matmul_samples():
+            torch.library.opcheck(ops.sl_matmul.default, args)
+
+
+def test_opcheck_sl_matmul_backward():
+    p = make_problem(9, 12, 3, 30)
+    for mask in ([True] * 4, [False, True, False, True]):
+        torch.library.opcheck(ops.sl_matmul_backward.default,
+                              (torch.randn(5, 9), torch.randn(5, 12), *p.operands(), mask))
+
+
+def test_opcheck_densify():
+    torch.library.opcheck(ops.densify.default, make_problem(7, 5, 2, 11).operands())
+
+
+def test_opcheck_random_support_and_fill():
+    torch.library.opcheck(ops.random_support.default, (10, 20, 30, 4))
+    row_ptr, col_idx = torch.empty(11, dtype=torch.int32), torch.empty(30, dtype=torch.int32)
+    torch.library.opcheck(ops._random_support_fill.default, (row_ptr, col_idx, 20, 4))
+
+
+def test_opcheck_validate_support():
+    row_ptr, col_idx = sl.random_support(10, 20, 30, 4)
+    torch.library.opcheck(ops.validate_support.default, (row_ptr, col_idx, 10, 20))
+
+
+def test_opcheck_fused_adam():
+    params = [torch.randn(10), torch.randn(3, 4).bfloat16()]
+    args = (params, [torch.randn_like(p) for p in params], [torch.zeros(p.shape) for p in params],
+            [torch.zeros(p.shape) for p in params], 1e-3, 0.9, 0.999, 1e-8, 0.01, 1, True)
+    torch.library.opcheck(ops.fused_adam_.default, args)
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up = sl.SLLinear(16, 48, 4, 0.1, seed=1)
+        self.down = sl.SLLinear(48, 16, 4, 0.1, seed=2)
+
+    def forward(self, x):
+        return self.down(torch.nn.functional.gelu(self.up(x))) + x
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compile_fullgraph_forward_and_backward(backend):
+    torch.manual_seed(0)
+    eager = Block()
+    for layer in (eager.up, eager.down):
+        nn.init.normal_(layer.B, std=0.1)
+    compiled_model = Block()
+    compiled_model.load_state_dict(eager.state_dict())
+    compiled = torch.compile(compiled_model, backend=backend, fullgraph=True)
+    x = torch.randn(3, 5, 16)
+    y_eager, y_compiled = eager(x), compiled(x)
+    # Inductor fuses and reorders the pointwise ops around ours: float32 rounding.
+    torch.testing.assert_close(y_compiled, y_eager, rtol=1e-4, atol=1e-4)
+    y_eager.square().sum().backward()
+    y_compiled.square().sum().backward()
+    for (name, a), b in zip(eager.named_parameters(), compiled_model.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-4 * a.grad.abs().max().item(), msg=name)
