@@ -183,8 +183,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cpu(
     }
   } else {
     // Row chunks of W and dW = g^T x: neither is ever held whole.
-    if (need_dx) dx = at::zeros({batch, dims.n}, options);
-    if (need_dA) dA = at::zeros({dims.r, dims.n}, options);
     if (need_dB) dB = at::empty({dims.m, dims.r}, options);
     if (need_dvalues) dvalues = at::empty({dims.nnz}, options);
     const bool need_dW = need_dA || need_dB || need_dvalues;
@@ -193,14 +191,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cpu(
       const int64_t row_end = std::min(dims.m, row + chunk);
       const int64_t rows = row_end - row;
       const Tensor g_chunk = g2.narrow(1, row, rows);
-      if (need_dx) dx.addmm_(g_chunk, materialize_rows(op, a, b_factor, csr, scale, row, row_end));
+      // The first chunk writes dx and dA, later ones accumulate: no zero fill.
+      const auto accumulate = [&](Tensor& sum, const Tensor& left, const Tensor& right) {
+        sum = sum.defined() ? sum.addmm_(left, right) : at::mm(left, right);
+      };
+      if (need_dx) accumulate(dx, g_chunk, materialize_rows(op, a, b_factor, csr, scale, row, row_end));
       if (!need_dW) continue;
       const Tensor dW = at::mm(g_chunk.t(), x2);
       if (need_dB) {
         Tensor dB_chunk = dB.narrow(0, row, rows);
         at::mm_out(dB_chunk, dW, a.t());
       }
-      if (need_dA) dA.addmm_(b_factor.narrow(0, row, rows).t(), dW);
+      if (need_dA) accumulate(dA, b_factor.narrow(0, row, rows).t(), dW);
       if (need_dvalues) {
         AT_DISPATCH_FLOATING_TYPES(options.dtype().toScalarType(), "sl_matmul_backward_gather", [&] {
           check_columns(op,
@@ -211,6 +213,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cpu(
         });
       }
     }
+    if (need_dx && !dx.defined()) dx = at::zeros({batch, dims.n}, options);  // m == 0
+    if (need_dA && !dA.defined()) dA = at::zeros({dims.r, dims.n}, options);
     if (need_dA) dA.mul_(scale);
     if (need_dB) dB.mul_(scale);
   }

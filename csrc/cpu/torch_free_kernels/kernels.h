@@ -39,7 +39,7 @@ int64_t first_bad_col_idx(int64_t m, int64_t n, const int32_t* row_ptr, const in
 
 // ---- sparse products ----------------------------------------------------------
 // Each returns false, having written only in-bounds memory, if a column index
-// lies outside [0, n).
+// it reads lies outside [0, n) (with b == 0 the batch kernels read none).
 
 // y_t[i, :b] = sum_k values[k] * x_t[col_idx[k], :b]   (y = x @ S^T)
 template <class T>

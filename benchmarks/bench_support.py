@@ -1,0 +1,91 @@
+"""Sampling the sparse supports of every SL matrix of a LLaMA config.
+
+    python benchmarks/bench_support.py                    # LLaMA-1B, density 0.03
+    python benchmarks/bench_support.py --config 7B --density 0.05 --device cuda
+
+Ours: random_support for every attention and MLP projection of the config,
+timed in full. Original: the SLTrain code's randperm(m*n)[:nnz] + sort on the
+CPU, timed once per distinct matrix shape and multiplied by the number of
+matrices of that shape (the full run takes minutes; the column says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+import sltrain_ext as sl
+from common import header, write_results
+
+# hidden size, MLP size, layers of the LLaMA configs of the SLTrain paper
+LLAMA = {
+    "60M": (512, 1376, 8),
+    "130M": (768, 2048, 12),
+    "350M": (1024, 2736, 24),
+    "1B": (2048, 5461, 24),
+    "7B": (4096, 11008, 32),
+}
+
+
+def matrix_shapes(config: str) -> Counter:
+    """(out, in) of every targeted projection: q, k, v, o, gate, up, down per layer."""
+    hidden, mlp, layers = LLAMA[config]
+    return Counter({(hidden, hidden): 4 * layers, (mlp, hidden): 2 * layers, (hidden, mlp): layers})
+
+
+def sample_all(shapes: Counter, density: float, device: torch.device) -> tuple[float, int]:
+    total_nnz = 0
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    seed = 0
+    for (m, n), count in shapes.items():
+        for _ in range(count):
+            nnz = sl.nnz_for_density(m, n, density)
+            sl.random_support(m, n, nnz, seed, device=device)
+            total_nnz += nnz
+            seed += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, total_nnz
+
+
+def original_one(m: int, n: int, density: float) -> float:
+    start = time.perf_counter()
+    nnz = round(density * m * n)
+    torch.randperm(m * n)[:nnz].sort()
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=sorted(LLAMA), default="1B")
+    parser.add_argument("--density", type=float, default=0.03)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=Path("bench_out"))
+    args = parser.parse_args()
+
+    shapes = matrix_shapes(args.config)
+    device = torch.device(args.device)
+    sample_all(Counter({next(iter(shapes)): 1}), args.density, device)  # warm up
+    ours_s, total_nnz = sample_all(shapes, args.density, device)
+    per_shape = {f"{m}x{n}": original_one(m, n, args.density) for (m, n) in shapes}
+    original_s = sum(per_shape[f"{m}x{n}"] * count for (m, n), count in shapes.items())
+    meta = header() | {"config": args.config, "density": args.density, "device": str(device)}
+    payload = meta | {"matrices": sum(shapes.values()), "total_nnz": total_nnz, "ours_s": ours_s,
+                      "original_estimated_s": original_s, "original_per_matrix_s": per_shape}
+    md = "\n".join([
+        f"{meta['machine']}, torch {meta['torch']}, {meta['date']}. Command: `{meta['command']}`", "",
+        "| config | matrices | nnz | ours (all, measured) | original randperm (one per shape x count) |",
+        "|---|---|---|---|---|",
+        f"| LLaMA-{args.config}, density {args.density}, {device} | {sum(shapes.values())} | {total_nnz:,} | "
+        f"{ours_s:.2f} s | {original_s:.1f} s |", ""])
+    write_results(args.out, f"bench_support_{args.config}_{device.type}", payload, md)
+
+
+if __name__ == "__main__":
+    main()

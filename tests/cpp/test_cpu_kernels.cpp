@@ -1,0 +1,152 @@
+// ctest for the torch-free CPU kernels, without libtorch: each kernel against
+// a plain triple loop in double on random data, outputs poisoned first.
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+#include <random>
+#include <set>
+#include <vector>
+
+#include "cpu/torch_free_kernels/kernels.h"
+
+using namespace sltrain;
+using namespace sltrain::cpu;
+
+namespace {
+
+int passes = 0, failures = 0;
+
+void expect(bool ok, const char* what) {
+  if (ok) {
+    ++passes;
+  } else {
+    std::printf("FAILED: %s\n", what);
+    ++failures;
+  }
+}
+
+void expect_close(const std::vector<float>& got, const std::vector<double>& want, const char* what) {
+  double error = 0, scale = 1;
+  for (size_t i = 0; i < want.size(); ++i) {
+    error = std::max(error, std::abs(double(got[i]) - want[i]));
+    scale = std::max(scale, std::abs(want[i]));
+  }
+  expect(got.size() == want.size() && error <= 1e-5 * scale, what);
+}
+
+struct Case {
+  int64_t m, n, b, nnz;
+  std::vector<int32_t> row_ptr, col_idx;
+  std::vector<float> values, x_t, g_t;  // x_t [n, b], g_t [m, b]
+};
+
+Case make_case(int64_t m, int64_t n, int64_t b, int64_t nnz, uint64_t seed) {
+  Case c{m, n, b, nnz, std::vector<int32_t>(m + 1), std::vector<int32_t>(nnz), {}, {}, {}};
+  random_support(m, n, nnz, seed, c.row_ptr.data(), c.col_idx.data());
+  std::mt19937 gen{unsigned(seed)};
+  std::normal_distribution<float> normal;
+  for (auto* v : {&c.values, &c.x_t, &c.g_t}) v->clear();
+  for (int64_t i = 0; i < nnz; ++i) c.values.push_back(normal(gen));
+  for (int64_t i = 0; i < n * b; ++i) c.x_t.push_back(normal(gen));
+  for (int64_t i = 0; i < m * b; ++i) c.g_t.push_back(normal(gen));
+  return c;
+}
+
+void test_support(int64_t m, int64_t n, int64_t nnz) {
+  std::vector<int32_t> row_ptr(m + 1), col_idx(nnz, -1);
+  random_support(m, n, nnz, 42, row_ptr.data(), col_idx.data());
+  expect(check_row_ptr(m, nnz, row_ptr.data()).kind == RowPtrCheck::kValid, "support row_ptr valid");
+  expect(first_bad_col_idx(m, n, row_ptr.data(), col_idx.data()) == -1, "support columns sorted, in range");
+  std::vector<int32_t> again_rows(m + 1), again_cols(nnz);
+  random_support(m, n, nnz, 42, again_rows.data(), again_cols.data());
+  expect(again_rows == row_ptr && again_cols == col_idx, "support deterministic");
+}
+
+void test_sparse_products(int64_t m, int64_t n, int64_t b, int64_t nnz) {
+  const float poison = std::numeric_limits<float>::quiet_NaN();
+  Case c = make_case(m, n, b, nnz, uint64_t(m * 131 + n));
+  std::vector<double> y_want(m * b, 0), dx_want(n * b, 0), dv_want(nnz, 0);
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t k = c.row_ptr[i]; k < c.row_ptr[i + 1]; ++k) {
+      const int64_t j = c.col_idx[k];
+      for (int64_t t = 0; t < b; ++t) {
+        y_want[i * b + t] += double(c.values[k]) * c.x_t[j * b + t];
+        dx_want[j * b + t] += double(c.values[k]) * c.g_t[i * b + t];
+        dv_want[k] += double(c.g_t[i * b + t]) * c.x_t[j * b + t];
+      }
+    }
+  }
+  std::vector<float> y(m * b, poison), dx(n * b, poison), dv(nnz, poison);
+  expect(csr_spmm<float>(m, n, b, c.row_ptr.data(), c.col_idx.data(), c.values.data(), c.x_t.data(), b,
+                         y.data(), b), "csr_spmm ok");
+  expect_close(y, y_want, "csr_spmm");
+  expect(csr_spmm_transposed<float>(m, n, b, c.row_ptr.data(), c.col_idx.data(), c.values.data(),
+                                    c.g_t.data(), b, dx.data(), b), "csr_spmm_transposed ok");
+  expect_close(dx, dx_want, "csr_spmm_transposed");
+  expect(csr_sddmm<float>(m, n, b, c.row_ptr.data(), c.col_idx.data(), c.g_t.data(), b, c.x_t.data(), b,
+                          dv.data()), "csr_sddmm ok");
+  expect_close(dv, dv_want, "csr_sddmm");
+
+  // Scatter into rows [1, m) of a dense matrix, then gather back.
+  if (m < 2) return;
+  std::vector<float> w((m - 1) * n, 0.0f), gathered(nnz, poison);
+  expect(csr_scatter_add_rows<float>(1, m, n, c.row_ptr.data(), c.col_idx.data(), c.values.data(), w.data(), n),
+         "csr_scatter_add_rows ok");
+  expect(csr_gather_rows<float>(1, m, n, c.row_ptr.data(), c.col_idx.data(), w.data(), n, gathered.data()),
+         "csr_gather_rows ok");
+  bool round_trip = true;
+  for (int64_t k = c.row_ptr[1]; k < nnz; ++k) round_trip &= gathered[k] == c.values[k];
+  expect(round_trip, "scatter then gather returns the values");
+
+  // An out-of-range column is reported, and nothing outside y is written.
+  if (nnz == 0 || b == 0) return;
+  c.col_idx[nnz - 1] = int32_t(n);
+  expect(!csr_spmm<float>(m, n, b, c.row_ptr.data(), c.col_idx.data(), c.values.data(), c.x_t.data(), b,
+                          y.data(), b), "csr_spmm reports a bad column");
+}
+
+void test_adam() {
+  const AdamHyper hyper{1e-2, 0.9, 0.999, 1e-8, 0.1, 3, true};
+  std::vector<float> p{1.0f, -2.0f, 0.5f}, g{0.1f, 0.2f, -0.3f}, m{0.01f, 0.0f, 0.02f}, v{1e-4f, 2e-4f, 0.0f};
+  std::vector<double> want(3);
+  for (int i = 0; i < 3; ++i) {
+    double pi = p[i] * (1 - 1e-2 * 0.1);
+    const double mi = 0.9 * m[i] + 0.1 * g[i], vi = 0.999 * v[i] + 0.001 * double(g[i]) * g[i];
+    pi -= 1e-2 * (mi / (1 - std::pow(0.9, 3))) / (std::sqrt(vi / (1 - std::pow(0.999, 3))) + 1e-8);
+    want[i] = pi;
+  }
+  adam_step<float, float>(3, p.data(), g.data(), m.data(), v.data(), hyper);
+  expect_close(p, want, "adam_step");
+}
+
+void test_half_round_trips() {
+  bool bf16_ok = true, fp16_ok = true;
+  for (uint32_t bits = 0; bits < 65536; ++bits) {
+    const bf16 b{uint16_t(bits)};
+    const fp16 h{uint16_t(bits)};
+    if (!std::isnan(to_float(b))) bf16_ok &= to_bf16(to_float(b)).bits == b.bits;
+    if (!std::isnan(to_float(h))) fp16_ok &= to_fp16(to_float(h)).bits == h.bits;
+  }
+  expect(bf16_ok, "every bf16 survives bf16 -> float -> bf16");
+  expect(fp16_ok, "every fp16 survives fp16 -> float -> fp16");
+  expect(to_bf16(1.0f + 1.0f / 256).bits == to_bf16(1.0f).bits, "bf16 rounds half to even");
+  expect(to_fp16(65520.0f).bits == 0x7c00, "fp16 overflows to inf");
+}
+
+}  // namespace
+
+int main() {
+  test_support(1, 1, 1);
+  test_support(37, 53, 100);
+  test_support(300, 5461, 49149);
+  test_support(5, 5, 0);
+  test_sparse_products(1, 1, 1, 1);
+  test_sparse_products(17, 23, 5, 40);
+  test_sparse_products(64, 300, 700, 2000);  // several batch blocks
+  test_sparse_products(9, 7, 0, 20);         // no tokens
+  test_adam();
+  test_half_round_trips();
+  std::printf("%d passed, %d failed\n", passes, failures);
+  return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
