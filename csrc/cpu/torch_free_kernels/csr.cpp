@@ -151,20 +151,23 @@ bool csr_sddmm(int64_t m, int64_t n, int64_t b, const int32_t* row_ptr, const in
   return ok.load();
 }
 
-template <class T>
-bool csr_scatter_add_rows(int64_t row_begin, int64_t row_end, int64_t n, const int32_t* row_ptr,
-                          const int32_t* col_idx, const T* values, T* w, int64_t ld_w) {
+namespace {
+
+// Calls visit(r, k, column) for every entry k of rows [row_begin, row_end) of
+// S whose column is in range, with r counted from row_begin; false if any is not.
+template <class Visit>
+bool for_each_entry_in_rows(int64_t row_begin, int64_t row_end, int64_t n, const int32_t* row_ptr,
+                            const int32_t* col_idx, const Visit& visit) {
   std::atomic<bool> ok{true};
   const int64_t rows = row_end - row_begin;
   parallel_for(0, rows, row_grain(rows, row_ptr[row_end] - row_ptr[row_begin], 1),
                [&](int64_t begin, int64_t end) {
                  for (int64_t r = begin; r < end; ++r) {
-                   T* w_row = w + r * ld_w;
                    const int64_t i = row_begin + r;
                    for (int64_t k = row_ptr[i]; k < row_ptr[i + 1]; ++k) {
                      const int32_t column = col_idx[k];
                      if (column_in_range(column, n)) {
-                       w_row[column] += values[k];
+                       visit(r, k, column);
                      } else {
                        ok.store(false, std::memory_order_relaxed);
                      }
@@ -174,28 +177,20 @@ bool csr_scatter_add_rows(int64_t row_begin, int64_t row_end, int64_t n, const i
   return ok.load();
 }
 
+}  // namespace
+
+template <class T>
+bool csr_scatter_add_rows(int64_t row_begin, int64_t row_end, int64_t n, const int32_t* row_ptr,
+                          const int32_t* col_idx, const T* values, T* w, int64_t ld_w) {
+  return for_each_entry_in_rows(row_begin, row_end, n, row_ptr, col_idx,
+                                [&](int64_t r, int64_t k, int32_t column) { w[r * ld_w + column] += values[k]; });
+}
+
 template <class T>
 bool csr_gather_rows(int64_t row_begin, int64_t row_end, int64_t n, const int32_t* row_ptr,
                      const int32_t* col_idx, const T* w, int64_t ld_w, T* out) {
-  std::atomic<bool> ok{true};
-  const int64_t rows = row_end - row_begin;
-  parallel_for(0, rows, row_grain(rows, row_ptr[row_end] - row_ptr[row_begin], 1),
-               [&](int64_t begin, int64_t end) {
-                 for (int64_t r = begin; r < end; ++r) {
-                   const T* w_row = w + r * ld_w;
-                   const int64_t i = row_begin + r;
-                   for (int64_t k = row_ptr[i]; k < row_ptr[i + 1]; ++k) {
-                     const int32_t column = col_idx[k];
-                     if (column_in_range(column, n)) {
-                       out[k] = w_row[column];
-                     } else {
-                       out[k] = T(0);
-                       ok.store(false, std::memory_order_relaxed);
-                     }
-                   }
-                 }
-               });
-  return ok.load();
+  return for_each_entry_in_rows(row_begin, row_end, n, row_ptr, col_idx,
+                                [&](int64_t r, int64_t k, int32_t column) { out[k] = w[r * ld_w + column]; });
 }
 
 #define SLTRAIN_INSTANTIATE_CSR(T)                                                                \
