@@ -1,7 +1,7 @@
 """Sampling the sparse supports of every SL matrix of a LLaMA config.
 
-    python benchmarks/bench_support.py                    # LLaMA-1B, density 0.03
-    python benchmarks/bench_support.py --config 7B --density 0.05 --device cuda
+    python benchmarks/bench_support.py                    # LLaMA-1B, its density 0.03
+    python benchmarks/bench_support.py --config 7b --device cuda   # density 0.05
 
 Ours: random_support for every attention and MLP projection of the config,
 timed in full. Original: the SLTrain code's randperm(m*n)[:nnz] + sort on the
@@ -19,23 +19,8 @@ from pathlib import Path
 import torch
 
 import sltrain_ext as sl
+from sltrain_ext import configs
 from common import header, write_results
-
-# hidden size, MLP size, layers of the LLaMA configs of the SLTrain paper
-LLAMA = {
-    "60M": (512, 1376, 8),
-    "130M": (768, 2048, 12),
-    "350M": (1024, 2736, 24),
-    "1B": (2048, 5461, 24),
-    "7B": (4096, 11008, 32),
-}
-
-
-def matrix_shapes(config: str) -> Counter:
-    """(out, in) of every targeted projection: q, k, v, o, gate, up, down per layer."""
-    hidden, mlp, layers = LLAMA[config]
-    return Counter({(hidden, hidden): 4 * layers, (mlp, hidden): 2 * layers, (hidden, mlp): layers})
-
 
 def sample_all(shapes: Counter, density: float, device: torch.device) -> tuple[float, int]:
     total_nnz = 0
@@ -63,13 +48,15 @@ def original_one(m: int, n: int, density: float) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", choices=sorted(LLAMA), default="1B")
-    parser.add_argument("--density", type=float, default=0.03)
+    parser.add_argument("--config", choices=configs.available(), default="1b")
+    parser.add_argument("--density", type=float, default=None, help="default: the config's")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
     args = parser.parse_args()
 
-    shapes = matrix_shapes(args.config)
+    config = configs.load(args.config)
+    shapes = Counter(config.linear_shapes())
+    args.density = args.density or config.density
     device = torch.device(args.device)
     sample_all(Counter({next(iter(shapes)): 1}), args.density, device)  # warm up
     ours_s, total_nnz = sample_all(shapes, args.density, device)
@@ -82,7 +69,7 @@ def main():
         f"{meta['machine']}, torch {meta['torch']}, {meta['date']}. Command: `{meta['command']}`", "",
         "| config | matrices | nnz | ours (all, measured) | original randperm (one per shape x count) |",
         "|---|---|---|---|---|",
-        f"| LLaMA-{args.config}, density {args.density}, {device} | {sum(shapes.values())} | {total_nnz:,} | "
+        f"| LLaMA-{args.config.upper()}, density {args.density}, {device} | {sum(shapes.values())} | {total_nnz:,} | "
         f"{ours_s:.2f} s | {original_s:.1f} s |", ""])
     write_results(args.out, f"bench_support_{args.config}_{device.type}", payload, md)
 

@@ -77,7 +77,7 @@ def train(name: str, sl_layers: bool, train_data, test_data, steps: int, seed: i
     optimizer = SLAdamW(model.parameters(), lr=3e-3)
     stream = batches(train_data, 256, torch.Generator().manual_seed(seed))
     start = time.perf_counter()
-    progress = tqdm(range(steps), desc=name, unit="step")
+    progress = tqdm(range(steps), desc=name, unit="step", mininterval=0.5)
     for _ in progress:
         x, y = next(stream)
         loss = nn.functional.cross_entropy(model(x), y)

@@ -1,0 +1,77 @@
+"""The LLaMA configurations of the SLTrain paper (and GaLore before it), with
+SLTrain's per-size defaults, shipped as JSON: ``llama_60m.json`` and so on."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["LlamaConfig", "available", "load"]
+
+_DIR = Path(__file__).parent
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    name: str
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    vocab_size: int
+    max_position_embeddings: int
+    rms_norm_eps: float
+    tie_word_embeddings: bool
+    rank: int
+    alpha: float
+    density: float
+
+    def linear_shapes(self) -> dict[tuple[int, int], int]:
+        """(out, in) -> count of the projections SLTrain replaces: q, k, v, o, gate, up, down."""
+        h, i, layers = self.hidden_size, self.intermediate_size, self.num_hidden_layers
+        return {(h, h): 4 * layers, (i, h): 2 * layers, (h, i): layers}
+
+    def dense_parameters(self) -> int:
+        """Parameters outside the replaced projections: embeddings, head, norms."""
+        h = self.hidden_size
+        head = 0 if self.tie_word_embeddings else self.vocab_size * h
+        return self.vocab_size * h + head + (2 * self.num_hidden_layers + 1) * h
+
+    def full_rank_parameters(self) -> int:
+        return self.dense_parameters() + sum(m * n * c for (m, n), c in self.linear_shapes().items())
+
+    def sltrain_parameters(self, rank: int | None = None, density: float | None = None) -> int:
+        """Trainable parameters with every projection as SLLinear (no biases)."""
+        rank = self.rank if rank is None else rank
+        density = self.density if density is None else density
+        per_shape = (rank * (m + n) + round(density * m * n) for (m, n) in self.linear_shapes())
+        return self.dense_parameters() + sum(p * c for p, c in zip(per_shape, self.linear_shapes().values()))
+
+    def sltrain_nnz(self, density: float | None = None) -> int:
+        density = self.density if density is None else density
+        return sum(round(density * m * n) * c for (m, n), c in self.linear_shapes().items())
+
+
+def available() -> list[str]:
+    """Config names, smallest first: '9m', '20m', ..., '7b'."""
+    names = [p.stem.removeprefix("llama_") for p in _DIR.glob("llama_*.json")]
+    return sorted(names, key=lambda n: float(n[:-1]) * (1000 if n.endswith("b") else 1))
+
+
+def load(name: str) -> LlamaConfig:
+    """A config by name ('60m', 'llama_60m', '1B') or by path to a JSON file of the same form."""
+    path = Path(name)
+    if not path.suffix:
+        path = _DIR / f"llama_{name.lower().removeprefix('llama_')}.json"
+    if not path.exists():
+        raise ValueError(f"unknown config {name!r}: choose one of {available()} or give a JSON path")
+    raw = json.loads(path.read_text())
+    sltrain = raw.get("sltrain", {})
+    return LlamaConfig(
+        name=raw["name"], hidden_size=raw["hidden_size"], intermediate_size=raw["intermediate_size"],
+        num_hidden_layers=raw["num_hidden_layers"], num_attention_heads=raw["num_attention_heads"],
+        vocab_size=raw["vocab_size"], max_position_embeddings=raw["max_position_embeddings"],
+        rms_norm_eps=raw["rms_norm_eps"], tie_word_embeddings=raw["tie_word_embeddings"],
+        rank=sltrain.get("rank", 128), alpha=sltrain.get("alpha", 32.0), density=sltrain.get("density", 0.03),
+    )
