@@ -81,4 +81,40 @@ void check_grad_output(const char* op, const at::Tensor& grad_y, const at::Tenso
                     " for x of shape ", x.sizes());
 }
 
+void check_adam_hyper(const char* op, double lr, double beta1, double beta2, double eps,
+                      double weight_decay, int64_t step) {
+  TORCH_CHECK_VALUE(lr >= 0, op, ": `lr` must be >= 0, got ", lr);
+  TORCH_CHECK_VALUE(beta1 >= 0 && beta1 < 1, op, ": `beta1` must be in [0, 1), got ", beta1);
+  TORCH_CHECK_VALUE(beta2 >= 0 && beta2 < 1, op, ": `beta2` must be in [0, 1), got ", beta2);
+  TORCH_CHECK_VALUE(eps > 0, op, ": `eps` must be > 0, got ", eps);
+  TORCH_CHECK_VALUE(weight_decay >= 0, op, ": `weight_decay` must be >= 0, got ", weight_decay);
+  TORCH_CHECK_VALUE(step >= 1, op, ": `step` must be >= 1 (the step being taken), got ", step);
+}
+
+void check_adam_param(const char* op, size_t i, const at::Tensor& param, const at::Tensor& grad,
+                      c10::Device device) {
+  TORCH_CHECK_TYPE(is_supported_float(param.scalar_type()), op, ": `params`[", i,
+                   "] must be float32, float64, bfloat16 or float16, got ", param.scalar_type());
+  TORCH_CHECK_VALUE(param.device() == device, op, ": `params`[", i, "] is on ", param.device(),
+                    " but `params`[0] is on ", device);
+  TORCH_CHECK_VALUE(param.is_contiguous(), op, ": `params`[", i,
+                    "] must be contiguous (it is updated in place)");
+  TORCH_CHECK_TYPE(grad.scalar_type() == param.scalar_type(), op, ": `grads`[", i, "] has dtype ",
+                   grad.scalar_type(), " but its param has ", param.scalar_type());
+  TORCH_CHECK_VALUE(grad.sizes() == param.sizes(), op, ": `grads`[", i, "] has shape ",
+                    grad.sizes(), " but `params`[", i, "] has ", param.sizes());
+  TORCH_CHECK_VALUE(grad.device() == device, op, ": `grads`[", i, "] is on ", grad.device(),
+                    " but `params`[", i, "] is on ", device);
+}
+
+void check_adam_state(const char* op, const char* name, size_t i, const at::Tensor& state,
+                      at::ScalarType dtype, int64_t numel, const at::Tensor& param) {
+  TORCH_CHECK_TYPE(state.scalar_type() == dtype, op, ": `", name, "`[", i, "] must be ", dtype,
+                   " for a ", param.scalar_type(), " param, got ", state.scalar_type());
+  TORCH_CHECK_VALUE(state.numel() == numel && state.is_contiguous(), op, ": `", name, "`[", i,
+                    "] must be contiguous with ", numel, " entries, got shape ", state.sizes());
+  TORCH_CHECK_VALUE(state.device() == param.device(), op, ": `", name, "`[", i, "] is on ",
+                    state.device(), " but `params`[", i, "] is on ", param.device());
+}
+
 }  // namespace sltrain

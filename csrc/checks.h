@@ -29,4 +29,16 @@ void check_bias(const char* op, const std::optional<at::Tensor>& bias, const Fac
 void check_grad_output(const char* op, const at::Tensor& grad_y, const at::Tensor& x,
                        const FactorDims& dims, const at::Tensor& like);
 
+// Adam hyper-parameters: lr >= 0, betas in [0, 1), eps > 0, weight_decay >= 0, step >= 1.
+void check_adam_hyper(const char* op, double lr, double beta1, double beta2, double eps,
+                      double weight_decay, int64_t step);
+
+// params[i] contiguous, of a supported dtype and on `device`; grads[i] its dtype, shape, device.
+void check_adam_param(const char* op, size_t i, const at::Tensor& param, const at::Tensor& grad,
+                      c10::Device device);
+
+// A contiguous state tensor `name`[i] of `dtype` with `numel` entries on param's device.
+void check_adam_state(const char* op, const char* name, size_t i, const at::Tensor& state,
+                      at::ScalarType dtype, int64_t numel, const at::Tensor& param);
+
 }  // namespace sltrain

@@ -99,6 +99,13 @@ TORCH_LIBRARY(sltrain, m) {
       "fused_adam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
       "Tensor(c!)[] exp_avg_sqs, float lr, float beta1, float beta2, float eps, "
       "float weight_decay, int step, bool decoupled) -> ()");
+  // fused_adam_ with 8-bit block-quantised states (csrc/common/quant8.h): int8
+  // exp_avg codes, uint8 codes of sqrt(exp_avg_sq), one float32 absmax per 256.
+  m.def(
+      "fused_adam8bit_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+      "Tensor(c!)[] exp_avg_absmaxes, Tensor(d!)[] sqrt_exp_avg_sqs, "
+      "Tensor(e!)[] sqrt_exp_avg_sq_absmaxes, float lr, float beta1, float beta2, float eps, "
+      "float weight_decay, int step, bool decoupled) -> ()");
   m.def(
       "random_support(int m, int n, int nnz, int seed, Device? device=None) -> (Tensor, Tensor)");
   // The per-device half of random_support: fills preallocated CSR arrays

@@ -6,6 +6,7 @@
 from .nn import SLLinear
 from .ops import (
     densify,
+    fused_adam8bit_,
     fused_adam_,
     matmul_config,
     matmul_path,
@@ -25,6 +26,7 @@ __all__ = [
     "SLAdamW",
     "densify",
     "fused_adam_",
+    "fused_adam8bit_",
     "matmul_config",
     "matmul_path",
     "nnz_for_density",

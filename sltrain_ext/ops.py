@@ -22,6 +22,7 @@ __all__ = [
     "densify",
     "random_support",
     "fused_adam_",
+    "fused_adam8bit_",
     "validate_support",
     "nnz_for_density",
     "set_matmul_config",
@@ -126,6 +127,38 @@ def fused_adam_(
     )
 
 
+def fused_adam8bit_(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    exp_avgs: Sequence[Tensor],
+    exp_avg_absmaxes: Sequence[Tensor],
+    sqrt_exp_avg_sqs: Sequence[Tensor],
+    sqrt_exp_avg_sq_absmaxes: Sequence[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    step: int,
+    decoupled: bool = True,
+) -> None:
+    """``fused_adam_`` with 8-bit block-quantised moments.
+
+    Per param of ``numel`` elements: ``exp_avgs`` int8 ``[numel]`` codes,
+    ``sqrt_exp_avg_sqs`` uint8 ``[numel]`` codes of ``sqrt(exp_avg_sq)``, and
+    float32 ``[ceil(numel / 256)]`` absmaxes for each (the code is in
+    ``csrc/common/quant8.h``). Zeros are the initial state. Params are float32,
+    bfloat16 or float16.
+    """
+    if len(params) == 0:
+        return
+    _ops.fused_adam8bit_(
+        list(params), list(grads), list(exp_avgs), list(exp_avg_absmaxes), list(sqrt_exp_avg_sqs),
+        list(sqrt_exp_avg_sq_absmaxes), lr, beta1, beta2, eps, weight_decay, step, decoupled,
+    )
+
+
 def validate_support(row_ptr: Tensor, col_idx: Tensor, m: int, n: int) -> None:
     """Raises ``ValueError`` naming what is wrong unless ``(row_ptr, col_idx)`` is a
     valid support of an ``m x n`` matrix: int32, ``row_ptr`` ``[m + 1]`` from 0 to
@@ -208,6 +241,12 @@ def _(row_ptr, col_idx, n, seed):
 
 @torch.library.register_fake("sltrain::fused_adam_")
 def _(params, grads, exp_avgs, exp_avg_sqs, lr, beta1, beta2, eps, weight_decay, step, decoupled):
+    return None
+
+
+@torch.library.register_fake("sltrain::fused_adam8bit_")
+def _(params, grads, exp_avgs, exp_avg_absmaxes, sqrt_exp_avg_sqs, sqrt_exp_avg_sq_absmaxes,
+      lr, beta1, beta2, eps, weight_decay, step, decoupled):
     return None
 
 

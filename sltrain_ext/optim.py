@@ -1,4 +1,5 @@
-"""``SLAdamW``: AdamW whose update is one ``fused_adam_`` call per param group."""
+"""``SLAdamW``: AdamW on fused multi-tensor kernels, with per-layer updates and
+8-bit states."""
 
 from __future__ import annotations
 
@@ -9,19 +10,40 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .ops import fused_adam_
+from .ops import fused_adam8bit_, fused_adam_
 
-__all__ = ["SLAdamW"]
+__all__ = ["SLAdamW", "QUANT_BLOCK"]
+
+QUANT_BLOCK = 256  # elements per absmax of the 8-bit states (csrc/common/quant8.h)
 
 
 class SLAdamW(torch.optim.Optimizer):
-    """AdamW (decoupled weight decay) over any parameters: SL factors, sparse
+    """AdamW (decoupled weight decay) for any parameters: SL factors, sparse
     values and ordinary dense weights alike.
 
-    Same hyper-parameters and update as ``torch.optim.AdamW``. Moments are kept
-    in float32 (float64 for float64 params), also for bfloat16 params, and every
-    group is updated by one multi-tensor ``torch.ops.sltrain.fused_adam_`` call
-    per device and step count.
+    The update is ``torch.optim.AdamW``'s, applied by one multi-tensor
+    ``torch.ops.sltrain.fused_adam_`` (or ``fused_adam8bit_``) call per group,
+    device, step count and state precision. Moments are float32 (float64 for
+    float64 params), also for bfloat16 params.
+
+    Args:
+        params, lr, betas, eps, weight_decay: as ``torch.optim.AdamW``.
+        state_bits: 32, or 8 for block-quantised moments (a logarithmic int8
+            code per element and one float32 absmax per 256 elements: 2 bytes of
+            state per parameter instead of 8). Tensors with fewer than
+            ``min_8bit_numel`` elements (norms, biases) keep 32-bit states.
+        per_layer: update each parameter inside ``backward()``, as soon as its
+            gradient is complete, and free that gradient at once, so the
+            model's gradients never coexist. ``step()`` then only runs the
+            closure. Needs ``zero_grad`` no more: gradients are ``None`` after
+            every update.
+        max_grad_norm: clip each parameter's gradient to this L2 norm before
+            its update (per parameter, in both modes: per-layer updates never
+            see a global norm). ``None`` disables clipping.
+        accumulation_steps: with ``per_layer``, how many backward passes each
+            gradient accumulates over before the update (the last micro-batch's
+            backward steps). Without ``per_layer``, call ``step()`` when you
+            want, as usual.
     """
 
     def __init__(
@@ -31,6 +53,12 @@ class SLAdamW(torch.optim.Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
+        *,
+        state_bits: int = 32,
+        min_8bit_numel: int = 4096,
+        per_layer: bool = False,
+        max_grad_norm: float | None = None,
+        accumulation_steps: int = 1,
     ) -> None:
         if not lr >= 0.0:
             raise ValueError(f"`lr` must be >= 0, got {lr}")
@@ -41,40 +69,105 @@ class SLAdamW(torch.optim.Optimizer):
             raise ValueError(f"`eps` must be > 0, got {eps}")
         if not weight_decay >= 0.0:
             raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay}")
-        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
+        if state_bits not in (8, 32):
+            raise ValueError(f"`state_bits` must be 8 or 32, got {state_bits}")
+        if max_grad_norm is not None and not max_grad_norm > 0.0:
+            raise ValueError(f"`max_grad_norm` must be > 0 or None, got {max_grad_norm}")
+        if not (isinstance(accumulation_steps, int) and accumulation_steps >= 1):
+            raise ValueError(f"`accumulation_steps` must be a positive int, got {accumulation_steps!r}")
+        if accumulation_steps > 1 and not per_layer:
+            raise ValueError("`accumulation_steps` applies to per_layer=True; otherwise call step() every k backward passes")
+        # Read by add_param_group, which Optimizer.__init__ calls.
+        self.per_layer = per_layer
+        self.max_grad_norm = max_grad_norm
+        self.accumulation_steps = accumulation_steps
+        self.min_8bit_numel = min_8bit_numel
+        self._group_of: dict[Tensor, dict[str, Any]] = {}
+        self._hooks: list[Any] = []
+        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay, "state_bits": state_bits}
+        super().__init__(params, defaults)
 
-    def _state_of(self, param: Tensor) -> dict[str, Any]:
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        if group["state_bits"] not in (8, 32):
+            raise ValueError(f"`state_bits` must be 8 or 32, got {group['state_bits']}")
+        for param in group["params"]:
+            self._group_of[param] = group
+            if self.per_layer and param.requires_grad:
+                self._hooks.append(param.register_post_accumulate_grad_hook(self._per_layer_update))
+
+    def _state_of(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         state = self.state[param]
-        if not state:
-            dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
+        if "step" not in state:
             state["step"] = 0
-            state["exp_avg"] = torch.zeros_like(param, dtype=dtype, memory_format=torch.contiguous_format)
-            state["exp_avg_sq"] = torch.zeros_like(param, dtype=dtype, memory_format=torch.contiguous_format)
+            if group["state_bits"] == 8 and param.numel() >= self.min_8bit_numel and param.dtype != torch.float64:
+                blocks = -(-param.numel() // QUANT_BLOCK)
+                state["exp_avg"] = torch.zeros(param.numel(), dtype=torch.int8, device=param.device)
+                state["exp_avg_absmax"] = torch.zeros(blocks, dtype=torch.float32, device=param.device)
+                state["sqrt_exp_avg_sq"] = torch.zeros(param.numel(), dtype=torch.uint8, device=param.device)
+                state["sqrt_exp_avg_sq_absmax"] = torch.zeros(blocks, dtype=torch.float32, device=param.device)
+            else:
+                dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
+                state["exp_avg"] = torch.zeros(param.shape, dtype=dtype, device=param.device)
+                state["exp_avg_sq"] = torch.zeros(param.shape, dtype=dtype, device=param.device)
         return state
 
     @torch.no_grad()
+    def _update(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        """One AdamW step of `params` (all in `group`, all with a gradient)."""
+        batches: dict[tuple, list[list[Tensor]]] = defaultdict(lambda: [[] for _ in range(6)])
+        for param in params:
+            if param.grad.is_sparse:
+                raise RuntimeError("SLAdamW does not support sparse gradients")
+            if self.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(param, self.max_grad_norm)
+            state = self._state_of(param, group)
+            state["step"] += 1
+            eight_bit = "sqrt_exp_avg_sq" in state
+            keys = (("exp_avg", "exp_avg_absmax", "sqrt_exp_avg_sq", "sqrt_exp_avg_sq_absmax")
+                    if eight_bit else ("exp_avg", "exp_avg_sq"))
+            batch = batches[(param.device, state["step"], eight_bit)]
+            for bucket, tensor in zip(batch, (param, param.grad, *(state[k] for k in keys))):
+                bucket.append(tensor)
+        beta1, beta2 = group["betas"]
+        hyper = {"lr": float(group["lr"]), "beta1": beta1, "beta2": beta2, "eps": group["eps"],
+                 "weight_decay": group["weight_decay"]}
+        for (_, step, eight_bit), lists in batches.items():
+            if eight_bit:
+                fused_adam8bit_(*lists, **hyper, step=step, decoupled=True)
+            else:
+                fused_adam_(*lists[:4], **hyper, step=step, decoupled=True)
+
+    def _per_layer_update(self, param: Tensor) -> None:
+        state = self.state[param]
+        state["pending_backwards"] = state.get("pending_backwards", 0) + 1
+        if state["pending_backwards"] < self.accumulation_steps:
+            return
+        state["pending_backwards"] = 0
+        self._update(self._group_of[param], [param])
+        param.grad = None
+
+    @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """Updates every parameter that has a gradient (with ``per_layer`` the
+        updates already happened in backward, and this only runs the closure)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            batches: dict[tuple[torch.device, int], list[list[Tensor]]] = defaultdict(lambda: [[], [], [], []])
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                if param.grad.is_sparse:
-                    raise RuntimeError("SLAdamW does not support sparse gradients")
-                state = self._state_of(param)
-                state["step"] += 1
-                batch = batches[(param.device, state["step"])]
-                for bucket, tensor in zip(batch, (param, param.grad, state["exp_avg"], state["exp_avg_sq"])):
-                    bucket.append(tensor)
-            beta1, beta2 = group["betas"]
-            for (_, step), (params, grads, exp_avgs, exp_avg_sqs) in batches.items():
-                fused_adam_(
-                    params, grads, exp_avgs, exp_avg_sqs,
-                    lr=float(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
-                    weight_decay=group["weight_decay"], step=step, decoupled=True,
-                )
+        if not self.per_layer:
+            for group in self.param_groups:
+                self._update(group, [p for p in group["params"] if p.grad is not None])
         return loss
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        # torch.optim casts every floating state tensor to its param's dtype;
+        # ours keep their own (float32 moments of bf16 params, 8-bit codes).
+        saved_groups = state_dict["param_groups"]
+        for saved, group in zip(saved_groups, self.param_groups):
+            for param_id, param in zip(saved["params"], group["params"]):
+                for key, value in state_dict["state"].get(param_id, {}).items():
+                    if torch.is_tensor(value):
+                        self.state[param][key] = value.to(device=param.device, copy=True)

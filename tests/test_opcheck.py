@@ -55,6 +55,15 @@ def test_opcheck_fused_adam():
     torch.library.opcheck(ops.fused_adam_.default, args)
 
 
+def test_opcheck_fused_adam8bit():
+    params = [torch.randn(300), torch.randn(2, 200).bfloat16()]
+    args = (params, [torch.randn_like(p) for p in params],
+            [torch.zeros(p.numel(), dtype=torch.int8) for p in params], [torch.zeros(2) for _ in params],
+            [torch.zeros(p.numel(), dtype=torch.uint8) for p in params], [torch.zeros(2) for _ in params],
+            1e-3, 0.9, 0.999, 1e-8, 0.01, 1, True)
+    torch.library.opcheck(ops.fused_adam8bit_.default, args)
+
+
 class Block(nn.Module):
     def __init__(self):
         super().__init__()

@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "../checks.h"
+#include "../common/quant8.h"
 #include "../config.h"
 #include "torch_free_kernels/kernels.h"
 
@@ -277,49 +278,74 @@ void adam_step_tensor(const Tensor& param, const Tensor& grad, const Tensor& exp
                        exp_avg_sq.data_ptr<S>(), hyper);
 }
 
+void check_list_lengths(const char* op, std::initializer_list<std::pair<const char*, size_t>> lists) {
+  const auto& [first_name, first_size] = *lists.begin();
+  for (const auto& [name, size] : lists) {
+    TORCH_CHECK_VALUE(size == first_size, op, ": the tensor lists must have equal lengths, but `",
+                      first_name, "` has ", first_size, " and `", name, "` has ", size);
+  }
+}
+
 void fused_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                     at::TensorList exp_avg_sqs, double lr, double beta1, double beta2, double eps,
                     double weight_decay, int64_t step, bool decoupled) {
   constexpr const char* op = "fused_adam_";
-  const size_t count = params.size();
-  TORCH_CHECK_VALUE(grads.size() == count && exp_avgs.size() == count && exp_avg_sqs.size() == count,
-                    op, ": `params`, `grads`, `exp_avgs` and `exp_avg_sqs` must have equal lengths, got ",
-                    count, ", ", grads.size(), ", ", exp_avgs.size(), ", ", exp_avg_sqs.size());
-  TORCH_CHECK_VALUE(lr >= 0, op, ": `lr` must be >= 0, got ", lr);
-  TORCH_CHECK_VALUE(beta1 >= 0 && beta1 < 1, op, ": `beta1` must be in [0, 1), got ", beta1);
-  TORCH_CHECK_VALUE(beta2 >= 0 && beta2 < 1, op, ": `beta2` must be in [0, 1), got ", beta2);
-  TORCH_CHECK_VALUE(eps > 0, op, ": `eps` must be > 0, got ", eps);
-  TORCH_CHECK_VALUE(weight_decay >= 0, op, ": `weight_decay` must be >= 0, got ", weight_decay);
-  TORCH_CHECK_VALUE(step >= 1, op, ": `step` must be >= 1 (the step being taken), got ", step);
+  check_list_lengths(op, {{"params", params.size()}, {"grads", grads.size()},
+                          {"exp_avgs", exp_avgs.size()}, {"exp_avg_sqs", exp_avg_sqs.size()}});
+  check_adam_hyper(op, lr, beta1, beta2, eps, weight_decay, step);
   const cpu::AdamHyper hyper{lr, beta1, beta2, eps, weight_decay, step, decoupled};
-  for (size_t i = 0; i < count; ++i) {
-    const Tensor &param = params[i], &grad = grads[i], &m = exp_avgs[i], &v = exp_avg_sqs[i];
-    TORCH_CHECK_VALUE(param.is_cpu(), op, ": `params`[", i, "] is on ", param.device(),
-                      " but `params`[0] is on the CPU");
+  for (size_t i = 0; i < params.size(); ++i) {
+    const Tensor &param = params[i], &m = exp_avgs[i], &v = exp_avg_sqs[i];
+    check_adam_param(op, i, param, grads[i], c10::Device(c10::kCPU));
     const auto state_dtype = param.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-    TORCH_CHECK_TYPE(param.scalar_type() == at::kFloat || param.scalar_type() == at::kBFloat16 ||
-                         param.scalar_type() == at::kHalf || param.scalar_type() == at::kDouble,
-                     op, ": `params`[", i, "] must be float32, bfloat16, float16 or float64, got ",
-                     param.scalar_type());
-    TORCH_CHECK_TYPE(grad.scalar_type() == param.scalar_type(), op, ": `grads`[", i,
-                     "] has dtype ", grad.scalar_type(), " but its param has ", param.scalar_type());
-    TORCH_CHECK_TYPE(m.scalar_type() == state_dtype && v.scalar_type() == state_dtype, op,
-                     ": `exp_avgs`[", i, "] and `exp_avg_sqs`[", i, "] must be ", state_dtype,
-                     " for a ", param.scalar_type(), " param");
-    for (const auto& [name, t] : {std::pair{"grads", &grad}, {"exp_avgs", &m}, {"exp_avg_sqs", &v}}) {
-      TORCH_CHECK_VALUE(t->sizes() == param.sizes(), op, ": `", name, "`[", i, "] has shape ",
-                        t->sizes(), " but `params`[", i, "] has ", param.sizes());
-      TORCH_CHECK_VALUE(t->device() == param.device(), op, ": `", name, "`[", i, "] is on ",
-                        t->device(), " but `params`[", i, "] is on ", param.device());
-    }
-    TORCH_CHECK_VALUE(param.is_contiguous() && m.is_contiguous() && v.is_contiguous(), op,
-                      ": `params`[", i, "] and its states must be contiguous (they are updated in place)");
-    const Tensor g = grad.contiguous();
+    check_adam_state(op, "exp_avgs", i, m, state_dtype, param.numel(), param);
+    check_adam_state(op, "exp_avg_sqs", i, v, state_dtype, param.numel(), param);
+    const Tensor g = grads[i].contiguous();
     switch (param.scalar_type()) {
       case at::kFloat: adam_step_tensor<float, float>(param, g, m, v, hyper); break;
       case at::kDouble: adam_step_tensor<double, double>(param, g, m, v, hyper); break;
       case at::kBFloat16: adam_step_tensor<bf16, float>(param, g, m, v, hyper); break;
       default: adam_step_tensor<fp16, float>(param, g, m, v, hyper); break;
+    }
+  }
+}
+
+void fused_adam8bit_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                        at::TensorList exp_avg_absmaxes, at::TensorList sqrt_exp_avg_sqs,
+                        at::TensorList sqrt_exp_avg_sq_absmaxes, double lr, double beta1,
+                        double beta2, double eps, double weight_decay, int64_t step,
+                        bool decoupled) {
+  constexpr const char* op = "fused_adam8bit_";
+  check_list_lengths(op, {{"params", params.size()}, {"grads", grads.size()},
+                          {"exp_avgs", exp_avgs.size()}, {"exp_avg_absmaxes", exp_avg_absmaxes.size()},
+                          {"sqrt_exp_avg_sqs", sqrt_exp_avg_sqs.size()},
+                          {"sqrt_exp_avg_sq_absmaxes", sqrt_exp_avg_sq_absmaxes.size()}});
+  check_adam_hyper(op, lr, beta1, beta2, eps, weight_decay, step);
+  const cpu::AdamHyper hyper{lr, beta1, beta2, eps, weight_decay, step, decoupled};
+  for (size_t i = 0; i < params.size(); ++i) {
+    const Tensor& param = params[i];
+    check_adam_param(op, i, param, grads[i], c10::Device(c10::kCPU));
+    TORCH_CHECK_TYPE(param.scalar_type() != at::kDouble, op, ": `params`[", i,
+                     "] is float64; 8-bit states are for float32, bfloat16 and float16 params");
+    const int64_t blocks = (param.numel() + kQuantBlock - 1) / kQuantBlock;
+    check_adam_state(op, "exp_avgs", i, exp_avgs[i], at::kChar, param.numel(), param);
+    check_adam_state(op, "exp_avg_absmaxes", i, exp_avg_absmaxes[i], at::kFloat, blocks, param);
+    check_adam_state(op, "sqrt_exp_avg_sqs", i, sqrt_exp_avg_sqs[i], at::kByte, param.numel(), param);
+    check_adam_state(op, "sqrt_exp_avg_sq_absmaxes", i, sqrt_exp_avg_sq_absmaxes[i], at::kFloat,
+                     blocks, param);
+    const Tensor g = grads[i].contiguous();
+    const auto step_as = [&](auto* param_type) {
+      using P = std::remove_pointer_t<decltype(param_type)>;
+      cpu::adam8bit_step<P>(param.numel(), reinterpret_cast<P*>(param.data_ptr()),
+                            reinterpret_cast<const P*>(g.data_ptr()), exp_avgs[i].data_ptr<int8_t>(),
+                            exp_avg_absmaxes[i].data_ptr<float>(),
+                            sqrt_exp_avg_sqs[i].data_ptr<uint8_t>(),
+                            sqrt_exp_avg_sq_absmaxes[i].data_ptr<float>(), hyper);
+    };
+    switch (param.scalar_type()) {
+      case at::kFloat: step_as(static_cast<float*>(nullptr)); break;
+      case at::kBFloat16: step_as(static_cast<bf16*>(nullptr)); break;
+      default: step_as(static_cast<fp16*>(nullptr)); break;
     }
   }
 }
@@ -332,6 +358,7 @@ TORCH_LIBRARY_IMPL(sltrain, CPU, m) {
   m.impl("sl_matmul_backward", &sltrain::sl_matmul_backward_cpu);
   m.impl("densify", &sltrain::densify_cpu);
   m.impl("fused_adam_", &sltrain::fused_adam_cpu);
+  m.impl("fused_adam8bit_", &sltrain::fused_adam8bit_cpu);
   m.impl("_random_support_fill", &sltrain::random_support_fill_cpu);
   m.impl("validate_support", &sltrain::validate_support_cpu);
 }

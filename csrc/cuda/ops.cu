@@ -16,7 +16,7 @@ void not_implemented_on_cuda(const c10::OperatorHandle& op, torch::jit::Stack*) 
 }  // namespace sltrain
 
 TORCH_LIBRARY_IMPL(sltrain, CUDA, m) {
-  for (const char* name : {"sl_matmul", "sl_matmul_backward", "densify", "fused_adam_",
+  for (const char* name : {"sl_matmul", "sl_matmul_backward", "densify", "fused_adam_", "fused_adam8bit_",
                            "_random_support_fill"}) {
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&sltrain::not_implemented_on_cuda>());
   }

@@ -8,6 +8,7 @@
 #include <set>
 #include <vector>
 
+#include "common/quant8.h"
 #include "cpu/torch_free_kernels/kernels.h"
 
 using namespace sltrain;
@@ -120,6 +121,40 @@ void test_adam() {
   expect_close(p, want, "adam_step");
 }
 
+void test_quant8_codes() {
+  // Every code decodes to a value that encodes back to itself, and any value
+  // in the code's range encodes within the stated relative error.
+  bool signed_ok = true, unsigned_ok = true, error_ok = true;
+  for (int q = -127; q <= 127; ++q) signed_ok &= encode_signed8(decode_signed8(int8_t(q), 2.0f), 2.0f) == q;
+  for (int q = 0; q <= 255; ++q) unsigned_ok &= encode_unsigned8(decode_unsigned8(uint8_t(q), 3.0f), 3.0f) == q;
+  for (double x = 1.0; x > 1e-3; x *= 0.97) {
+    error_ok &= std::abs(decode_signed8(encode_signed8(float(-x), 1.0f), 1.0f) + x) <= 0.03 * x;
+    error_ok &= std::abs(decode_unsigned8(encode_unsigned8(float(x), 1.0f), 1.0f) - x) <= 0.022 * x;
+  }
+  expect(signed_ok, "signed 8-bit codes round-trip");
+  expect(unsigned_ok, "unsigned 8-bit codes round-trip");
+  expect(error_ok, "8-bit codes within their stated relative error");
+  expect(encode_unsigned8(1e-30f, 1.0f) == 1, "a positive sqrt(v) never encodes to 0");
+  expect(encode_signed8(1e-30f, 1.0f) == 0, "a negligible moment flushes to 0");
+}
+
+void test_adam8bit_first_step() {
+  // From zero states the first step is exactly 32-bit Adam's.
+  const AdamHyper hyper{1e-2, 0.9, 0.999, 1e-8, 0.0, 1, true};
+  std::vector<float> p8(300), p32(300), g(300), m(300, 0.0f), v(300, 0.0f), absmax(2, 0.0f), sqrt_absmax(2, 0.0f);
+  std::vector<int8_t> m_codes(300, 0);
+  std::vector<uint8_t> v_codes(300, 0);
+  for (int i = 0; i < 300; ++i) {
+    p8[i] = p32[i] = std::sin(float(i));
+    g[i] = std::cos(float(i) * 0.7f);
+  }
+  adam_step<float, float>(300, p32.data(), g.data(), m.data(), v.data(), hyper);
+  adam8bit_step<float>(300, p8.data(), g.data(), m_codes.data(), absmax.data(), v_codes.data(),
+                       sqrt_absmax.data(), hyper);
+  expect(p8 == p32, "first 8-bit step equals the 32-bit step");
+  expect(absmax[1] > 0.0f && sqrt_absmax[1] > 0.0f, "the partial last block is quantised");
+}
+
 void test_half_round_trips() {
   bool bf16_ok = true, fp16_ok = true;
   for (uint32_t bits = 0; bits < 65536; ++bits) {
@@ -146,6 +181,8 @@ int main() {
   test_sparse_products(64, 300, 700, 2000);  // several batch blocks
   test_sparse_products(9, 7, 0, 20);         // no tokens
   test_adam();
+  test_quant8_codes();
+  test_adam8bit_first_step();
   test_half_round_trips();
   std::printf("%d passed, %d failed\n", passes, failures);
   return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;

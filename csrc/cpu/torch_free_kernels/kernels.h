@@ -82,4 +82,13 @@ template <class P, class S>
 void adam_step(int64_t numel, P* param, const P* grad, S* exp_avg, S* exp_avg_sq,
                const AdamHyper& hyper);
 
+// The same update with 8-bit block-quantised states (common/quant8.h): codes
+// exp_avg [numel] and sqrt_exp_avg_sq [numel], one float32 absmax per block of
+// kQuantBlock in exp_avg_absmax and sqrt_exp_avg_sq_absmax. The parameter is
+// updated from the exact new moments, which are then requantised. P is float,
+// bf16 or fp16.
+template <class P>
+void adam8bit_step(int64_t numel, P* param, const P* grad, int8_t* exp_avg, float* exp_avg_absmax,
+                   uint8_t* sqrt_exp_avg_sq, float* sqrt_exp_avg_sq_absmax, const AdamHyper& hyper);
+
 }  // namespace sltrain::cpu
