@@ -37,7 +37,7 @@ def sources(pattern: str) -> list[str]:
 
 
 def extension():
-    cxx_flags = ["-O3", "-fopenmp", "-DSLTRAIN_ATEN_PARALLEL"]
+    cxx_flags = ["-O3", "-fno-math-errno", "-fopenmp", "-DSLTRAIN_ATEN_PARALLEL"]
     cpp_sources = sources("csrc/*.cpp") + sources("csrc/cpu/**/*.cpp")
     if not want_cuda():
         return CppExtension(

@@ -23,3 +23,9 @@ def test_every_config_loads_and_unknown_names_are_rejected():
     assert configs.load("LLaMA_1B").hidden_size == 2048
     with pytest.raises(ValueError, match="unknown config '3b'"):
         configs.load("3b")
+
+
+def test_parameter_numels_add_up_to_the_counts():
+    config = configs.load("350m")
+    assert sum(config.parameter_numels(sltrain=False)) == config.full_rank_parameters()
+    assert sum(config.parameter_numels(sltrain=True)) == config.sltrain_parameters()

@@ -4,49 +4,135 @@
 // float32 absmax. Within a block a value is stored as a logarithmic code
 // relative to the absmax, so small entries keep their relative precision
 // (a linear int8 code would round most second moments of a block to zero):
-//   exp_avg    (signed):   q in [-127, 127], |x| = absmax * 2^((|q| - 127) / 12)
-//                          +-2.9 % relative error, 10.5 octaves below absmax
-//                          (smaller moments flush to zero: their updates are tiny)
-//   exp_avg_sq (stored as sqrt, unsigned): q in [0, 255],
-//                          sqrt(v) = absmax * 2^((q - 255) / 16)
-//                          +-2.2 % relative error on sqrt(v), 15.9 octaves
+//   exp_avg (signed):       q in [-127, 127], |x| = absmax * 2^((|q| - 127) / 12)
+//                           +-2.9 % relative error, 10.5 octaves below absmax
+//                           (smaller moments flush to zero: their updates are tiny)
+//   sqrt(exp_avg_sq) (unsigned): q in [0, 255], x = absmax * 2^((q - 255) / 16)
+//                           +-2.2 % relative error, 15.9 octaves below absmax
 // A positive sqrt(v) never encodes to 0: a tiny denominator rounds up, so an
 // update can only shrink, never blow up, through quantisation.
+//
+// Encoding needs no logarithm: the exponent comes from the float's bits and
+// the step within the octave from comparing the mantissa with the midpoints
+// between steps, which rounds to the nearest code in the log domain.
 #pragma once
 
-#include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "support_hash.h"  // SLTRAIN_HOST_DEVICE
 
 namespace sltrain {
 
 constexpr int64_t kQuantBlock = 256;
-constexpr float kSignedStepsPerOctave = 12.0f;
-constexpr float kUnsignedStepsPerOctave = 16.0f;
+
+namespace quant8_detail {
+
+SLTRAIN_HOST_DEVICE uint32_t bits_of(float x) {
+  uint32_t u;
+  memcpy(&u, &x, 4);
+  return u;
+}
+
+SLTRAIN_HOST_DEVICE float from_bits(uint32_t u) {
+  float x;
+  memcpy(&x, &u, 4);
+  return x;
+}
+
+// 2^(k / Steps) for k in [0, Steps): the mantissas of one octave's codes.
+template <int Steps>
+struct Octave;
+
+template <>
+struct Octave<12> {
+  static constexpr float kStep[12] = {1.0000000000f, 1.0594630944f, 1.1224620483f, 1.1892071150f,
+                                      1.2599210499f, 1.3348398542f, 1.4142135624f, 1.4983070769f,
+                                      1.5874010520f, 1.6817928305f, 1.7817974363f, 1.8877486254f};
+  // 2^((k + 0.5) / 12): the midpoints between consecutive steps.
+  static constexpr float kMidpoint[12] = {1.0293022366f, 1.0905077327f, 1.1553526969f, 1.2240535433f,
+                                          1.2968395547f, 1.3739536475f, 1.4556531828f, 1.5422108254f,
+                                          1.6339154532f, 1.7310731220f, 1.8340080864f, 1.9430638823f};
+};
+
+template <>
+struct Octave<16> {
+  static constexpr float kStep[16] = {1.0000000000f, 1.0442737824f, 1.0905077327f, 1.1387886348f,
+                                      1.1892071150f, 1.2418578121f, 1.2968395547f, 1.3542555469f,
+                                      1.4142135624f, 1.4768261459f, 1.5422108254f, 1.6104903319f,
+                                      1.6817928305f, 1.7562521604f, 1.8340080864f, 1.9152065614f};
+  // 2^((k + 0.5) / 16).
+  static constexpr float kMidpoint[16] = {1.0218971487f, 1.0671404007f, 1.1143867426f, 1.1637248588f,
+                                          1.2152473600f, 1.2690509572f, 1.3252366432f, 1.3839098820f,
+                                          1.4451808070f, 1.5091644276f, 1.5759808451f, 1.6457554782f,
+                                          1.7186192981f, 1.7947090750f, 1.8741676341f, 1.9571441242f};
+};
+
+// For each of 128 equal bins of the mantissa range [1, 2): how many midpoints
+// lie at or below the bin's start. Midpoints are over 1/128 apart, so a bin
+// holds at most one and a single comparison finishes the rounding.
+template <int Steps>
+struct MidpointsBelow {
+  uint8_t count[128];
+  constexpr MidpointsBelow() : count() {
+    for (int bin = 0; bin < 128; ++bin) {
+      const float start = 1.0f + float(bin) / 128.0f;
+      uint8_t below = 0;
+      for (int j = 0; j < Steps; ++j) below += Octave<Steps>::kMidpoint[j] <= start ? 1 : 0;
+      count[bin] = below;
+    }
+  }
+};
+
+// Nearest number of 1/Steps-octave steps from 1 down to r, for 0 < r <= 1:
+// round(-Steps * log2(r)), or a large value when r is subnormal.
+template <int Steps>
+SLTRAIN_HOST_DEVICE int steps_below_one(float r) {
+  constexpr MidpointsBelow<Steps> kBelow{};
+  const uint32_t bits = bits_of(r);
+  const int exponent = int((bits >> 23) & 0xffu) - 127;  // r = 2^exponent * mantissa
+  if (exponent < -126) return 1 << 20;
+  const float mantissa = from_bits((bits & 0x7fffffu) | 0x3f800000u);  // in [1, 2)
+  const int below = kBelow.count[(bits >> 16) & 0x7fu];  // steps above 2^exponent, rounded down
+  const int k = below + (below < Steps && mantissa >= Octave<Steps>::kMidpoint[below] ? 1 : 0);
+  return -(exponent * Steps + k);
+}
+
+// 2^(-steps / Steps) for steps >= 0.
+template <int Steps>
+SLTRAIN_HOST_DEVICE float two_to_minus(int steps) {
+  const int octaves = (steps + Steps - 1) / Steps;  // 2^(-steps/Steps) = 2^-octaves * 2^(k/Steps)
+  const int k = octaves * Steps - steps;
+  return from_bits(bits_of(Octave<Steps>::kStep[k]) - (uint32_t(octaves) << 23));
+}
+
+}  // namespace quant8_detail
 
 SLTRAIN_HOST_DEVICE float decode_signed8(int8_t q, float absmax) {
   if (q == 0) return 0.0f;
-  const float magnitude = absmax * exp2f(float((q < 0 ? -q : q) - 127) / kSignedStepsPerOctave);
+  const float magnitude = absmax * quant8_detail::two_to_minus<12>(127 - (q < 0 ? -q : q));
   return q < 0 ? -magnitude : magnitude;
 }
 
-SLTRAIN_HOST_DEVICE int8_t encode_signed8(float x, float absmax) {
-  if (!(absmax > 0.0f) || x == 0.0f) return 0;
-  const float code = rintf(127.0f + kSignedStepsPerOctave * log2f(fabsf(x) / absmax));
-  if (code < 1.0f) return 0;  // below the smallest code: flush to zero
-  const int8_t magnitude = code > 127.0f ? int8_t(127) : int8_t(code);
+// Encoders take 1 / absmax: one division per block instead of per element.
+SLTRAIN_HOST_DEVICE int8_t encode_signed8(float x, float inv_absmax) {
+  if (!(inv_absmax > 0.0f) || x == 0.0f) return 0;
+  const float r = (x < 0.0f ? -x : x) * inv_absmax;
+  const int steps = r >= 1.0f ? 0 : quant8_detail::steps_below_one<12>(r);
+  if (steps > 126) return 0;  // below the smallest code: flush to zero
+  const int8_t magnitude = int8_t(127 - steps);
   return x < 0.0f ? int8_t(-magnitude) : magnitude;
 }
 
 SLTRAIN_HOST_DEVICE float decode_unsigned8(uint8_t q, float absmax) {
-  return q == 0 ? 0.0f : absmax * exp2f(float(int(q) - 255) / kUnsignedStepsPerOctave);
+  return q == 0 ? 0.0f : absmax * quant8_detail::two_to_minus<16>(255 - int(q));
 }
 
-SLTRAIN_HOST_DEVICE uint8_t encode_unsigned8(float x, float absmax) {
-  if (!(x > 0.0f) || !(absmax > 0.0f)) return 0;
-  const float code = rintf(255.0f + kUnsignedStepsPerOctave * log2f(x / absmax));
-  return code < 1.0f ? uint8_t(1) : (code > 255.0f ? uint8_t(255) : uint8_t(code));
+SLTRAIN_HOST_DEVICE uint8_t encode_unsigned8(float x, float inv_absmax) {
+  if (!(x > 0.0f) || !(inv_absmax > 0.0f)) return 0;
+  const float r = x * inv_absmax;
+  const int steps = r >= 1.0f ? 0 : quant8_detail::steps_below_one<16>(r);
+  return steps > 254 ? uint8_t(1) : uint8_t(255 - steps);
 }
 
 }  // namespace sltrain

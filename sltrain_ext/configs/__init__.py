@@ -32,6 +32,17 @@ class LlamaConfig:
         h, i, layers = self.hidden_size, self.intermediate_size, self.num_hidden_layers
         return {(h, h): 4 * layers, (i, h): 2 * layers, (h, i): layers}
 
+    def parameter_numels(self, sltrain: bool) -> list[int]:
+        """Element counts of every trainable tensor: embeddings, head, norms, and
+        per projection either its weight or SLTrain's A, B and values."""
+        h = self.hidden_size
+        numels = [self.vocab_size * h] + ([] if self.tie_word_embeddings else [self.vocab_size * h])
+        numels += [h] * (2 * self.num_hidden_layers + 1)
+        for (m, n), count in self.linear_shapes().items():
+            per_matrix = [self.rank * n, m * self.rank, round(self.density * m * n)] if sltrain else [m * n]
+            numels += per_matrix * count
+        return numels
+
     def dense_parameters(self) -> int:
         """Parameters outside the replaced projections: embeddings, head, norms."""
         h = self.hidden_size

@@ -125,8 +125,8 @@ void test_quant8_codes() {
   // Every code decodes to a value that encodes back to itself, and any value
   // in the code's range encodes within the stated relative error.
   bool signed_ok = true, unsigned_ok = true, error_ok = true;
-  for (int q = -127; q <= 127; ++q) signed_ok &= encode_signed8(decode_signed8(int8_t(q), 2.0f), 2.0f) == q;
-  for (int q = 0; q <= 255; ++q) unsigned_ok &= encode_unsigned8(decode_unsigned8(uint8_t(q), 3.0f), 3.0f) == q;
+  for (int q = -127; q <= 127; ++q) signed_ok &= encode_signed8(decode_signed8(int8_t(q), 2.0f), 0.5f) == q;
+  for (int q = 0; q <= 255; ++q) unsigned_ok &= encode_unsigned8(decode_unsigned8(uint8_t(q), 4.0f), 0.25f) == q;
   for (double x = 1.0; x > 1e-3; x *= 0.97) {
     error_ok &= std::abs(decode_signed8(encode_signed8(float(-x), 1.0f), 1.0f) + x) <= 0.03 * x;
     error_ok &= std::abs(decode_unsigned8(encode_unsigned8(float(x), 1.0f), 1.0f) - x) <= 0.022 * x;

@@ -60,6 +60,30 @@ struct AdamScalars {
   }
 };
 
+template <class P, class S>
+SLTRAIN_SIMD_CLONES void adam_range(int64_t begin, int64_t end, P* __restrict param,
+                                    const P* __restrict grad, S* __restrict exp_avg,
+                                    S* __restrict exp_avg_sq, const AdamScalars<S>& scalars) {
+  for (int64_t i = begin; i < end; ++i) {
+    S p = load<S>(param[i]);
+    scalars.update(p, load<S>(grad[i]), exp_avg[i], exp_avg_sq[i]);
+    param[i] = store<P>(p);
+  }
+}
+
+// decode_signed8 / decode_unsigned8 of every code at absmax 1, so that
+// decoding is one load and one multiply.
+struct DecodeTables {
+  float signed_code[256];  // indexed by the code's bits as uint8
+  float unsigned_code[256];
+  DecodeTables() {
+    for (int q = 0; q < 256; ++q) {
+      signed_code[q] = q == 128 ? 0.0f : decode_signed8(int8_t(uint8_t(q)), 1.0f);
+      unsigned_code[q] = decode_unsigned8(uint8_t(q), 1.0f);
+    }
+  }
+};
+
 }  // namespace
 
 template <class P, class S>
@@ -67,11 +91,7 @@ void adam_step(int64_t numel, P* param, const P* grad, S* exp_avg, S* exp_avg_sq
                const AdamHyper& hyper) {
   const AdamScalars<S> scalars(hyper);
   parallel_for(0, numel, 16384, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      S p = load<S>(param[i]);
-      scalars.update(p, load<S>(grad[i]), exp_avg[i], exp_avg_sq[i]);
-      param[i] = store<P>(p);
-    }
+    adam_range(begin, end, param, grad, exp_avg, exp_avg_sq, scalars);
   });
 }
 
@@ -80,26 +100,33 @@ void adam8bit_step(int64_t numel, P* param, const P* grad, int8_t* exp_avg, floa
                    uint8_t* sqrt_exp_avg_sq, float* sqrt_exp_avg_sq_absmax, const AdamHyper& hyper) {
   const AdamScalars<float> scalars(hyper);
   const int64_t blocks = (numel + kQuantBlock - 1) / kQuantBlock;
+  static const DecodeTables tables;
+  // Per block: decode, the same vectorised update as the 32-bit path on the
+  // decoded moments, then requantise against the new absmaxes.
   parallel_for(0, blocks, 64, [&](int64_t block_begin, int64_t block_end) {
     float m[kQuantBlock], v[kQuantBlock];
     for (int64_t block = block_begin; block < block_end; ++block) {
       const int64_t first = block * kQuantBlock;
       const int64_t count = std::min(kQuantBlock, numel - first);
+      const float m_absmax_old = exp_avg_absmax[block];
+      const float sqrt_v_absmax_old = sqrt_exp_avg_sq_absmax[block];
+      for (int64_t j = 0; j < count; ++j) {
+        m[j] = m_absmax_old * tables.signed_code[uint8_t(exp_avg[first + j])];
+        const float sqrt_v = sqrt_v_absmax_old * tables.unsigned_code[sqrt_exp_avg_sq[first + j]];
+        v[j] = sqrt_v * sqrt_v;
+      }
+      adam_range(0, count, param + first, grad + first, m, v, scalars);
       float m_absmax = 0.0f, sqrt_v_absmax = 0.0f;
       for (int64_t j = 0; j < count; ++j) {
-        const int64_t i = first + j;
-        m[j] = decode_signed8(exp_avg[i], exp_avg_absmax[block]);
-        const float sqrt_v = decode_unsigned8(sqrt_exp_avg_sq[i], sqrt_exp_avg_sq_absmax[block]);
-        v[j] = sqrt_v * sqrt_v;
-        float p = load<float>(param[i]);
-        scalars.update(p, load<float>(grad[i]), m[j], v[j]);
-        param[i] = store<P>(p);
+        v[j] = std::sqrt(v[j]);
         m_absmax = std::max(m_absmax, std::fabs(m[j]));
-        sqrt_v_absmax = std::max(sqrt_v_absmax, std::sqrt(v[j]));
+        sqrt_v_absmax = std::max(sqrt_v_absmax, v[j]);
       }
+      const float m_scale = m_absmax > 0.0f ? 1.0f / m_absmax : 0.0f;
+      const float sqrt_v_scale = sqrt_v_absmax > 0.0f ? 1.0f / sqrt_v_absmax : 0.0f;
       for (int64_t j = 0; j < count; ++j) {
-        exp_avg[first + j] = encode_signed8(m[j], m_absmax);
-        sqrt_exp_avg_sq[first + j] = encode_unsigned8(std::sqrt(v[j]), sqrt_v_absmax);
+        exp_avg[first + j] = encode_signed8(m[j], m_scale);
+        sqrt_exp_avg_sq[first + j] = encode_unsigned8(v[j], sqrt_v_scale);
       }
       exp_avg_absmax[block] = m_absmax;
       sqrt_exp_avg_sq_absmax[block] = sqrt_v_absmax;

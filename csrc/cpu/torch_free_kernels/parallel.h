@@ -1,6 +1,6 @@
 // The one place the torch-free CPU kernels get their threads from: ATen's
 // thread pool inside the extension (so they honour torch.set_num_threads),
-// OpenMP in the standalone CMake build, or a plain loop.
+// OpenMP in the standalone CMake build, or a plain loop; and their SIMD clones.
 #pragma once
 
 #include <algorithm>
@@ -10,6 +10,14 @@
 #include <ATen/Parallel.h>
 #elif defined(_OPENMP)
 #include <omp.h>
+#endif
+
+// Hot loops are compiled twice, for the x86-64 baseline and for AVX2+FMA, and
+// picked at load time: one portable binary, full-width SIMD.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SLTRAIN_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define SLTRAIN_SIMD_CLONES
 #endif
 
 namespace sltrain::cpu {

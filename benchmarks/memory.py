@@ -1,0 +1,145 @@
+"""Analytic training memory of LLaMA 60M-7B: full-rank AdamW against SLTrain.
+
+    python benchmarks/memory.py [--batch 4] [--seq 256]
+
+Counts, per GPU and one training step, in GiB:
+  weights      every trainable parameter (and the frozen support) in bf16
+  indices      the sparse support: int64 flat indices (naive) or int32 CSR (ours)
+  gradients    bf16, one per trainable parameter; with per-layer updates only
+               the largest single parameter's gradient is ever alive
+  states       Adam moments: float32 (8 bytes a parameter), or 8-bit (2 bytes
+               plus a float32 absmax per 256) for tensors of >= 4096 elements
+  activations  with activation checkpointing: each layer's bf16 input, one
+               layer's recomputed activations (Korthikanti et al. 2022,
+               s*b*h*(34 + 5*a*s/h) bytes) and the float32 logits
+  transient    what the SL layer materialises: naive SLTrain builds a full bf16
+               W and dW of the largest matrix; ours at most its 64 MiB workspace
+Every configuration uses float32 Adam states unless it says 8-bit, so the
+columns compare like with like.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sltrain_ext import configs
+from common import header, write_results
+
+GIB = 2**30
+BF16 = 2
+WORKSPACE = 64 * 2**20
+QUANT_BLOCK = 256
+MIN_8BIT_NUMEL = 4096
+
+METHODS = {
+    "full-rank AdamW": dict(sl=False, naive=False, bits=32, per_layer=False),
+    "naive SLTrain + AdamW": dict(sl=True, naive=True, bits=32, per_layer=False),
+    "ours + AdamW": dict(sl=True, naive=False, bits=32, per_layer=False),
+    "ours + 8-bit + per-layer": dict(sl=True, naive=False, bits=8, per_layer=True),
+}
+
+
+def state_bytes(numel: int, bits: int) -> float:
+    if bits == 8 and numel >= MIN_8BIT_NUMEL:
+        return 2 * numel + 2 * 4 * -(-numel // QUANT_BLOCK)
+    return 8 * numel
+
+
+def activation_bytes(config: configs.LlamaConfig, batch: int, seq: int) -> float:
+    h, a, layers = config.hidden_size, config.num_attention_heads, config.num_hidden_layers
+    tokens = batch * seq
+    checkpoints = layers * tokens * h * BF16
+    one_layer = tokens * h * (34 + 5 * a * seq / h)
+    logits = tokens * config.vocab_size * 4
+    return checkpoints + one_layer + logits
+
+
+def breakdown(config: configs.LlamaConfig, method: dict, batch: int, seq: int) -> dict[str, float]:
+    tensors = config.parameter_numels(sltrain=method["sl"])
+    nnz = config.sltrain_nnz() if method["sl"] else 0
+    if not method["sl"]:
+        indices = 0
+    elif method["naive"]:
+        indices = 8 * nnz
+    else:
+        indices = 4 * nnz + 4 * sum((m + 1) * c for (m, _), c in config.linear_shapes().items())
+    largest = max(m * n for m, n in config.linear_shapes())
+    if not method["sl"]:
+        transient = 0
+    elif method["naive"]:
+        transient = 2 * BF16 * largest
+    else:
+        transient = min(WORKSPACE, 2 * BF16 * largest)
+    parts = {
+        "weights": BF16 * sum(tensors),
+        "indices": indices,
+        "gradients": BF16 * (max(tensors) if method["per_layer"] else sum(tensors)),
+        "states": sum(state_bytes(t, method["bits"]) for t in tensors),
+        "activations": activation_bytes(config, batch, seq),
+        "transient": transient,
+    }
+    parts = {k: v / GIB for k, v in parts.items()}
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=4, help="sequences per GPU micro-batch (default 4)")
+    parser.add_argument("--seq", type=int, default=256, help="sequence length (default 256)")
+    parser.add_argument("--out", type=Path, default=Path("bench_out"))
+    args = parser.parse_args()
+
+    rows = []
+    for name in ("60m", "130m", "350m", "1b", "7b"):
+        config = configs.load(name)
+        full_total = None
+        for method_name, method in METHODS.items():
+            parts = breakdown(config, method, args.batch, args.seq)
+            full_total = full_total or parts["total"]
+            rows.append({"config": name.upper(), "method": method_name, **parts,
+                         "saving_vs_full_rank": 1 - parts["total"] / full_total})
+
+    meta = header() | {"batch": args.batch, "seq": args.seq}
+    keys = ["weights", "indices", "gradients", "states", "activations", "transient", "total"]
+    lines = [f"Analytic per-GPU training memory in GiB, micro-batch {args.batch} x {args.seq} tokens, "
+             f"activation checkpointing, bf16 weights. Command: `{meta['command']}` ({meta['date']}).", "",
+             "| config | method | " + " | ".join(keys) + " | saving vs full-rank |",
+             "|---|---|" + "---|" * (len(keys) + 1)]
+    for row in rows:
+        cells = [row["config"], row["method"], *(f"{row[k]:.2f}" for k in keys), f"{100 * row['saving_vs_full_rank']:.1f} %"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    write_results(args.out, "memory", meta | {"rows": rows}, "\n".join(lines))
+    plot(args.out / "memory.png", rows, keys[:-1])
+
+
+def plot(path: Path, rows: list[dict], parts: list[str]) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no chart")
+        return
+    configs_shown = list(dict.fromkeys(r["config"] for r in rows))
+    fig, axes = plt.subplots(1, len(configs_shown), figsize=(3.2 * len(configs_shown), 4.2), sharey=False)
+    for ax, config in zip(axes, configs_shown):
+        subset = [r for r in rows if r["config"] == config]
+        bottom = [0.0] * len(subset)
+        for part in parts:
+            values = [r[part] for r in subset]
+            ax.bar(range(len(subset)), values, bottom=bottom, label=part)
+            bottom = [b + v for b, v in zip(bottom, values)]
+        ax.set_xticks(range(len(subset)), ["full", "naive SL", "ours", "ours 8b+PL"], rotation=30, ha="right")
+        ax.set_title(f"LLaMA-{config}")
+    axes[0].set_ylabel("GiB per GPU")
+    axes[-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
