@@ -53,7 +53,7 @@ std::string matmul_path(int64_t b, int64_t m, int64_t n, int64_t r, int64_t nnz,
   const MatmulPath forced = matmul_path_override();
   if (forced != MatmulPath::kAuto) return path_name(forced);
   TORCH_CHECK_NOT_IMPLEMENTED(device.is_cpu(), "matmul_path: no cost model for ", device);
-  return path_name(choose_matmul_path(b, m, n, r, nnz, kCpuSparseCost));
+  return path_name(choose_matmul_path(b, m, n, r, nnz, kCpuPathCosts));
 }
 
 std::tuple<at::Tensor, at::Tensor> random_support(int64_t m, int64_t n, int64_t nnz, int64_t seed,

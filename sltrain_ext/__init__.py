@@ -3,7 +3,8 @@
 ``import sltrain_ext`` registers the ``torch.ops.sltrain`` operators.
 """
 
-from .nn import SLLinear
+from .convert import ConversionReport, convert, merge
+from .nn import LowRankLinear, SLLinear
 from .ops import (
     densify,
     fused_adam8bit_,
@@ -18,19 +19,26 @@ from .ops import (
     validate_support,
 )
 from .optim import SLAdamW
+from .pretrained import load_pretrained, save_pretrained
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConversionReport",
+    "LowRankLinear",
     "SLLinear",
     "SLAdamW",
     "densify",
     "fused_adam_",
     "fused_adam8bit_",
+    "convert",
+    "load_pretrained",
     "matmul_config",
     "matmul_path",
+    "merge",
     "nnz_for_density",
     "random_support",
+    "save_pretrained",
     "set_matmul_config",
     "sl_matmul",
     "sl_matmul_backward",

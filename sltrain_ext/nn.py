@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .ops import densify, nnz_for_density, random_support, sl_matmul, validate_support
 
-__all__ = ["SLLinear"]
+__all__ = ["SLLinear", "LowRankLinear"]
 
 
 class SLLinear(nn.Module):
@@ -120,3 +120,51 @@ class SLLinear(nn.Module):
             except ValueError as error:
                 raise ValueError(f"{prefix or 'SLLinear.'}: invalid support in state_dict: {error}") from None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class LowRankLinear(nn.Module):
+    """``y = x @ (s * B @ A).T + bias``: the pure low-rank baseline of the
+    SLTrain paper, initialised as ``SLLinear``'s low-rank part."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rank: int,
+        alpha: float = 32.0,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("in_features", in_features), ("out_features", out_features), ("rank", rank)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+        factory = {"device": device, "dtype": dtype}
+        self.in_features, self.out_features, self.rank, self.alpha = in_features, out_features, rank, float(alpha)
+        self.A = nn.Parameter(torch.empty(rank, in_features, **factory))
+        self.B = nn.Parameter(torch.empty(out_features, rank, **factory))
+        self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
+        self.reset_parameters()
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        nn.init.zeros_(self.B)
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.linear(nn.functional.linear(x, self.A) * self.scale, self.B, self.bias)
+
+    @torch.no_grad()
+    def dense_weight(self) -> Tensor:
+        return self.scale * self.B @ self.A
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
+                f"alpha={self.alpha}, bias={self.bias is not None}")

@@ -163,6 +163,8 @@ class SLAdamW(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
+        # torch.optim replaces the group dicts: per-layer updates must read the new ones.
+        self._group_of = {param: group for group in self.param_groups for param in group["params"]}
         # torch.optim casts every floating state tensor to its param's dtype;
         # ours keep their own (float32 moments of bf16 params, 8-bit codes).
         saved_groups = state_dict["param_groups"]

@@ -78,10 +78,11 @@ def test_dtype_conversion_keeps_int32_support():
     assert layer(torch.randn(2, 8, dtype=torch.bfloat16)).dtype == torch.bfloat16
 
 
-def test_autocast_runs_in_the_autocast_dtype():
+@pytest.mark.parametrize("path", ["factored", "materialized"])
+def test_autocast_runs_in_the_autocast_dtype(path):
     layer = sl.SLLinear(16, 12, 2, 0.2)
     x = torch.randn(4, 16, requires_grad=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16), sl.matmul_config(path):
         y = layer(x)
     assert y.dtype == torch.bfloat16
     y.float().sum().backward()

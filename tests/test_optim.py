@@ -92,29 +92,41 @@ def test_per_layer_accumulation_steps_on_the_last_micro_batch():
     assert all(optimizer.state[p]["step"] == 6 for p in per_layer.parameters())
 
 
-@pytest.mark.parametrize("state_bits,dtype", [(32, torch.float32), (8, torch.float32), (32, torch.bfloat16),
-                                              (8, torch.bfloat16)])
-def test_state_dict_resume_reproduces_the_trajectory_bitwise(state_bits, dtype):
+@pytest.mark.parametrize("state_bits,dtype,per_layer", [(32, torch.float32, False), (8, torch.float32, False),
+                                                        (32, torch.bfloat16, False), (8, torch.bfloat16, True)])
+def test_state_dict_resume_reproduces_the_trajectory_bitwise(state_bits, dtype, per_layer):
     data = batches(20, dtype=dtype)
-    kwargs = dict(lr=5e-3, weight_decay=0.05, state_bits=state_bits, min_8bit_numel=64)
+    kwargs = dict(lr=5e-3, weight_decay=0.05, state_bits=state_bits, min_8bit_numel=64, per_layer=per_layer)
+    def with_schedule(optimizer):
+        # Per-layer updates read the learning rate that the schedule sets.
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1 + step))
+        return optimizer, scheduler
+
+    def run(model, optimizer, scheduler, data):
+        for batch in data:
+            train(model, optimizer, [batch], per_layer=per_layer)
+            scheduler.step()
+
     straight = make_model(dtype=dtype)
-    train(straight, sl.SLAdamW(straight.parameters(), **kwargs), data)
+    run(straight, *with_schedule(sl.SLAdamW(straight.parameters(), **kwargs)), data)
 
     first = make_model(dtype=dtype)
-    optimizer = sl.SLAdamW(first.parameters(), **kwargs)
-    train(first, optimizer, data[:10])
+    optimizer, scheduler = with_schedule(sl.SLAdamW(first.parameters(), **kwargs))
+    run(first, optimizer, scheduler, data[:10])
     buffer = io.BytesIO()
-    torch.save({"model": first.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+    torch.save({"model": first.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict()}, buffer)
     buffer.seek(0)
     saved = torch.load(buffer)
     resumed = make_model(seed=5, dtype=dtype)
     resumed.load_state_dict(saved["model"])
-    optimizer = sl.SLAdamW(resumed.parameters(), **kwargs)
+    optimizer, scheduler = with_schedule(sl.SLAdamW(resumed.parameters(), **kwargs))
     optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
     for key, value in optimizer.state[resumed[0].A].items():
         if torch.is_tensor(value):
             assert value.dtype == saved["optimizer"]["state"][0][key].dtype, key
-    train(resumed, optimizer, data[10:])
+    run(resumed, optimizer, scheduler, data[10:])
     assert_same_parameters(straight, resumed)
 
 

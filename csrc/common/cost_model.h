@@ -12,22 +12,29 @@ enum class MatmulPath : int {
   kMaterialized = 2,  // W = s * B @ A + S built in row chunks, then dense GEMMs
 };
 
-// Forward + backward multiply-adds of each path, with a sparse multiply-add
-// weighted by sparse_cost: how many dense GEMM multiply-adds it costs on the
-// device at hand. The factored path does 2br(3m + 4n) dense flops and three
-// sparse passes (SpMM, transposed SpMM, SDDMM); the materialised one builds W
-// twice, runs three b x m x n GEMMs and two m x n x r ones.
+// What a device's sparse kernels and data movement cost, in dense GEMM flops.
+struct PathCosts {
+  double sparse;  // one sparse multiply-add
+  double copy;    // one element of token-major data re-laid out for the sparse kernels
+};
+
+// Forward + backward cost of each path in GEMM-flop units. The factored path
+// does 2br(3m + 4n) dense flops, three sparse passes (SpMM, transposed SpMM,
+// SDDMM) and re-lays out about 6b(m + n) elements for them; the materialised
+// one builds W twice, runs three b x m x n GEMMs and two m x n x r ones.
 inline MatmulPath choose_matmul_path(int64_t b, int64_t m, int64_t n, int64_t r, int64_t nnz,
-                                     double sparse_cost) {
+                                     const PathCosts& costs) {
   const double bd = double(b), md = double(m), nd = double(n), rd = double(r);
-  const double factored = 2 * bd * rd * (3 * md + 4 * nd) + 3 * 2 * sparse_cost * bd * double(nnz);
+  const double factored = 2 * bd * rd * (3 * md + 4 * nd) + 3 * 2 * costs.sparse * bd * double(nnz) +
+                          6 * costs.copy * bd * (md + nd);
   const double materialized = 8 * md * nd * rd + 6 * bd * md * nd;
   return factored <= materialized ? MatmulPath::kFactored : MatmulPath::kMaterialized;
 }
 
-// Our vectorised CSR loops against oneDNN's float32 GEMM. Checked with
-// `benchmarks/bench_layer.py --preset paths --sweep-paths` on a 2-core AMD EPYC
-// (AVX2): the model picks the faster path at every shape of that preset.
-constexpr double kCpuSparseCost = 4.0;
+// Our vectorised CSR loops and ATen's transposes against oneDNN's float32
+// GEMM. Checked with `benchmarks/bench_layer.py --preset paths --sweep-paths`
+// on a 2-core AMD EPYC (AVX2): the model picks the faster path at every shape
+// of that preset, which includes LLaMA-9M's small matrices.
+constexpr PathCosts kCpuPathCosts{4.0, 80.0};
 
 }  // namespace sltrain

@@ -3,6 +3,7 @@
 // sampler and Adam are our own loops. Half-precision inputs are computed in
 // float32 and rounded once at the end, so every reduction accumulates in fp32.
 #include <ATen/ATen.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -16,6 +17,12 @@ namespace sltrain {
 namespace {
 
 using at::Tensor;
+
+// Autocast has no kernel for our ops and falls through to them, still enabled:
+// without this guard it would recast the ATen products inside them.
+struct NoAutocast {
+  c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
+};
 
 at::ScalarType compute_dtype(const Tensor& t) {
   return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -71,7 +78,7 @@ void check_columns(const char* op, bool in_range, const Csr& csr) {
 bool use_factored_path(int64_t b, const FactorDims& dims) {
   MatmulPath path = matmul_path_override();
   if (path == MatmulPath::kAuto)
-    path = choose_matmul_path(b, dims.m, dims.n, dims.r, dims.nnz, kCpuSparseCost);
+    path = choose_matmul_path(b, dims.m, dims.n, dims.r, dims.nnz, kCpuPathCosts);
   return path == MatmulPath::kFactored;
 }
 
@@ -99,6 +106,7 @@ Tensor materialize_rows(const char* op, const Tensor& A, const Tensor& B, const 
 Tensor sl_matmul_cpu(const Tensor& x, const Tensor& A, const Tensor& B, const Tensor& values,
                      const Tensor& row_ptr, const Tensor& col_idx, double scale,
                      const std::optional<Tensor>& bias) {
+  const NoAutocast no_autocast;
   constexpr const char* op = "sl_matmul";
   const FactorDims dims = check_factors(op, A, B, values, row_ptr, col_idx, scale);
   check_input(op, "x", x, dims.n, A, "n");
@@ -139,6 +147,7 @@ Tensor sl_matmul_cpu(const Tensor& x, const Tensor& A, const Tensor& B, const Te
 std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cpu(
     const Tensor& grad_y, const Tensor& x, const Tensor& A, const Tensor& B, const Tensor& values,
     const Tensor& row_ptr, const Tensor& col_idx, double scale, std::array<bool, 4> output_mask) {
+  const NoAutocast no_autocast;
   constexpr const char* op = "sl_matmul_backward";
   const FactorDims dims = check_factors(op, A, B, values, row_ptr, col_idx, scale);
   check_input(op, "x", x, dims.n, A, "n");
@@ -229,6 +238,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cpu(
 
 Tensor densify_cpu(const Tensor& A, const Tensor& B, const Tensor& values, const Tensor& row_ptr,
                    const Tensor& col_idx, double scale) {
+  const NoAutocast no_autocast;
   constexpr const char* op = "densify";
   const FactorDims dims = check_factors(op, A, B, values, row_ptr, col_idx, scale);
   const Csr csr = make_csr(op, row_ptr, col_idx, values, dims);

@@ -1,0 +1,70 @@
+"""Saving and loading SLTrain models: weights (factors, sparse values and the
+int32 support) as safetensors, plus a small JSON of how the model was built."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .configs import LlamaConfig
+from .convert import convert
+from .llama import LlamaForCausalLM
+
+__all__ = ["save_pretrained", "load_pretrained"]
+
+WEIGHTS = "model.safetensors"
+CONFIG = "sltrain_config.json"
+
+
+def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
+    """Writes ``model.safetensors`` and ``sltrain_config.json`` under ``directory``.
+
+    The JSON holds the ``convert`` settings (rank, density, alpha, seed and the
+    converted module names) and, for this package's ``LlamaForCausalLM``, its
+    config, so that ``load_pretrained(directory)`` rebuilds the model alone.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = getattr(model, "config", None)
+    meta = {
+        "sltrain": getattr(model, "sltrain_settings", None),
+        "llama_config": dataclasses.asdict(config) if isinstance(config, LlamaConfig) else None,
+    }
+    state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS), metadata={"format": "pt"})
+    (directory / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+    return directory
+
+
+def load_pretrained(directory: str | Path, model: nn.Module | None = None,
+                    device: torch.device | str = "cpu") -> nn.Module:
+    """Loads what ``save_pretrained`` wrote, exactly.
+
+    Without ``model`` the directory must hold a ``LlamaForCausalLM`` of this
+    package, which is rebuilt from its config. Otherwise pass the dense model
+    the SL model was converted from (freshly built, any weights): it is
+    converted with the saved settings and then loaded. The support is
+    validated on load.
+    """
+    directory = Path(directory)
+    for name in (WEIGHTS, CONFIG):
+        if not (directory / name).exists():
+            raise FileNotFoundError(f"{directory / name} does not exist: not a save_pretrained directory")
+    meta = json.loads((directory / CONFIG).read_text())
+    if model is None:
+        if meta["llama_config"] is None:
+            raise ValueError(f"{directory} holds no LlamaForCausalLM config: pass the dense `model` to convert")
+        with torch.device(device):
+            model = LlamaForCausalLM(LlamaConfig(**meta["llama_config"]))
+    settings = meta["sltrain"]
+    if settings is not None and not hasattr(model, "sltrain_settings"):
+        names = set(settings["target_modules"])
+        convert(model, rank=settings["rank"], density=settings["density"], alpha=settings["alpha"],
+                seed=settings["seed"], target_modules=lambda name, module: name in names)
+    model.load_state_dict(load_file(str(directory / WEIGHTS), device=str(device)))
+    return model

@@ -1,0 +1,276 @@
+"""Pretrain LLaMA with SLTrain, low-rank or full-rank weights.
+
+    python -m sltrain_ext.train                      # the main job: a small model, SLTrain and full-rank, on the CPU
+    sltrain-train --config 60m --method sltrain --steps 2000 --device cuda
+
+Each method trains in its own folder under --out (metrics.jsonl, checkpoint.pt,
+and the final model via save_pretrained); at the end the run prints a summary,
+writes summary.json and plots the loss curves to loss_curves.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import configs
+from .convert import convert
+from .data import BUILTIN, ByteTokenizer, TokenSplits, batch_at, load_documents, tokenize_splits
+from .llama import LlamaForCausalLM, perplexity
+from .optim import SLAdamW
+from .pretrained import save_pretrained
+
+METHODS = ("full", "lowrank", "sltrain")
+DEFAULT_LR = {"full": 1e-3, "lowrank": 3e-3, "sltrain": 3e-3}  # the SLTrain paper's settings
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="sltrain-train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    model = parser.add_argument_group("model")
+    model.add_argument("--config", default="9m",
+                       help=f"LLaMA config: one of {', '.join(configs.available())} or a JSON path (default 9m)")
+    model.add_argument("--method", default="sltrain,full",
+                       help="comma-separated methods to train, of full, lowrank, sltrain (default sltrain,full)")
+    model.add_argument("--rank", type=int, help="low-rank r (default: the config's)")
+    model.add_argument("--density", type=float, help="sparse density (default: the config's)")
+    model.add_argument("--alpha", type=float, help="low-rank scale numerator, s = alpha / r (default: the config's)")
+    train = parser.add_argument_group("training")
+    train.add_argument("--steps", type=int, default=600, help="optimizer steps (default 600)")
+    train.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this step; --resume continues")
+    train.add_argument("--batch-size", type=int, default=16, help="sequences per optimizer step (default 16)")
+    train.add_argument("--accumulation", type=int, default=1, help="micro-batches per step (default 1)")
+    train.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")
+    train.add_argument("--lr", type=float, help="peak learning rate (default: 1e-3 full, 3e-3 lowrank/sltrain)")
+    train.add_argument("--warmup", type=float, default=0.1, help="warm-up fraction of the steps (default 0.1)")
+    train.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine floor as a fraction of --lr")
+    train.add_argument("--weight-decay", type=float, default=0.0)
+    train.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping, 0 disables (default 1)")
+    train.add_argument("--state-bits", type=int, choices=(8, 32), default=32, help="SLAdamW moment precision")
+    train.add_argument("--per-layer", action="store_true",
+                       help="update each parameter during backward and free its gradient (clipping per parameter)")
+    train.add_argument("--checkpointing", action="store_true", help="activation checkpointing per decoder layer")
+    train.add_argument("--compile", action="store_true", help="torch.compile the model")
+    train.add_argument("--seed", type=int, default=0)
+    run = parser.add_argument_group("data and run")
+    run.add_argument("--data", default=BUILTIN,
+                     help="'builtin' (Python's own documentation, offline), a .txt file or folder, a .jsonl file "
+                          "with a 'text' field, or 'c4' (needs `datasets` and a network)")
+    run.add_argument("--eval-every", type=int, default=100, help="held-out evaluation period in steps (default 100)")
+    run.add_argument("--eval-batches", type=int, default=8, help="held-out batches per evaluation (default 8)")
+    run.add_argument("--save-every", type=int, default=200, help="checkpoint period in steps (default 200)")
+    run.add_argument("--out", type=Path, default=Path("runs/main"), help="output folder (default runs/main)")
+    run.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
+    run.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+    run.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                     help="parameter dtype: auto is bfloat16 on a GPU, float32 on the CPU")
+    args = parser.parse_args(argv)
+
+    args.methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    for method in args.methods:
+        if method not in METHODS:
+            parser.error(f"--method: unknown method {method!r}; choose from {', '.join(METHODS)}")
+    for name in ("steps", "batch_size", "accumulation", "seq_len", "eval_every", "eval_batches", "save_every"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.batch_size % args.accumulation:
+        parser.error("--batch-size must be a multiple of --accumulation")
+    if args.density is not None and not 0.0 < args.density <= 1.0:
+        parser.error(f"--density must be in (0, 1], got {args.density}")
+    if args.stop_after is not None and not 1 <= args.stop_after <= args.steps:
+        parser.error("--stop-after must be between 1 and --steps")
+    if not 0.0 <= args.warmup < 1.0:
+        parser.error("--warmup must be in [0, 1)")
+    try:
+        args.llama = configs.load(args.config)
+    except ValueError as error:
+        parser.error(f"--config: {error}")
+    args.device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                               else "cpu" if args.device == "auto" else args.device)
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    args.dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
+        args.dtype, torch.bfloat16 if args.device.type == "cuda" else torch.float32)
+    return args
+
+
+def build_model(args: argparse.Namespace, method: str, vocab_size: int) -> tuple[nn.Module, int]:
+    config = dataclasses.replace(args.llama, vocab_size=vocab_size)
+    torch.manual_seed(args.seed)
+    model = LlamaForCausalLM(config)
+    if method != "full":
+        convert(model, rank=args.rank or config.rank, alpha=args.alpha or config.alpha, seed=args.seed,
+                density=None if method == "lowrank" else (args.density or config.density))
+    model.to(device=args.device, dtype=args.dtype)
+    return model, sum(p.numel() for p in model.parameters())
+
+
+def lr_factor(step: int, total: int, warmup_fraction: float, floor: float) -> float:
+    """Linear warm-up, then cosine decay to `floor` (step counts from 0)."""
+    warmup = int(warmup_fraction * total)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, tokens: torch.Tensor, args: argparse.Namespace) -> float:
+    model.eval()
+    losses = [model.loss(batch_at(tokens, i, args.batch_size, args.seq_len, seed=10_000 + args.seed)
+                         .to(args.device)).item() for i in range(args.eval_batches)]
+    model.train()
+    return sum(losses) / len(losses)
+
+
+def memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def train_one(method: str, args: argparse.Namespace, splits: TokenSplits, vocab_size: int) -> dict[str, Any]:
+    folder = args.out / method
+    folder.mkdir(parents=True, exist_ok=True)
+    model, parameters = build_model(args, method, vocab_size)
+    loss_of = torch.compile(model.loss) if args.compile else model.loss
+    lr = args.lr or DEFAULT_LR[method]
+    clip = args.max_grad_norm or None
+    optimizer = SLAdamW(model.parameters(), lr=lr, weight_decay=args.weight_decay, state_bits=args.state_bits,
+                        per_layer=args.per_layer, accumulation_steps=args.accumulation if args.per_layer else 1,
+                        max_grad_norm=clip if args.per_layer else None)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, args.steps, args.warmup, args.min_lr_ratio))
+    checkpoint_path, metrics_path = folder / "checkpoint.pt", folder / "metrics.jsonl"
+    start = 0
+    if args.resume and checkpoint_path.exists():
+        saved = torch.load(checkpoint_path, map_location=args.device, weights_only=False)
+        if saved["steps"] != args.steps:
+            raise SystemExit(f"{checkpoint_path} is for --steps {saved['steps']}, not {args.steps}")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        start = saved["step"]
+        kept = [line for line in metrics_path.read_text().splitlines() if json.loads(line)["step"] <= start]
+        metrics_path.write_text("".join(line + "\n" for line in kept))
+    elif metrics_path.exists():
+        metrics_path.unlink()
+
+    def save_checkpoint(step: int) -> None:
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "step": step, "steps": args.steps}
+        torch.save(state, checkpoint_path.with_suffix(".tmp"))
+        checkpoint_path.with_suffix(".tmp").replace(checkpoint_path)
+
+    def log(record: dict[str, Any]) -> None:
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    end = args.stop_after or args.steps
+    micro = args.batch_size // args.accumulation
+    tokens_per_step = args.batch_size * args.seq_len
+    began = time.perf_counter()
+    progress = tqdm(range(start, end), desc=f"{method:>7}", unit="step", mininterval=1.0, initial=start,
+                    total=args.steps, dynamic_ncols=True)
+    for step in progress:
+        batch = batch_at(splits.train, step, args.batch_size, args.seq_len, args.seed).to(args.device)
+        loss_sum = 0.0
+        for chunk in batch.split(micro):
+            loss = loss_of(chunk, checkpoint=args.checkpointing)
+            (loss / args.accumulation).backward()
+            loss_sum += loss.item() / args.accumulation
+        if not args.per_layer:
+            if clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        done = step + 1
+        rate = (done - start) * tokens_per_step / (time.perf_counter() - began)
+        log({"step": done, "loss": loss_sum, "lr": scheduler.get_last_lr()[0], "tokens_per_s": rate})
+        progress.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{rate:,.0f}", mem=f"{memory_gib(args.device):.1f}G")
+        if done % args.eval_every == 0 or done == args.steps:
+            val_loss = evaluate(model, splits.validation, args)
+            log({"step": done, "val_loss": val_loss, "val_ppl": perplexity(val_loss)})
+            progress.write(f"{method} step {done}: held-out loss {val_loss:.4f}, perplexity {perplexity(val_loss):.3f}")
+        if done % args.save_every == 0 or done == end:
+            save_checkpoint(done)
+    progress.close()
+    if end == args.steps:
+        save_pretrained(model, folder / "model")
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    evaluations = [r for r in records if "val_loss" in r]
+    steps = [r for r in records if "tokens_per_s" in r]
+    return {"method": method, "parameters": parameters, "steps": end,
+            "val_ppl": evaluations[-1]["val_ppl"] if evaluations else None,
+            "tokens_per_s": steps[-1]["tokens_per_s"] if steps else None,
+            "seconds": time.perf_counter() - began, "folder": str(folder)}
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> Path | None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, result in enumerate(results):
+        records = [json.loads(line) for line in (Path(result["folder"]) / "metrics.jsonl").read_text().splitlines()]
+        train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+        window = max(1, len(train) // 50)
+        smooth = [sum(loss for _, loss in train[max(0, j - window + 1): j + 1]) / len(train[max(0, j - window + 1): j + 1])
+                  for j in range(len(train))]
+        color = f"C{i}"
+        ax.plot([s for s, _ in train], smooth, color=color, alpha=0.6, label=f"{result['method']} train")
+        val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+        ax.plot([s for s, _ in val], [v for _, v in val], "o-", color=color, label=f"{result['method']} held-out")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/byte)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    args = parse_args(argv)
+    try:
+        documents = load_documents(args.data)
+    except ValueError as error:
+        raise SystemExit(f"sltrain-train: {error}") from None
+    tokenizer = ByteTokenizer()
+    splits = tokenize_splits(documents, tokenizer)
+    print(f"data: {args.data}, {splits.train.numel():,} training and {splits.validation.numel():,} held-out "
+          f"tokens (bytes); LLaMA-{args.config} on {args.device} in {str(args.dtype).removeprefix('torch.')}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = [train_one(method, args, splits, tokenizer.vocab_size) for method in args.methods]
+    finished = all(r["steps"] == args.steps for r in results)
+    print(f"\n{'method':<8} {'parameters':>12} {'held-out ppl':>13} {'tokens/s':>10} {'time':>8}")
+    for r in results:
+        ppl = f"{r['val_ppl']:.3f}" if r["val_ppl"] is not None else "-"
+        print(f"{r['method']:<8} {r['parameters']:>12,} {ppl:>13} {r['tokens_per_s']:>10,.0f} {r['seconds']:>7.1f}s")
+    (args.out / "summary.json").write_text(json.dumps(
+        {"command": " ".join(["sltrain-train", *(sys.argv[1:] if argv is None else argv)]), "results": results},
+        indent=2) + "\n")
+    chart = plot(results, args.out / "loss_curves.png")
+    print(f"summary: {args.out / 'summary.json'}" + (f"; loss curves: {chart}" if chart else ""))
+    if not finished:
+        print(f"stopped at step {args.stop_after} of {args.steps}: run again with --resume to continue")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The training command: runs, learns, resumes exactly, rejects bad input clearly."""
+
+import json
+
+import pytest
+import torch
+
+from sltrain_ext import train
+
+SMALL = ["--config", "9m", "--batch-size", "4", "--seq-len", "32", "--eval-every", "5", "--eval-batches", "2"]
+
+
+def metrics(folder):
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_trains_every_method_and_the_loss_decreases(tmp_path):
+    results = train.main(SMALL + ["--steps", "12", "--method", "sltrain,lowrank,full", "--lr", "1e-2",
+                                  "--out", str(tmp_path)])
+    assert [r["method"] for r in results] == ["sltrain", "lowrank", "full"]
+    for result in results:
+        losses = [r["loss"] for r in metrics(tmp_path / result["method"]) if "loss" in r]
+        assert len(losses) == 12 and sum(losses[-3:]) < sum(losses[:3])
+        assert (tmp_path / result["method"] / "model" / "model.safetensors").exists()
+    sltrain, lowrank, full = results
+    assert sltrain["parameters"] < full["parameters"] and lowrank["parameters"] < sltrain["parameters"]
+    assert json.loads((tmp_path / "summary.json").read_text())["results"][0]["method"] == "sltrain"
+
+
+@pytest.mark.parametrize("extra", [[], ["--state-bits", "8", "--per-layer", "--accumulation", "2"]])
+def test_resume_continues_exactly(tmp_path, extra):
+    common = SMALL + ["--steps", "20", "--method", "sltrain", "--save-every", "7"] + extra
+    train.main(common + ["--out", str(tmp_path / "straight")])
+    train.main(common + ["--out", str(tmp_path / "resumed"), "--stop-after", "10"])
+    train.main(common + ["--out", str(tmp_path / "resumed"), "--resume"])
+    straight = torch.load(tmp_path / "straight" / "sltrain" / "checkpoint.pt", weights_only=False)
+    resumed = torch.load(tmp_path / "resumed" / "sltrain" / "checkpoint.pt", weights_only=False)
+    assert straight["step"] == resumed["step"] == 20
+    for name, tensor in straight["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+    def without_rates(records):
+        return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in records]
+
+    assert without_rates(metrics(tmp_path / "straight" / "sltrain")) == without_rates(
+        metrics(tmp_path / "resumed" / "sltrain"))
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--method", "dense"], "unknown method 'dense'"),
+    (["--config", "3b"], "unknown config '3b'"),
+    (["--density", "1.5"], "--density must be in"),
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--batch-size", "6", "--accumulation", "4"], "multiple of --accumulation"),
+    (["--steps", "5", "--stop-after", "9"], "--stop-after must be between"),
+])
+def test_bad_flags_are_rejected(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_data_path_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="no such file or directory"):
+        train.main(["--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path)])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\nnot json\n')
+    with pytest.raises(SystemExit, match="line 2 is not a JSON object"):
+        train.main(["--data", str(bad), "--out", str(tmp_path)])
+
+
+def test_local_text_files_and_resume_guard(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(30):
+        (corpus / f"doc{i}.txt").write_text(f"document {i}: " + "the quick brown fox jumps over the lazy dog. " * 20)
+    out = tmp_path / "out"
+    train.main(SMALL + ["--steps", "4", "--method", "full", "--data", str(corpus), "--out", str(out)])
+    with pytest.raises(SystemExit, match="is for --steps 4, not 6"):
+        train.main(SMALL + ["--steps", "6", "--method", "full", "--data", str(corpus), "--out", str(out), "--resume"])
