@@ -190,11 +190,10 @@ def train_one(method: str, args: argparse.Namespace, splits: TokenSplits, vocab_
             loss = loss_of(chunk, checkpoint=args.checkpointing)
             (loss / args.accumulation).backward()
             loss_sum += loss.item() / args.accumulation
-        if not args.per_layer:
-            if clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        if clip and not args.per_layer:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()  # with --per-layer the update already happened inside backward
+        optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         done = step + 1
         rate = (done - start) * tokens_per_step / (time.perf_counter() - began)
