@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one call: a CUDA build for Hopper, the GPU
+# tests, compute-sanitizer over them, and every benchmark on the GPU. Results
+# (JSON, markdown, PNG, logs) are packed into $OUT/gpu_results.tar.gz (OUT
+# defaults to ./gpu_out): one file, as the device tool brings back few.
+#   bash benchmarks/gpu_run.sh            # on an H100/H200 machine with torch and nvcc
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-gpu_out}"
+RESULTS="$OUT/gpu_results"
+mkdir -p "$RESULTS"
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}" PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+status=0
+step() {  # step NAME COMMAND...: run, log to $OUT/NAME.log, remember a failure, go on
+  local name=$1; shift
+  echo "=== $name: $*"
+  "$@" > "$RESULTS/$name.log" 2>&1 || { status=1; echo "--- $name FAILED (exit $?)"; }
+  tail -n 15 "$RESULTS/$name.log"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$RESULTS/gpu.txt" 2>&1
+step build python3 setup.py build_ext --inplace
+step gpu_tests python3 -m pytest -m gpu -q tests
+step sanitizer_memcheck compute-sanitizer --tool memcheck --error-exitcode 1 python3 -m pytest -m gpu -q -x tests
+step sanitizer_racecheck compute-sanitizer --tool racecheck --error-exitcode 1 python3 -m pytest -m gpu -q -x tests
+step bench_layer_training python3 benchmarks/bench_layer.py --preset training --out "$RESULTS"
+step bench_layer_decode python3 benchmarks/bench_layer.py --preset decode --out "$RESULTS"
+step bench_support python3 benchmarks/bench_support.py --config 7b --device cuda --out "$RESULTS"
+step bench_optim python3 benchmarks/bench_optim.py --config 1b --device cuda --out "$RESULTS"
+step bench_train python3 benchmarks/bench_train.py --out "$RESULTS"
+tar -C "$OUT" -czf "$OUT/gpu_results.tar.gz" gpu_results && rm -rf "$RESULTS"
+exit $status
