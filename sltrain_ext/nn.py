@@ -13,7 +13,37 @@ from .ops import densify, nnz_for_density, random_support, sl_matmul, validate_s
 __all__ = ["SLLinear", "LowRankLinear"]
 
 
-class SLLinear(nn.Module):
+class _FactoredLinear(nn.Module):
+    """What SLLinear and LowRankLinear share: sizes, the factors ``A`` and ``B``
+    with SLTrain's initialisation, the bias and the scale ``alpha / rank``."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float, bias: bool,
+                 factory: dict[str, Any]) -> None:
+        super().__init__()
+        for name, value in (("in_features", in_features), ("out_features", out_features), ("rank", rank)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.rank = rank
+        self.alpha = float(alpha)
+        self.A = nn.Parameter(torch.empty(rank, in_features, **factory))
+        self.B = nn.Parameter(torch.empty(out_features, rank, **factory))
+        self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        nn.init.zeros_(self.B)
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+
+class SLLinear(_FactoredLinear):
     """Applies ``y = x @ (s * B @ A + S).T + bias`` with ``s = alpha / rank``.
 
     ``B`` (``out x rank``, zeros at init) and ``A`` (``rank x in``,
@@ -47,44 +77,27 @@ class SLLinear(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        for name, value in (("in_features", in_features), ("out_features", out_features), ("rank", rank)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+        factory = {"device": device, "dtype": dtype}
+        super().__init__(in_features, out_features, rank, alpha, bias, factory)
         nnz = nnz_for_density(out_features, in_features, density)
         if seed is None:
             seed = int(torch.randint(0, 2**62, ()).item())
-        factory = {"device": device, "dtype": dtype}
-        self.in_features = in_features
-        self.out_features = out_features
-        self.rank = rank
         self.density = density
-        self.alpha = float(alpha)
         self.seed = seed
         row_ptr, col_idx = random_support(out_features, in_features, nnz, seed, device=device)
         self.register_buffer("row_ptr", row_ptr)
         self.register_buffer("col_idx", col_idx)
-        self.A = nn.Parameter(torch.empty(rank, in_features, **factory))
-        self.B = nn.Parameter(torch.empty(out_features, rank, **factory))
         self.values = nn.Parameter(torch.empty(nnz, **factory))
-        self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
         self.reset_parameters()
-
-    @property
-    def scale(self) -> float:
-        return self.alpha / self.rank
 
     @property
     def nnz(self) -> int:
         return self.values.numel()
 
     def reset_parameters(self) -> None:
-        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
-        nn.init.zeros_(self.B)
+        super().reset_parameters()
         bound = 1.0 / math.sqrt(self.in_features)
         nn.init.uniform_(self.values, -bound, bound)
-        if self.bias is not None:
-            nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
         A, B, values, bias = self.A, self.B, self.values, self.bias
@@ -122,7 +135,7 @@ class SLLinear(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-class LowRankLinear(nn.Module):
+class LowRankLinear(_FactoredLinear):
     """``y = x @ (s * B @ A).T + bias``: the pure low-rank baseline of the
     SLTrain paper, initialised as ``SLLinear``'s low-rank part."""
 
@@ -136,27 +149,8 @@ class LowRankLinear(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        for name, value in (("in_features", in_features), ("out_features", out_features), ("rank", rank)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int, got {value!r}")
-        factory = {"device": device, "dtype": dtype}
-        self.in_features, self.out_features, self.rank, self.alpha = in_features, out_features, rank, float(alpha)
-        self.A = nn.Parameter(torch.empty(rank, in_features, **factory))
-        self.B = nn.Parameter(torch.empty(out_features, rank, **factory))
-        self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
+        super().__init__(in_features, out_features, rank, alpha, bias, {"device": device, "dtype": dtype})
         self.reset_parameters()
-
-    @property
-    def scale(self) -> float:
-        return self.alpha / self.rank
-
-    def reset_parameters(self) -> None:
-        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
-        nn.init.zeros_(self.B)
-        if self.bias is not None:
-            bound = 1.0 / math.sqrt(self.in_features)
-            nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
         return nn.functional.linear(nn.functional.linear(x, self.A) * self.scale, self.B, self.bias)

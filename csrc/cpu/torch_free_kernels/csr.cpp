@@ -37,6 +37,21 @@ inline bool column_in_range(int32_t column, int64_t n) {
   return column >= 0 && column < n;
 }
 
+// Calls visit(k, column) for each entry k of row i whose column lies in
+// [0, n); clears `ok` for any other.
+template <class Visit>
+inline void visit_row(int64_t i, int64_t n, const int32_t* row_ptr, const int32_t* col_idx,
+                      std::atomic<bool>& ok, const Visit& visit) {
+  for (int64_t k = row_ptr[i]; k < row_ptr[i + 1]; ++k) {
+    const int32_t column = col_idx[k];
+    if (column_in_range(column, n)) {
+      visit(k, column);
+    } else {
+      ok.store(false, std::memory_order_relaxed);
+    }
+  }
+}
+
 // Rows per chunk so that each chunk does about kWorkGrain multiply-adds.
 inline int64_t row_grain(int64_t m, int64_t nnz, int64_t b) {
   const int64_t work = std::max<int64_t>(1, nnz) * std::max<int64_t>(1, b);
@@ -73,14 +88,9 @@ bool csr_spmm(int64_t m, int64_t n, int64_t b, const int32_t* row_ptr, const int
       for (int64_t i = row_begin; i < row_end; ++i) {
         T* y = y_t + i * ld_y + j0;
         std::fill(y, y + width, T(0));
-        for (int64_t k = row_ptr[i]; k < row_ptr[i + 1]; ++k) {
-          const int32_t column = col_idx[k];
-          if (!column_in_range(column, n)) {
-            ok.store(false, std::memory_order_relaxed);
-            continue;
-          }
+        visit_row(i, n, row_ptr, col_idx, ok, [&](int64_t k, int32_t column) {
           axpy(width, values[k], x_t + column * ld_x + j0, y);
-        }
+        });
       }
     }
   });
@@ -105,14 +115,9 @@ bool csr_spmm_transposed(int64_t m, int64_t n, int64_t b, const int32_t* row_ptr
       for (int64_t j = 0; j < n; ++j) std::fill(dx_t + j * ld_x + j0, dx_t + j * ld_x + j0 + w, T(0));
       for (int64_t i = 0; i < m; ++i) {
         const T* g = g_t + i * ld_g + j0;
-        for (int64_t k = row_ptr[i]; k < row_ptr[i + 1]; ++k) {
-          const int32_t column = col_idx[k];
-          if (!column_in_range(column, n)) {
-            ok.store(false, std::memory_order_relaxed);
-            continue;
-          }
+        visit_row(i, n, row_ptr, col_idx, ok, [&](int64_t k, int32_t column) {
           axpy(w, values[k], g, dx_t + column * ld_x + j0);
-        }
+        });
       }
     }
   });
@@ -129,14 +134,9 @@ bool csr_sddmm(int64_t m, int64_t n, int64_t b, const int32_t* row_ptr, const in
       const int64_t width = std::min(kBatchBlock, b - j0);
       for (int64_t i = row_begin; i < row_end; ++i) {
         const T* g = g_t + i * ld_g + j0;
-        for (int64_t k = row_ptr[i]; k < row_ptr[i + 1]; ++k) {
-          const int32_t column = col_idx[k];
-          if (!column_in_range(column, n)) {
-            ok.store(false, std::memory_order_relaxed);
-            continue;
-          }
+        visit_row(i, n, row_ptr, col_idx, ok, [&](int64_t k, int32_t column) {
           dvalues[k] += dot(width, g, x_t + column * ld_x + j0);
-        }
+        });
       }
     }
   });
@@ -155,15 +155,8 @@ bool for_each_entry_in_rows(int64_t row_begin, int64_t row_end, int64_t n, const
   parallel_for(0, rows, row_grain(rows, row_ptr[row_end] - row_ptr[row_begin], 1),
                [&](int64_t begin, int64_t end) {
                  for (int64_t r = begin; r < end; ++r) {
-                   const int64_t i = row_begin + r;
-                   for (int64_t k = row_ptr[i]; k < row_ptr[i + 1]; ++k) {
-                     const int32_t column = col_idx[k];
-                     if (column_in_range(column, n)) {
-                       visit(r, k, column);
-                     } else {
-                       ok.store(false, std::memory_order_relaxed);
-                     }
-                   }
+                   visit_row(row_begin + r, n, row_ptr, col_idx, ok,
+                             [&](int64_t k, int32_t column) { visit(r, k, column); });
                  }
                });
   return ok.load();
