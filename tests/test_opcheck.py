@@ -64,6 +64,17 @@ def test_opcheck_fused_adam8bit():
     torch.library.opcheck(ops.fused_adam8bit_.default, args)
 
 
+@pytest.mark.parametrize("op,args", [
+    (ops.set_matmul_config.default, ("auto", 64 << 20)),
+    (ops.get_matmul_config.default, ()),
+    (ops.matmul_path.default, (16, 64, 64, 8, 100, torch.device("cpu"))),
+])
+def test_opcheck_config_ops(op, args):
+    # Host-side settings that return strings: nothing to trace, so the AOT
+    # dispatch test (which compares traced tensor outputs) does not apply.
+    torch.library.opcheck(op, args, test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
 class Block(nn.Module):
     def __init__(self):
         super().__init__()
