@@ -24,6 +24,8 @@ from torch import Tensor
 __all__ = ["ByteTokenizer", "TokenSplits", "load_documents", "tokenize_splits", "batch_at"]
 
 BUILTIN = "builtin"
+# Part of the cache's name: bump it whenever builtin_documents would return other text.
+BUILTIN_CORPUS_VERSION = 1
 
 
 class ByteTokenizer:
@@ -67,7 +69,8 @@ def _stdlib_docstrings(max_chars: int) -> list[str]:
 
 def builtin_documents(max_chars: int = 6_000_000) -> list[str]:
     """The built-in corpus as a list of documents (cached after the first call)."""
-    cache = _cache_dir() / f"builtin_corpus_py{sys.version_info.major}{sys.version_info.minor}.jsonl"
+    python = f"py{sys.version_info.major}{sys.version_info.minor}"
+    cache = _cache_dir() / f"builtin_corpus_v{BUILTIN_CORPUS_VERSION}_{python}.jsonl"
     if cache.exists():
         return [json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines()]
     from pydoc_data.topics import topics
