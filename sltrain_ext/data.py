@@ -77,7 +77,7 @@ def builtin_documents(max_chars: int = 6_000_000) -> list[str]:
 
     documents = [topics[key] for key in sorted(topics)] + _stdlib_docstrings(max_chars)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    temporary = cache.with_suffix(".tmp")
+    temporary = cache.with_suffix(f".{os.getpid()}.tmp")  # ranks of one job may build it at once
     temporary.write_text("".join(json.dumps(d) + "\n" for d in documents), encoding="utf-8")
     temporary.replace(cache)
     return documents

@@ -126,8 +126,14 @@ class LlamaForCausalLM(nn.Module):
 
     def loss(self, tokens: Tensor, checkpoint: bool = False) -> Tensor:
         """Mean next-token cross-entropy over ``tokens`` (inputs and shifted targets)."""
-        logits = self(tokens[:, :-1], checkpoint=checkpoint)
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+        return causal_lm_loss(self, tokens, checkpoint)
+
+
+def causal_lm_loss(model: nn.Module, tokens: Tensor, checkpoint: bool = False) -> Tensor:
+    """Next-token cross-entropy of ``model`` (a LlamaForCausalLM, or a wrapper such
+    as DistributedDataParallel whose forward must run) on ``tokens`` [batch, seq + 1]."""
+    logits = model(tokens[:, :-1], checkpoint=checkpoint)
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
 
 
 def perplexity(loss: float) -> float:

@@ -6,6 +6,11 @@
 Each method trains in its own folder under --out (metrics.jsonl, checkpoint.pt,
 and the final model via save_pretrained); at the end the run prints a summary,
 writes summary.json and plots the loss curves to loss_curves.png.
+
+Data parallel on several processes (GPUs, or CPU processes with gloo):
+    torchrun --nproc_per_node 2 -m sltrain_ext.train --dist ddp ...
+Each step's global batch is the same as in a single process and is split
+across the ranks; checkpoints do not depend on the world size.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import resource
 import sys
 import time
@@ -27,7 +33,7 @@ from tqdm import tqdm
 from . import configs
 from .convert import convert
 from .data import BUILTIN, ByteTokenizer, TokenSplits, batch_at, load_documents, tokenize_splits
-from .llama import LlamaForCausalLM, perplexity
+from .llama import LlamaForCausalLM, causal_lm_loss, perplexity
 from .optim import SLAdamW
 from .pretrained import save_pretrained
 
@@ -72,6 +78,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--save-every", type=int, default=200, help="checkpoint period in steps (default 200)")
     run.add_argument("--out", type=Path, default=Path("runs/main"), help="output folder (default runs/main)")
     run.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
+    run.add_argument("--dist", choices=("none", "ddp"), default="none",
+                     help="ddp: DistributedDataParallel across the processes torchrun starts (NCCL on GPUs, "
+                          "gloo on the CPU)")
     run.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     run.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                      help="parameter dtype: auto is bfloat16 on a GPU, float32 on the CPU")
@@ -84,8 +93,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("steps", "batch_size", "accumulation", "seq_len", "eval_every", "eval_batches", "save_every"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.batch_size % args.accumulation:
-        parser.error("--batch-size must be a multiple of --accumulation")
+    args.world_size = int(os.environ.get("WORLD_SIZE", "1")) if args.dist == "ddp" else 1
+    args.dist_rank = int(os.environ.get("RANK", "0")) if args.dist == "ddp" else 0
+    if args.dist == "ddp" and "WORLD_SIZE" not in os.environ:
+        parser.error("--dist ddp runs under torchrun (torchrun --nproc_per_node N -m sltrain_ext.train --dist ddp)")
+    if args.dist == "ddp" and args.per_layer:
+        parser.error("--per-layer cannot be combined with --dist ddp: a per-layer update would run on the "
+                     "local gradient before DDP has averaged it across ranks")
+    if args.batch_size % (args.accumulation * args.world_size):
+        parser.error("--batch-size must be a multiple of --accumulation times the number of processes")
     if args.density is not None and not 0.0 < args.density <= 1.0:
         parser.error(f"--density must be in (0, 1], got {args.density}")
     if args.stop_after is not None and not 1 <= args.stop_after <= args.steps:
@@ -100,6 +116,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                else "cpu" if args.device == "auto" else args.device)
     if args.device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
+    if args.device.type == "cuda" and args.dist == "ddp":
+        args.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     args.dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
         args.dtype, torch.bfloat16 if args.device.type == "cuda" else torch.float32)
     return args
@@ -144,7 +162,12 @@ def train_one(method: str, args: argparse.Namespace, splits: TokenSplits, vocab_
     folder = args.out / method
     folder.mkdir(parents=True, exist_ok=True)
     model, parameters = build_model(args, method, vocab_size)
-    loss_of = torch.compile(model.loss) if args.compile else model.loss
+    forward_module: nn.Module = model
+    if args.dist == "ddp":
+        forward_module = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[args.device.index] if args.device.type == "cuda" else None)
+    loss_of = torch.compile(causal_lm_loss) if args.compile else causal_lm_loss
+    leader = args.dist_rank == 0
     lr = args.lr or DEFAULT_LR[method]
     clip = args.max_grad_norm or None
     optimizer = SLAdamW(model.parameters(), lr=lr, weight_decay=args.weight_decay, state_bits=args.state_bits,
@@ -162,34 +185,44 @@ def train_one(method: str, args: argparse.Namespace, splits: TokenSplits, vocab_
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         start = saved["step"]
-        kept = [line for line in metrics_path.read_text().splitlines() if json.loads(line)["step"] <= start]
-        metrics_path.write_text("".join(line + "\n" for line in kept))
-    elif metrics_path.exists():
+        if leader:
+            kept = [line for line in metrics_path.read_text().splitlines() if json.loads(line)["step"] <= start]
+            metrics_path.write_text("".join(line + "\n" for line in kept))
+    elif metrics_path.exists() and leader:
         metrics_path.unlink()
 
     def save_checkpoint(step: int) -> None:
+        if not leader:
+            return
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "step": step, "steps": args.steps}
         torch.save(state, checkpoint_path.with_suffix(".tmp"))
         checkpoint_path.with_suffix(".tmp").replace(checkpoint_path)
 
     def log(record: dict[str, Any]) -> None:
+        if not leader:
+            return
         with metrics_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
     end = args.stop_after or args.steps
-    micro = args.batch_size // args.accumulation
+    micro = args.batch_size // args.world_size // args.accumulation
     tokens_per_step = args.batch_size * args.seq_len
     began = time.perf_counter()
     progress = tqdm(range(start, end), desc=f"{method:>7}", unit="step", mininterval=1.0, initial=start,
-                    total=args.steps, dynamic_ncols=True)
+                    total=args.steps, dynamic_ncols=True, disable=not leader)
     for step in progress:
-        batch = batch_at(splits.train, step, args.batch_size, args.seq_len, args.seed).to(args.device)
-        loss_sum = 0.0
+        batch = batch_at(splits.train, step, args.batch_size, args.seq_len, args.seed)
+        batch = batch.chunk(args.world_size)[args.dist_rank].to(args.device)  # this rank's share
+        loss_sum = torch.zeros((), device=args.device)
         for chunk in batch.split(micro):
-            loss = loss_of(chunk, checkpoint=args.checkpointing)
+            loss = loss_of(forward_module, chunk, checkpoint=args.checkpointing)
             (loss / args.accumulation).backward()
-            loss_sum += loss.item() / args.accumulation
+            loss_sum += loss.detach() / args.accumulation
+        if args.dist == "ddp":
+            torch.distributed.all_reduce(loss_sum)
+            loss_sum /= args.world_size
+        loss_sum = loss_sum.item()
         if clip and not args.per_layer:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()  # with --per-layer the update already happened inside backward
@@ -206,7 +239,9 @@ def train_one(method: str, args: argparse.Namespace, splits: TokenSplits, vocab_
         if done % args.save_every == 0 or done == end:
             save_checkpoint(done)
     progress.close()
-    if end == args.steps:
+    if args.dist == "ddp":
+        torch.distributed.barrier()  # every rank sees the leader's files from here on
+    if end == args.steps and leader:
         save_pretrained(model, folder / "model")
     records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
     evaluations = [r for r in records if "val_loss" in r]
@@ -246,16 +281,33 @@ def plot(results: list[dict[str, Any]], path: Path) -> Path | None:
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
+    if args.dist == "ddp":
+        torch.distributed.init_process_group("nccl" if args.device.type == "cuda" else "gloo")
+        if args.device.type == "cuda":
+            torch.cuda.set_device(args.device)
+    try:
+        return run(args, argv)
+    finally:
+        if args.dist == "ddp":
+            torch.distributed.destroy_process_group()
+
+
+def run(args: argparse.Namespace, argv: list[str] | None) -> list[dict[str, Any]]:
     try:
         documents = load_documents(args.data)
     except ValueError as error:
         raise SystemExit(f"sltrain-train: {error}") from None
     tokenizer = ByteTokenizer()
     splits = tokenize_splits(documents, tokenizer)
-    print(f"data: {args.data}, {splits.train.numel():,} training and {splits.validation.numel():,} held-out "
-          f"tokens (bytes); LLaMA-{args.config} on {args.device} in {str(args.dtype).removeprefix('torch.')}")
+    leader = args.dist_rank == 0
+    if leader:
+        print(f"data: {args.data}, {splits.train.numel():,} training and {splits.validation.numel():,} held-out "
+              f"tokens (bytes); LLaMA-{args.config} on {args.device} in {str(args.dtype).removeprefix('torch.')}"
+              + (f", {args.world_size} processes" if args.world_size > 1 else ""))
     args.out.mkdir(parents=True, exist_ok=True)
     results = [train_one(method, args, splits, tokenizer.vocab_size) for method in args.methods]
+    if not leader:
+        return results
     finished = all(r["steps"] == args.steps for r in results)
     print(f"\n{'method':<8} {'parameters':>12} {'held-out ppl':>13} {'tokens/s':>10} {'time':>8}")
     for r in results:

@@ -1,0 +1,56 @@
+"""Data-parallel training (DDP) on CPU processes with gloo, started by torchrun."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sltrain_ext import train
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--config", "9m", "--method", "sltrain", "--batch-size", "4", "--seq-len", "32", "--eval-every", "5",
+         "--eval-batches", "2", "--steps", "10"]
+
+
+def torchrun(processes, argv):
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+                    "-m", "sltrain_ext.train", "--dist", "ddp", *argv], check=True, env=env, cwd=ROOT,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
+
+
+def final_model(out):
+    return torch.load(out / "sltrain" / "checkpoint.pt", weights_only=False)["model"]
+
+
+def assert_models_close(a, b):
+    for name, tensor in a.items():
+        torch.testing.assert_close(tensor, b[name], rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_two_process_ddp_equals_single_process(tmp_path):
+    torchrun(2, SMALL + ["--out", str(tmp_path / "ddp")])
+    train.main(SMALL + ["--out", str(tmp_path / "single")])
+    assert_models_close(final_model(tmp_path / "ddp"), final_model(tmp_path / "single"))
+
+
+def test_a_world_size_2_checkpoint_resumes_in_one_process(tmp_path):
+    torchrun(2, SMALL + ["--out", str(tmp_path / "resumed"), "--stop-after", "5"])
+    train.main(SMALL + ["--out", str(tmp_path / "resumed"), "--resume"])
+    train.main(SMALL + ["--out", str(tmp_path / "straight")])
+    assert final_model(tmp_path / "resumed").keys() == final_model(tmp_path / "straight").keys()
+    assert_models_close(final_model(tmp_path / "resumed"), final_model(tmp_path / "straight"))
+
+
+def test_ddp_needs_torchrun_and_refuses_per_layer(monkeypatch, capsys):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(SystemExit):
+        train.main(["--dist", "ddp"])
+    assert "runs under torchrun" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit):
+        train.main(["--dist", "ddp", "--per-layer"])
+    assert "--per-layer cannot be combined with --dist ddp" in capsys.readouterr().err
