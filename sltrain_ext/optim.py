@@ -17,9 +17,22 @@ __all__ = ["SLAdamW", "QUANT_BLOCK"]
 QUANT_BLOCK = 256  # elements per absmax of the 8-bit states (csrc/common/quant8.h)
 
 
+def _is_sharded(tensor: Tensor) -> bool:
+    return torch.distributed.is_available() and isinstance(tensor, torch.distributed.tensor.DTensor)
+
+
+def _local(tensor: Tensor) -> Tensor:
+    """A DTensor's local shard (aliasing its storage, so in-place updates land), else the tensor."""
+    return tensor.to_local() if _is_sharded(tensor) else tensor
+
+
 class SLAdamW(torch.optim.Optimizer):
     """AdamW (decoupled weight decay) for any parameters: SL factors, sparse
     values and ordinary dense weights alike.
+
+    Parameters sharded by FSDP2 (``fully_shard``, DTensors) are updated shard
+    by shard on each rank, with moments sharded like their parameter (32-bit
+    states only).
 
     The update is ``torch.optim.AdamW``'s, applied by one multi-tensor
     ``torch.ops.sltrain.fused_adam_`` (or ``fused_adam8bit_``) call per group,
@@ -102,15 +115,19 @@ class SLAdamW(torch.optim.Optimizer):
         if "step" not in state:
             state["step"] = 0
             if group["state_bits"] == 8 and param.numel() >= self.min_8bit_numel and param.dtype != torch.float64:
+                if _is_sharded(param):
+                    raise ValueError("8-bit states are not supported for sharded (FSDP2/DTensor) parameters yet: "
+                                     "their blocks would not survive resharding; use state_bits=32")
                 blocks = -(-param.numel() // QUANT_BLOCK)
                 state["exp_avg"] = torch.zeros(param.numel(), dtype=torch.int8, device=param.device)
                 state["exp_avg_absmax"] = torch.zeros(blocks, dtype=torch.float32, device=param.device)
                 state["sqrt_exp_avg_sq"] = torch.zeros(param.numel(), dtype=torch.uint8, device=param.device)
                 state["sqrt_exp_avg_sq_absmax"] = torch.zeros(blocks, dtype=torch.float32, device=param.device)
             else:
+                # zeros_like keeps a DTensor's sharding: states shard with their param.
                 dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
-                state["exp_avg"] = torch.zeros(param.shape, dtype=dtype, device=param.device)
-                state["exp_avg_sq"] = torch.zeros(param.shape, dtype=dtype, device=param.device)
+                state["exp_avg"] = torch.zeros_like(param, dtype=dtype, memory_format=torch.contiguous_format)
+                state["exp_avg_sq"] = torch.zeros_like(param, dtype=dtype, memory_format=torch.contiguous_format)
         return state
 
     @torch.no_grad()
@@ -129,7 +146,7 @@ class SLAdamW(torch.optim.Optimizer):
                     if eight_bit else ("exp_avg", "exp_avg_sq"))
             batch = batches[(param.device, state["step"], eight_bit)]
             for bucket, tensor in zip(batch, (param, param.grad, *(state[k] for k in keys))):
-                bucket.append(tensor)
+                bucket.append(_local(tensor))  # FSDP2: each rank updates its own shard
         beta1, beta2 = group["betas"]
         hyper = {"lr": float(group["lr"]), "beta1": beta1, "beta2": beta2, "eps": group["eps"],
                  "weight_decay": group["weight_decay"]}

@@ -22,6 +22,19 @@ def torchrun(processes, argv):
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
 
 
+def test_fsdp2_sharded_sladamw_equals_single_process(tmp_path):
+    import fsdp_worker
+
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    str(ROOT / "tests" / "fsdp_worker.py"), str(tmp_path / "fsdp.pt")], check=True, env=env,
+                   cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
+    sharded = torch.load(tmp_path / "fsdp.pt")
+    single = fsdp_worker.train(fsdp_worker.make_model(), sharded=False)
+    for name, param in single.named_parameters():
+        torch.testing.assert_close(sharded[name], param.detach(), rtol=1e-5, atol=1e-5, msg=name)
+
+
 def final_model(out):
     return torch.load(out / "sltrain" / "checkpoint.pt", weights_only=False)["model"]
 
