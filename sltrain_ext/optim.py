@@ -48,8 +48,8 @@ class SLAdamW(torch.optim.Optimizer):
         per_layer: update each parameter inside ``backward()``, as soon as its
             gradient is complete, and free that gradient at once, so the
             model's gradients never coexist. ``step()`` then only runs the
-            closure. Needs ``zero_grad`` no more: gradients are ``None`` after
-            every update.
+            closure (and updates any gradient set by other means). Gradients
+            are ``None`` after every update.
         max_grad_norm: clip each parameter's gradient to this L2 norm before
             its update (per parameter, in both modes: per-layer updates never
             see a global norm). ``None`` disables clipping.
@@ -114,6 +114,7 @@ class SLAdamW(torch.optim.Optimizer):
         state = self.state[param]
         if "step" not in state:
             state["step"] = 0
+            state["pending_backwards"] = 0  # per_layer: backward passes accumulated since the last update
             if group["state_bits"] == 8 and param.numel() >= self.min_8bit_numel and param.dtype != torch.float64:
                 if _is_sharded(param):
                     raise ValueError("8-bit states are not supported for sharded (FSDP2/DTensor) parameters yet: "
@@ -157,25 +158,27 @@ class SLAdamW(torch.optim.Optimizer):
                 fused_adam_(*lists[:4], **hyper, step=step, decoupled=True)
 
     def _per_layer_update(self, param: Tensor) -> None:
-        state = self.state[param]
-        state["pending_backwards"] = state.get("pending_backwards", 0) + 1
+        group = self._group_of[param]
+        state = self._state_of(param, group)
+        state["pending_backwards"] += 1
         if state["pending_backwards"] < self.accumulation_steps:
             return
         state["pending_backwards"] = 0
-        self._update(self._group_of[param], [param])
+        self._update(group, [param])
         param.grad = None
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """Updates every parameter that has a gradient (with ``per_layer`` the
-        updates already happened in backward, and this only runs the closure)."""
+        """Updates every parameter that has a gradient. With ``per_layer``,
+        backward has already updated those parameters and freed their
+        gradients, so only gradients set by other means are left (call it once
+        per optimizer step, after the last micro-batch)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if not self.per_layer:
-            for group in self.param_groups:
-                self._update(group, [p for p in group["params"] if p.grad is not None])
+        for group in self.param_groups:
+            self._update(group, [p for p in group["params"] if p.grad is not None])
         return loss
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

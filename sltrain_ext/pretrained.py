@@ -21,8 +21,12 @@ WEIGHTS = "model.safetensors"
 CONFIG = "sltrain_config.json"
 
 
-def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
+def save_pretrained(model: nn.Module, directory: str | Path,
+                    state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Writes ``model.safetensors`` and ``sltrain_config.json`` under ``directory``.
+
+    ``state_dict`` replaces ``model.state_dict()``, e.g. the full state dict of
+    a sharded model (``torch.distributed.checkpoint.state_dict.get_model_state_dict``).
 
     The JSON holds the ``convert`` settings (rank, density, alpha, seed and the
     converted module names) and, for this package's ``LlamaForCausalLM``, its
@@ -35,7 +39,8 @@ def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
         "sltrain": getattr(model, "sltrain_settings", None),
         "llama_config": dataclasses.asdict(config) if isinstance(config, LlamaConfig) else None,
     }
-    state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+    state = model.state_dict() if state_dict is None else state_dict
+    state = {name: tensor.detach().contiguous() for name, tensor in state.items()}
     save_file(state, str(directory / WEIGHTS), metadata={"format": "pt"})
     (directory / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
     return directory

@@ -8,9 +8,10 @@ and the final model via save_pretrained); at the end the run prints a summary,
 writes summary.json and plots the loss curves to loss_curves.png.
 
 Data parallel on several processes (GPUs, or CPU processes with gloo):
-    torchrun --nproc_per_node 2 -m sltrain_ext.train --dist ddp ...
+    torchrun --nproc_per_node 2 -m sltrain_ext.train --dist ddp ...    # or --dist fsdp
 Each step's global batch is the same as in a single process and is split
-across the ranks; checkpoints do not depend on the world size.
+across the ranks; checkpoints hold full tensors, so they resume at any world
+size and under any --dist.
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
 from tqdm import tqdm
 
 from . import configs
@@ -78,9 +85,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--save-every", type=int, default=200, help="checkpoint period in steps (default 200)")
     run.add_argument("--out", type=Path, default=Path("runs/main"), help="output folder (default runs/main)")
     run.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
-    run.add_argument("--dist", choices=("none", "ddp"), default="none",
-                     help="ddp: DistributedDataParallel across the processes torchrun starts (NCCL on GPUs, "
-                          "gloo on the CPU)")
+    run.add_argument("--dist", choices=("none", "ddp", "fsdp"), default="none",
+                     help="ddp: DistributedDataParallel; fsdp: FSDP2 (fully_shard per decoder layer); across "
+                          "the processes torchrun starts (NCCL on GPUs, gloo on the CPU)")
     run.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     run.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                      help="parameter dtype: auto is bfloat16 on a GPU, float32 on the CPU")
@@ -93,13 +100,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("steps", "batch_size", "accumulation", "seq_len", "eval_every", "eval_batches", "save_every"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    args.world_size = int(os.environ.get("WORLD_SIZE", "1")) if args.dist == "ddp" else 1
-    args.dist_rank = int(os.environ.get("RANK", "0")) if args.dist == "ddp" else 0
-    if args.dist == "ddp" and "WORLD_SIZE" not in os.environ:
-        parser.error("--dist ddp runs under torchrun (torchrun --nproc_per_node N -m sltrain_ext.train --dist ddp)")
-    if args.dist == "ddp" and args.per_layer:
-        parser.error("--per-layer cannot be combined with --dist ddp: a per-layer update would run on the "
-                     "local gradient before DDP has averaged it across ranks")
+    distributed = args.dist != "none"
+    args.world_size = int(os.environ.get("WORLD_SIZE", "1")) if distributed else 1
+    args.dist_rank = int(os.environ.get("RANK", "0")) if distributed else 0
+    if distributed and "WORLD_SIZE" not in os.environ:
+        parser.error(f"--dist {args.dist} runs under torchrun "
+                     f"(torchrun --nproc_per_node N -m sltrain_ext.train --dist {args.dist})")
+    if distributed and args.per_layer:
+        parser.error(f"--per-layer cannot be combined with --dist {args.dist}: a per-layer update would run on "
+                     "the local gradient before it is reduced across ranks")
+    if args.dist == "fsdp" and args.state_bits == 8:
+        parser.error("--state-bits 8 cannot be combined with --dist fsdp yet: 8-bit state blocks do not reshard")
     if args.batch_size % (args.accumulation * args.world_size):
         parser.error("--batch-size must be a multiple of --accumulation times the number of processes")
     if args.density is not None and not 0.0 < args.density <= 1.0:
@@ -116,7 +127,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                else "cpu" if args.device == "auto" else args.device)
     if args.device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
-    if args.device.type == "cuda" and args.dist == "ddp":
+    if args.device.type == "cuda" and distributed:
         args.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     args.dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
         args.dtype, torch.bfloat16 if args.device.type == "cuda" else torch.float32)
@@ -130,8 +141,18 @@ def build_model(args: argparse.Namespace, method: str, vocab_size: int) -> tuple
     if method != "full":
         convert(model, rank=args.rank or config.rank, alpha=args.alpha or config.alpha, seed=args.seed,
                 density=None if method == "lowrank" else (args.density or config.density))
-    model.to(device=args.device, dtype=args.dtype)
-    return model, sum(p.numel() for p in model.parameters())
+    parameters = sum(p.numel() for p in model.parameters())
+    if args.dist != "fsdp":
+        return model.to(device=args.device, dtype=args.dtype), parameters
+    # FSDP2 keeps float32 shards and computes in --dtype; the support buffers stay replicated.
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    model.to(device=args.device, dtype=torch.float32)
+    policy = MixedPrecisionPolicy(param_dtype=args.dtype, reduce_dtype=torch.float32)
+    for layer in model.model.layers:
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    return model, parameters
 
 
 def lr_factor(step: int, total: int, warmup_fraction: float, floor: float) -> float:
@@ -177,12 +198,13 @@ def train_one(method: str, args: argparse.Namespace, splits: TokenSplits, vocab_
         optimizer, lambda step: lr_factor(step, args.steps, args.warmup, args.min_lr_ratio))
     checkpoint_path, metrics_path = folder / "checkpoint.pt", folder / "metrics.jsonl"
     start = 0
+    full = StateDictOptions(full_state_dict=True, cpu_offload=True)
     if args.resume and checkpoint_path.exists():
-        saved = torch.load(checkpoint_path, map_location=args.device, weights_only=False)
+        saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         if saved["steps"] != args.steps:
             raise SystemExit(f"{checkpoint_path} is for --steps {saved['steps']}, not {args.steps}")
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
+        set_state_dict(model, optimizer, model_state_dict=saved["model"], optim_state_dict=saved["optimizer"],
+                       options=StateDictOptions(full_state_dict=True))
         scheduler.load_state_dict(saved["scheduler"])
         start = saved["step"]
         if leader:
@@ -192,9 +214,11 @@ def train_one(method: str, args: argparse.Namespace, splits: TokenSplits, vocab_
         metrics_path.unlink()
 
     def save_checkpoint(step: int) -> None:
+        # Full (unsharded) tensors keyed by parameter name: resumable at any world size.
+        model_state, optimizer_state = get_state_dict(model, optimizer, options=full)  # collective with FSDP
         if not leader:
             return
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        state = {"model": model_state, "optimizer": optimizer_state,
                  "scheduler": scheduler.state_dict(), "step": step, "steps": args.steps}
         torch.save(state, checkpoint_path.with_suffix(".tmp"))
         checkpoint_path.with_suffix(".tmp").replace(checkpoint_path)
@@ -219,7 +243,7 @@ def train_one(method: str, args: argparse.Namespace, splits: TokenSplits, vocab_
             loss = loss_of(forward_module, chunk, checkpoint=args.checkpointing)
             (loss / args.accumulation).backward()
             loss_sum += loss.detach() / args.accumulation
-        if args.dist == "ddp":
+        if args.dist != "none":
             torch.distributed.all_reduce(loss_sum)
             loss_sum /= args.world_size
         loss_sum = loss_sum.item()
@@ -239,10 +263,12 @@ def train_one(method: str, args: argparse.Namespace, splits: TokenSplits, vocab_
         if done % args.save_every == 0 or done == end:
             save_checkpoint(done)
     progress.close()
-    if args.dist == "ddp":
+    if end == args.steps:
+        model_state = get_model_state_dict(model, options=full)  # collective with FSDP
+        if leader:
+            save_pretrained(model, folder / "model", state_dict=model_state)
+    if args.dist != "none":
         torch.distributed.barrier()  # every rank sees the leader's files from here on
-    if end == args.steps and leader:
-        save_pretrained(model, folder / "model")
     records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
     evaluations = [r for r in records if "val_loss" in r]
     steps = [r for r in records if "tokens_per_s" in r]
@@ -281,14 +307,14 @@ def plot(results: list[dict[str, Any]], path: Path) -> Path | None:
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
-    if args.dist == "ddp":
+    if args.dist != "none":
         torch.distributed.init_process_group("nccl" if args.device.type == "cuda" else "gloo")
         if args.device.type == "cuda":
             torch.cuda.set_device(args.device)
     try:
         return run(args, argv)
     finally:
-        if args.dist == "ddp":
+        if args.dist != "none":
             torch.distributed.destroy_process_group()
 
 

@@ -15,10 +15,10 @@ SMALL = ["--config", "9m", "--method", "sltrain", "--batch-size", "4", "--seq-le
          "--eval-batches", "2", "--steps", "10"]
 
 
-def torchrun(processes, argv):
+def torchrun(processes, argv, dist="ddp"):
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-                    "-m", "sltrain_ext.train", "--dist", "ddp", *argv], check=True, env=env, cwd=ROOT,
+                    "-m", "sltrain_ext.train", "--dist", dist, *argv], check=True, env=env, cwd=ROOT,
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
 
 
@@ -44,26 +44,32 @@ def assert_models_close(a, b):
         torch.testing.assert_close(tensor, b[name], rtol=1e-4, atol=1e-4, msg=name)
 
 
-def test_two_process_ddp_equals_single_process(tmp_path):
-    torchrun(2, SMALL + ["--out", str(tmp_path / "ddp")])
+@pytest.mark.parametrize("dist", ["ddp", "fsdp"])
+def test_two_processes_equal_a_single_process(tmp_path, dist):
+    torchrun(2, SMALL + ["--out", str(tmp_path / dist)], dist=dist)
     train.main(SMALL + ["--out", str(tmp_path / "single")])
-    assert_models_close(final_model(tmp_path / "ddp"), final_model(tmp_path / "single"))
+    assert_models_close(final_model(tmp_path / dist), final_model(tmp_path / "single"))
+    assert (tmp_path / dist / "sltrain" / "model" / "model.safetensors").exists()
 
 
-def test_a_world_size_2_checkpoint_resumes_in_one_process(tmp_path):
-    torchrun(2, SMALL + ["--out", str(tmp_path / "resumed"), "--stop-after", "5"])
+@pytest.mark.parametrize("dist", ["ddp", "fsdp"])
+def test_a_world_size_2_checkpoint_resumes_in_one_process(tmp_path, dist):
+    torchrun(2, SMALL + ["--out", str(tmp_path / "resumed"), "--stop-after", "5"], dist=dist)
     train.main(SMALL + ["--out", str(tmp_path / "resumed"), "--resume"])
     train.main(SMALL + ["--out", str(tmp_path / "straight")])
     assert final_model(tmp_path / "resumed").keys() == final_model(tmp_path / "straight").keys()
     assert_models_close(final_model(tmp_path / "resumed"), final_model(tmp_path / "straight"))
 
 
-def test_ddp_needs_torchrun_and_refuses_per_layer(monkeypatch, capsys):
+def test_distributed_flags_need_torchrun_and_refuse_what_cannot_work(monkeypatch, capsys):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with pytest.raises(SystemExit):
         train.main(["--dist", "ddp"])
     assert "runs under torchrun" in capsys.readouterr().err
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(SystemExit):
-        train.main(["--dist", "ddp", "--per-layer"])
-    assert "--per-layer cannot be combined with --dist ddp" in capsys.readouterr().err
+    for argv, message in ((["--dist", "ddp", "--per-layer"], "--per-layer cannot be combined with --dist ddp"),
+                          (["--dist", "fsdp", "--per-layer"], "--per-layer cannot be combined with --dist fsdp"),
+                          (["--dist", "fsdp", "--state-bits", "8"], "--state-bits 8 cannot be combined")):
+        with pytest.raises(SystemExit):
+            train.main(argv)
+        assert message in capsys.readouterr().err
