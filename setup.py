@@ -60,7 +60,7 @@ def extension():
 
 setup(
     name="sltrain_ext",
-    version="0.1.0",
+    version="0.2.0",
     description="Fast, memory-lean SLTrain (sparse + low-rank pretraining) kernels for PyTorch",
     packages=find_packages(include=["sltrain_ext", "sltrain_ext.*"]),
     package_data={"sltrain_ext": ["configs/*.json"]},

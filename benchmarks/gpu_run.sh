@@ -29,7 +29,13 @@ step bench_layer_decode python3 benchmarks/bench_layer.py --preset decode --out 
 step bench_support python3 benchmarks/bench_support.py --config 7b --device cuda --out "$RESULTS"
 step bench_optim python3 benchmarks/bench_optim.py --config 1b --device cuda --out "$RESULTS"
 step bench_train python3 benchmarks/bench_train.py --out "$RESULTS"
-step nccl_smoke python3 -m torch.distributed.run --standalone --nproc_per_node 1 -m sltrain_ext.train \
-  --dist fsdp --config 9m --method sltrain --steps 5 --batch-size 4 --device cuda --out "$RESULTS/nccl_smoke"
+# World-size-1 NCCL runs of the multi-GPU path: DDP; FSDP2 with per-layer updates, stopped and resumed.
+SMOKE=(--config 9m --method sltrain --steps 6 --batch-size 4 --eval-every 3 --device cuda)
+step nccl_smoke_ddp python3 -m torch.distributed.run --standalone --nproc_per_node 1 -m sltrain_ext.train \
+  --dist ddp "${SMOKE[@]}" --out "$RESULTS/nccl_smoke_ddp"
+step nccl_smoke_fsdp bash -c "python3 -m torch.distributed.run --standalone --nproc_per_node 1 -m sltrain_ext.train \
+  --dist fsdp --per-layer ${SMOKE[*]} --out $RESULTS/nccl_smoke_fsdp --stop-after 3 && \
+  python3 -m torch.distributed.run --standalone --nproc_per_node 1 -m sltrain_ext.train \
+  --dist fsdp --per-layer ${SMOKE[*]} --out $RESULTS/nccl_smoke_fsdp --resume"
 tar -C "$OUT" -czf "$OUT/gpu_results.tar.gz" gpu_results && rm -rf "$RESULTS"
 exit $status

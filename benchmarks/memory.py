@@ -1,6 +1,7 @@
-"""Analytic training memory of LLaMA 60M-7B: full-rank AdamW against SLTrain.
+"""Analytic training memory of LLaMA 60M-7B: full-rank AdamW against SLTrain,
+on one GPU and per GPU as data parallelism scales.
 
-    python benchmarks/memory.py [--batch 4] [--seq 256]
+    python benchmarks/memory.py [--batch 4] [--seq 256] [--world-sizes 1,2,4,8]
 
 Counts, per GPU and one training step, in GiB:
   weights      every trainable parameter (and the frozen support) in bf16
@@ -16,6 +17,22 @@ Counts, per GPU and one training step, in GiB:
                W and dW of the largest matrix; ours at most its 64 MiB workspace
 Every configuration uses float32 Adam states unless it says 8-bit, so the
 columns compare like with like.
+
+Per GPU at world size W (memory_scaling.md, `sltrain-train --dist ...`; the
+micro-batch per GPU stays the same):
+  ddp   each GPU holds all of the above; DDP's gradient buckets are the
+        gradients (gradient_as_bucket_view), so nothing grows or shrinks
+  fsdp  FSDP2 as the training command sets it up (a unit per decoder layer and
+        the root, float32 shards, bf16 compute, float32 reduce-scatter):
+        weights   float32 shards (4 bytes/W a parameter), the root's bf16
+                  copy (embeddings, head; not resharded after forward) and
+                  two decoder layers' bf16 copies (current and prefetched)
+        gradients float32 shards (4/W a parameter; with per-layer updates
+                  only one unit's), plus one unit's bf16 gradients and its
+                  float32 reduce-scatter input
+        states    32-bit moments, divided by W (8-bit states are refused
+                  under FSDP2)
+        indices, activations, transient: as on one GPU (supports replicated)
 """
 
 from __future__ import annotations
@@ -37,7 +54,13 @@ METHODS = {
     "naive SLTrain + AdamW": dict(sl=True, naive=True, bits=32, per_layer=False),
     "ours + AdamW": dict(sl=True, naive=False, bits=32, per_layer=False),
     "ours + 8-bit + per-layer": dict(sl=True, naive=False, bits=8, per_layer=True),
+    "ours + 8-bit": dict(sl=True, naive=False, bits=8, per_layer=False),
+    "ours + AdamW + per-layer": dict(sl=True, naive=False, bits=32, per_layer=True),
 }
+ONE_GPU = ["full-rank AdamW", "naive SLTrain + AdamW", "ours + AdamW", "ours + 8-bit + per-layer"]
+# (method, --dist) pairs the training command accepts: no per-layer under DDP, no 8-bit under FSDP2.
+SCALING = [("full-rank AdamW", "ddp"), ("full-rank AdamW", "fsdp"), ("ours + AdamW", "ddp"), ("ours + 8-bit", "ddp"),
+           ("ours + AdamW", "fsdp"), ("ours + AdamW + per-layer", "fsdp")]
 
 
 def state_bytes(numel: int, bits: int) -> float:
@@ -84,18 +107,51 @@ def breakdown(config: configs.LlamaConfig, method: dict, batch: int, seq: int) -
     return parts
 
 
+def decoder_layer_numel(config: configs.LlamaConfig, sl: bool) -> int:
+    """Trainable elements of one decoder layer: one FSDP2 unit."""
+    layers = config.num_hidden_layers
+    projections = sum((config.rank * (m + n) + round(config.density * m * n) if sl else m * n) * count // layers
+                      for (m, n), count in config.linear_shapes().items())
+    return 2 * config.hidden_size + projections
+
+
+def per_gpu(config: configs.LlamaConfig, method: dict, dist: str, world: int, batch: int, seq: int) -> dict[str, float]:
+    parts = breakdown(config, method, batch, seq)
+    if dist == "ddp":
+        return parts
+    tensors = config.parameter_numels(sltrain=method["sl"])
+    layer = decoder_layer_numel(config, method["sl"])
+    root = sum(tensors) - config.num_hidden_layers * layer
+    unit = max(layer, root)
+    parts["weights"] = (4 * sum(tensors) / world + BF16 * root + 2 * BF16 * layer) / GIB
+    parts["gradients"] = (4 * (unit if method["per_layer"] else sum(tensors)) / world + (BF16 + 4) * unit) / GIB
+    parts["states"] = sum(state_bytes(t, 32) for t in tensors) / world / GIB
+    parts["total"] = sum(v for k, v in parts.items() if k != "total")
+    return parts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=4, help="sequences per GPU micro-batch (default 4)")
     parser.add_argument("--seq", type=int, default=256, help="sequence length (default 256)")
+    parser.add_argument("--world-sizes", default="1,2,4,8", help="GPUs per data-parallel run (default 1,2,4,8)")
+    parser.add_argument("--scaling-configs", default="1b,7b", help="configs of the scaling table (default 1b,7b)")
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
     args = parser.parse_args()
+    worlds = [int(w) for w in args.world_sizes.split(",")]
+    if any(w < 1 for w in worlds):
+        parser.error("--world-sizes: every world size must be at least 1")
+    try:
+        scaling_configs = {name: configs.load(name) for name in args.scaling_configs.split(",")}
+    except ValueError as error:
+        parser.error(f"--scaling-configs: {error}")
 
     rows = []
     for name in ("60m", "130m", "350m", "1b", "7b"):
         config = configs.load(name)
         full_total = None
-        for method_name, method in METHODS.items():
+        for method_name in ONE_GPU:
+            method = METHODS[method_name]
             parts = breakdown(config, method, args.batch, args.seq)
             full_total = full_total or parts["total"]
             rows.append({"config": name.upper(), "method": method_name, **parts,
@@ -113,6 +169,22 @@ def main() -> None:
     lines.append("")
     write_results(args.out, "memory", meta | {"rows": rows}, "\n".join(lines))
     plot(args.out / "memory.png", rows, keys[:-1])
+
+    scaling = [{"config": name.upper(), "method": method_name, "dist": dist, "world_size": world,
+                **per_gpu(config, METHODS[method_name], dist, world, args.batch, args.seq)}
+               for name, config in scaling_configs.items() for method_name, dist in SCALING for world in worlds]
+    lines = [f"Analytic training memory per GPU in GiB against the number of GPUs (`sltrain-train --dist ddp|fsdp`), "
+             f"micro-batch {args.batch} x {args.seq} tokens per GPU, activation checkpointing. "
+             f"Command: `{meta['command']}` ({meta['date']}).", "",
+             "| config | method | --dist | " + " | ".join(f"{w} GPU{'s' * (w > 1)}" for w in worlds) + " |",
+             "|---|---|---|" + "---|" * len(worlds)]
+    for name in scaling_configs:
+        for method_name, dist in SCALING:
+            totals = [r["total"] for r in scaling if (r["config"], r["method"], r["dist"]) == (name.upper(), method_name, dist)]
+            lines.append(f"| {name.upper()} | {method_name} | {dist} | " + " | ".join(f"{t:.2f}" for t in totals) + " |")
+    lines.append("")
+    write_results(args.out, "memory_scaling", meta | {"rows": scaling}, "\n".join(lines))
+    plot_scaling(args.out / "memory_scaling.png", scaling, worlds)
 
 
 def plot(path: Path, rows: list[dict], parts: list[str]) -> None:
@@ -136,6 +208,32 @@ def plot(path: Path, rows: list[dict], parts: list[str]) -> None:
         ax.set_title(f"LLaMA-{config}")
     axes[0].set_ylabel("GiB per GPU")
     axes[-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+def plot_scaling(path: Path, rows: list[dict], worlds: list[int]) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no chart")
+        return
+    configs_shown = list(dict.fromkeys(r["config"] for r in rows))
+    fig, axes = plt.subplots(1, len(configs_shown), figsize=(5.2 * len(configs_shown), 4.2), squeeze=False)
+    for ax, config in zip(axes[0], configs_shown):
+        for i, (method, dist) in enumerate(SCALING):
+            totals = [r["total"] for r in rows if (r["config"], r["method"], r["dist"]) == (config, method, dist)]
+            ax.plot(worlds, totals, "o-" if dist == "fsdp" else "s--", color=f"C{i}", label=f"{method}, {dist}")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(worlds, [str(w) for w in worlds])
+        ax.set_xlabel("GPUs")
+        ax.set_title(f"LLaMA-{config}")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("GiB per GPU (analytic)")
+    axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")

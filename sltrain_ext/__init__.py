@@ -21,7 +21,7 @@ from .ops import (
 from .optim import SLAdamW
 from .pretrained import load_pretrained, save_pretrained
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ConversionReport",

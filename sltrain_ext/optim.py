@@ -49,7 +49,10 @@ class SLAdamW(torch.optim.Optimizer):
             gradient is complete, and free that gradient at once, so the
             model's gradients never coexist. ``step()`` then only runs the
             closure (and updates any gradient set by other means). Gradients
-            are ``None`` after every update.
+            are ``None`` after every update. Under FSDP2 the update runs on
+            each rank's shard once the gradient is reduce-scattered; under
+            ``DistributedDataParallel`` it would run before the all-reduce, on
+            this rank's gradient alone, so do not combine the two.
         max_grad_norm: clip each parameter's gradient to this L2 norm before
             its update (per parameter, in both modes: per-layer updates never
             see a global norm). ``None`` disables clipping.

@@ -3,31 +3,37 @@
     python -m sltrain_ext.train                      # the main job: a small model, SLTrain and full-rank, on the CPU
     sltrain-train --config 60m --method sltrain --steps 2000 --device cuda
 
-Each method trains in its own folder under --out (metrics.jsonl, checkpoint.pt,
+Each method trains in its own folder under --out (metrics.jsonl, checkpoint/,
 and the final model via save_pretrained); at the end the run prints a summary,
 writes summary.json and plots the loss curves to loss_curves.png.
 
 Data parallel on several processes (GPUs, or CPU processes with gloo):
     torchrun --nproc_per_node 2 -m sltrain_ext.train --dist ddp ...    # or --dist fsdp
 Each step's global batch is the same as in a single process and is split
-across the ranks; checkpoints hold full tensors, so they resume at any world
-size and under any --dist.
+across the ranks. Checkpoints are torch.distributed.checkpoint folders that
+each rank writes its own shards to; they resume at any world size and under
+any --dist.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import resource
+import shutil
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -106,9 +112,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if distributed and "WORLD_SIZE" not in os.environ:
         parser.error(f"--dist {args.dist} runs under torchrun "
                      f"(torchrun --nproc_per_node N -m sltrain_ext.train --dist {args.dist})")
-    if distributed and args.per_layer:
-        parser.error(f"--per-layer cannot be combined with --dist {args.dist}: a per-layer update would run on "
-                     "the local gradient before it is reduced across ranks")
+    if args.dist == "ddp" and args.per_layer:
+        parser.error("--per-layer cannot be combined with --dist ddp: DDP keeps every gradient in its all-reduce "
+                     "buckets (so nothing would be freed) and reduces them after the per-layer hooks run; "
+                     "use --dist fsdp, which reduces each gradient before its update")
     if args.dist == "fsdp" and args.state_bits == 8:
         parser.error("--state-bits 8 cannot be combined with --dist fsdp yet: 8-bit state blocks do not reshard")
     if args.batch_size % (args.accumulation * args.world_size):
@@ -185,8 +192,10 @@ def train_one(method: str, args: argparse.Namespace, splits: TokenSplits, vocab_
     model, parameters = build_model(args, method, vocab_size)
     forward_module: nn.Module = model
     if args.dist == "ddp":
+        # Gradients as views of the all-reduce buckets: one copy of them, not two.
         forward_module = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[args.device.index] if args.device.type == "cuda" else None)
+            model, device_ids=[args.device.index] if args.device.type == "cuda" else None,
+            gradient_as_bucket_view=True)
     loss_of = torch.compile(causal_lm_loss) if args.compile else causal_lm_loss
     leader = args.dist_rank == 0
     lr = args.lr or DEFAULT_LR[method]
@@ -196,32 +205,21 @@ def train_one(method: str, args: argparse.Namespace, splits: TokenSplits, vocab_
                         max_grad_norm=clip if args.per_layer else None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, args.steps, args.warmup, args.min_lr_ratio))
-    checkpoint_path, metrics_path = folder / "checkpoint.pt", folder / "metrics.jsonl"
+    checkpoint, metrics_path = folder / "checkpoint", folder / "metrics.jsonl"
     start = 0
-    full = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    if args.resume and checkpoint_path.exists():
-        saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        if saved["steps"] != args.steps:
-            raise SystemExit(f"{checkpoint_path} is for --steps {saved['steps']}, not {args.steps}")
-        set_state_dict(model, optimizer, model_state_dict=saved["model"], optim_state_dict=saved["optimizer"],
-                       options=StateDictOptions(full_state_dict=True))
-        scheduler.load_state_dict(saved["scheduler"])
-        start = saved["step"]
+    if args.resume and checkpoint.exists():
+        start = load_checkpoint(checkpoint, model, optimizer, scheduler, args.steps)
         if leader:
             kept = [line for line in metrics_path.read_text().splitlines() if json.loads(line)["step"] <= start]
             metrics_path.write_text("".join(line + "\n" for line in kept))
-    elif metrics_path.exists() and leader:
-        metrics_path.unlink()
-
-    def save_checkpoint(step: int) -> None:
-        # Full (unsharded) tensors keyed by parameter name: resumable at any world size.
-        model_state, optimizer_state = get_state_dict(model, optimizer, options=full)  # collective with FSDP
-        if not leader:
-            return
-        state = {"model": model_state, "optimizer": optimizer_state,
-                 "scheduler": scheduler.state_dict(), "step": step, "steps": args.steps}
-        torch.save(state, checkpoint_path.with_suffix(".tmp"))
-        checkpoint_path.with_suffix(".tmp").replace(checkpoint_path)
+    elif args.resume and (folder / "checkpoint.pt").exists():
+        raise SystemExit(f"{folder / 'checkpoint.pt'} is a single-file checkpoint of sltrain_ext 0.1.x; "
+                         "resume it with that version (this one reads torch.distributed.checkpoint folders)")
+    else:
+        if args.resume and leader:
+            print(f"{method}: no checkpoint in {folder}, starting from step 0")
+        if metrics_path.exists() and leader:
+            metrics_path.unlink()
 
     def log(record: dict[str, Any]) -> None:
         if not leader:
@@ -261,10 +259,10 @@ def train_one(method: str, args: argparse.Namespace, splits: TokenSplits, vocab_
             log({"step": done, "val_loss": val_loss, "val_ppl": perplexity(val_loss)})
             progress.write(f"{method} step {done}: held-out loss {val_loss:.4f}, perplexity {perplexity(val_loss):.3f}")
         if done % args.save_every == 0 or done == end:
-            save_checkpoint(done)
+            save_checkpoint(checkpoint, model, optimizer, scheduler, done, args.steps)
     progress.close()
     if end == args.steps:
-        model_state = get_model_state_dict(model, options=full)  # collective with FSDP
+        model_state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if leader:
             save_pretrained(model, folder / "model", state_dict=model_state)
     if args.dist != "none":
@@ -276,6 +274,64 @@ def train_one(method: str, args: argparse.Namespace, splits: TokenSplits, vocab_
             "val_ppl": evaluations[-1]["val_ppl"] if evaluations else None,
             "tokens_per_s": steps[-1]["tokens_per_s"] if steps else None,
             "seconds": time.perf_counter() - began, "folder": str(folder)}
+
+
+def _trainer_state(scheduler: torch.optim.lr_scheduler.LRScheduler, step: int, steps: int) -> dict[str, Any]:
+    return {"scheduler": scheduler.state_dict(), "step": step, "steps": steps}
+
+
+@contextlib.contextmanager
+def _single_process_quiet() -> Iterator[None]:
+    """torch.distributed.checkpoint warns on every call without a process
+    group; a single process is a supported case here, not a mistake."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is .*assuming the intent")
+        yield
+
+
+def save_checkpoint(folder: Path, model: nn.Module, optimizer: SLAdamW,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, step: int, steps: int) -> None:
+    """Writes a `torch.distributed.checkpoint` folder, every rank its own
+    shards (replicated tensors once), keyed by parameter name so that any world
+    size can read it back. Collective; `folder` is replaced only once the new
+    checkpoint is complete."""
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    distributed = torch.distributed.is_initialized()
+    leader = not distributed or torch.distributed.get_rank() == 0
+    staging, previous = folder.with_name(folder.name + ".partial"), folder.with_name(folder.name + ".previous")
+    if leader:
+        shutil.rmtree(staging, ignore_errors=True)
+    if distributed:
+        torch.distributed.barrier()
+    with _single_process_quiet():
+        dcp.save({"model": model_state, "optimizer": optimizer_state,
+                  "trainer": _trainer_state(scheduler, step, steps)}, checkpoint_id=staging)
+    if leader:
+        shutil.rmtree(previous, ignore_errors=True)
+        if folder.exists():
+            folder.rename(previous)
+        staging.rename(folder)
+        shutil.rmtree(previous, ignore_errors=True)
+    if distributed:
+        torch.distributed.barrier()
+
+
+def load_checkpoint(folder: Path, model: nn.Module, optimizer: SLAdamW,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, steps: int) -> int:
+    """Restores what `save_checkpoint` wrote, resharded to this run's layout,
+    and returns the step it was taken at. Collective."""
+    with _single_process_quiet():
+        saved = {"trainer": _trainer_state(scheduler, 0, 0)}
+        dcp.load(saved, checkpoint_id=folder)  # the small part first, to check it
+        trainer = saved["trainer"]
+        if trainer["steps"] != steps:
+            raise SystemExit(f"{folder} is for --steps {trainer['steps']}, not {steps}")
+        model_state, optimizer_state = get_state_dict(model, optimizer)  # this run's shards, filled in place
+        state = {"model": model_state, "optimizer": optimizer_state}
+        dcp.load(state, checkpoint_id=folder)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    scheduler.load_state_dict(trainer["scheduler"])
+    return trainer["step"]
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> Path | None:

@@ -1,5 +1,8 @@
 """Run by test_distributed.py under torchrun: a few SLAdamW steps of a small SL
-model sharded with FSDP2 (fully_shard), parameters written by rank 0."""
+model sharded with FSDP2 (fully_shard), parameters written by rank 0.
+
+    fsdp_worker.py OUT [--per-layer]
+"""
 
 import sys
 
@@ -24,12 +27,16 @@ def batches():
     return [(torch.randn(8, 16, generator=gen), torch.randn(8, 8, generator=gen)) for _ in range(5)]
 
 
-def train(model, sharded: bool):
+def train(model, sharded: bool, per_layer: bool = False):
     rank, world = (dist.get_rank(), dist.get_world_size()) if sharded else (0, 1)
-    optimizer = sl.SLAdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    optimizer = sl.SLAdamW(model.parameters(), lr=1e-2, weight_decay=0.1, per_layer=per_layer,
+                           max_grad_norm=0.5 if per_layer else None)
     for x, target in batches():
         share = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
         nn.functional.mse_loss(model(x[share]), target[share]).backward()
+        if per_layer:  # the hooks updated every parameter inside backward, gradients freed
+            unused = [name for name, p in model.named_parameters() if p.grad is not None]
+            assert not unused, f"per-layer hooks did not run for {unused}"
         optimizer.step()
         optimizer.zero_grad()
     return model
@@ -41,7 +48,7 @@ if __name__ == "__main__":
     for layer in (model[0], model[2]):
         fully_shard(layer)
     fully_shard(model)
-    train(model, sharded=True)
+    train(model, sharded=True, per_layer="--per-layer" in sys.argv)
     full = {name: p.full_tensor() for name, p in model.named_parameters()}
     if dist.get_rank() == 0:
         torch.save(full, sys.argv[1])

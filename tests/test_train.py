@@ -4,6 +4,8 @@ import json
 
 import pytest
 import torch
+import torch.distributed.checkpoint as dcp
+from safetensors.torch import load_file
 
 from sltrain_ext import train
 
@@ -33,11 +35,11 @@ def test_resume_continues_exactly(tmp_path, extra):
     train.main(common + ["--out", str(tmp_path / "straight")])
     train.main(common + ["--out", str(tmp_path / "resumed"), "--stop-after", "10"])
     train.main(common + ["--out", str(tmp_path / "resumed"), "--resume"])
-    straight = torch.load(tmp_path / "straight" / "sltrain" / "checkpoint.pt", weights_only=False)
-    resumed = torch.load(tmp_path / "resumed" / "sltrain" / "checkpoint.pt", weights_only=False)
-    assert straight["step"] == resumed["step"] == 20
-    for name, tensor in straight["model"].items():
-        assert torch.equal(tensor, resumed["model"][name]), name
+    straight = load_file(tmp_path / "straight" / "sltrain" / "model" / "model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "sltrain" / "model" / "model.safetensors")
+    assert straight.keys() == resumed.keys()
+    for name, tensor in straight.items():
+        assert torch.equal(tensor, resumed[name]), name
     def without_rates(records):
         return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in records]
 
@@ -78,3 +80,37 @@ def test_local_text_files_and_resume_guard(tmp_path):
     train.main(SMALL + ["--steps", "4", "--method", "full", "--data", str(corpus), "--out", str(out)])
     with pytest.raises(SystemExit, match="is for --steps 4, not 6"):
         train.main(SMALL + ["--steps", "6", "--method", "full", "--data", str(corpus), "--out", str(out), "--resume"])
+
+
+def checkpoint_step(folder):
+    saved = {"trainer": {"step": -1}}
+    with train._single_process_quiet():
+        dcp.load(saved, checkpoint_id=folder / "checkpoint")
+    return saved["trainer"]["step"]
+
+
+def test_a_checkpoint_is_replaced_only_when_complete(tmp_path, monkeypatch):
+    argv = SMALL + ["--steps", "4", "--method", "full", "--save-every", "2", "--out", str(tmp_path)]
+    train.main(argv + ["--stop-after", "2"])
+
+    def dies_while_writing(state_dict, checkpoint_id):
+        checkpoint_id.mkdir()
+        (checkpoint_id / "__0_0.distcp").write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train.dcp, "save", dies_while_writing)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(argv + ["--resume"])  # killed while writing the step-4 checkpoint
+    monkeypatch.undo()
+    assert checkpoint_step(tmp_path / "full") == 2
+    train.main(argv + ["--resume"])
+    assert checkpoint_step(tmp_path / "full") == 4
+    assert not (tmp_path / "full" / "checkpoint.partial").exists()
+    assert [r["step"] for r in metrics(tmp_path / "full") if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_resume_refuses_an_old_single_file_checkpoint(tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(SystemExit, match="single-file checkpoint"):
+        train.main(SMALL + ["--steps", "2", "--method", "full", "--out", str(tmp_path), "--resume"])
