@@ -207,8 +207,9 @@ def train_one(method: str, args: argparse.Namespace, splits: TokenSplits, vocab_
         optimizer, lambda step: lr_factor(step, args.steps, args.warmup, args.min_lr_ratio))
     checkpoint, metrics_path = folder / "checkpoint", folder / "metrics.jsonl"
     start = 0
-    if args.resume and checkpoint.exists():
-        start = load_checkpoint(checkpoint, model, optimizer, scheduler, args.steps)
+    saved = latest_checkpoint(checkpoint) if args.resume else None
+    if saved is not None:
+        start = load_checkpoint(saved, model, optimizer, scheduler, args.steps)
         if leader:
             kept = [line for line in metrics_path.read_text().splitlines() if json.loads(line)["step"] <= start]
             metrics_path.write_text("".join(line + "\n" for line in kept))
@@ -289,6 +290,16 @@ def _single_process_quiet() -> Iterator[None]:
         yield
 
 
+def _staging_and_previous(folder: Path) -> tuple[Path, Path]:
+    return folder.with_name(folder.name + ".partial"), folder.with_name(folder.name + ".previous")
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """`folder`, or the checkpoint before it if a save died between its two renames."""
+    previous = _staging_and_previous(folder)[1]
+    return folder if folder.exists() else previous if previous.exists() else None
+
+
 def save_checkpoint(folder: Path, model: nn.Module, optimizer: SLAdamW,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, step: int, steps: int) -> None:
     """Writes a `torch.distributed.checkpoint` folder, every rank its own
@@ -298,7 +309,7 @@ def save_checkpoint(folder: Path, model: nn.Module, optimizer: SLAdamW,
     model_state, optimizer_state = get_state_dict(model, optimizer)
     distributed = torch.distributed.is_initialized()
     leader = not distributed or torch.distributed.get_rank() == 0
-    staging, previous = folder.with_name(folder.name + ".partial"), folder.with_name(folder.name + ".previous")
+    staging, previous = _staging_and_previous(folder)
     if leader:
         shutil.rmtree(staging, ignore_errors=True)
     if distributed:
@@ -307,8 +318,8 @@ def save_checkpoint(folder: Path, model: nn.Module, optimizer: SLAdamW,
         dcp.save({"model": model_state, "optimizer": optimizer_state,
                   "trainer": _trainer_state(scheduler, step, steps)}, checkpoint_id=staging)
     if leader:
-        shutil.rmtree(previous, ignore_errors=True)
         if folder.exists():
+            shutil.rmtree(previous, ignore_errors=True)
             folder.rename(previous)
         staging.rename(folder)
         shutil.rmtree(previous, ignore_errors=True)

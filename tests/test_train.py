@@ -109,6 +109,18 @@ def test_a_checkpoint_is_replaced_only_when_complete(tmp_path, monkeypatch):
     assert [r["step"] for r in metrics(tmp_path / "full") if "loss" in r] == [1, 2, 3, 4]
 
 
+def test_resume_survives_a_save_that_died_between_its_renames(tmp_path, capsys):
+    argv = SMALL + ["--steps", "4", "--method", "full", "--save-every", "2", "--out", str(tmp_path)]
+    train.main(argv + ["--stop-after", "2"])
+    (tmp_path / "full" / "checkpoint").rename(tmp_path / "full" / "checkpoint.previous")
+    capsys.readouterr()
+    train.main(argv + ["--resume"])
+    assert "starting from step 0" not in capsys.readouterr().out
+    assert checkpoint_step(tmp_path / "full") == 4
+    assert not (tmp_path / "full" / "checkpoint.previous").exists()
+    assert [r["step"] for r in metrics(tmp_path / "full") if "loss" in r] == [1, 2, 3, 4]
+
+
 def test_resume_refuses_an_old_single_file_checkpoint(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "checkpoint.pt").write_bytes(b"")
