@@ -20,7 +20,7 @@ from torch import nn
 
 import sltrain_ext as sl
 from baselines import NaiveSLLinear
-from common import header, measure, write_results
+from common import header, measure, pyplot, write_results
 
 # name, tokens b, in n, out m, rank r, density
 PRESETS = {
@@ -166,12 +166,8 @@ def markdown(meta, rows, summary, with_memory, with_paths):
 
 
 def plot(path: Path, meta, rows):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no chart")
+    plt = pyplot()
+    if plt is None:
         return
     kinds = [("dense", "dense nn.Linear"), ("naive", "naive SLTrain"), ("ours", "sltrain_ext")]
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 4))

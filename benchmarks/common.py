@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -57,6 +58,18 @@ def measure(fn: Callable[[], object], device: torch.device, repeats: int, warmup
             fn()
             times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
+
+
+def pyplot() -> Any | None:
+    """matplotlib.pyplot on the file-only backend, or None (and a note) without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no chart")
+        return None
+    return plt
 
 
 def write_results(out_dir: Path, name: str, payload: dict, markdown: str) -> None:

@@ -39,9 +39,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from sltrain_ext import configs
-from common import header, write_results
+from common import header, pyplot, write_results
 
 GIB = 2**30
 BF16 = 2
@@ -187,17 +188,28 @@ def main() -> None:
     plot_scaling(args.out / "memory_scaling.png", scaling, worlds)
 
 
+def panels_per_config(rows: list[dict], panel_width: float) -> tuple[Any, list[tuple[Any, str]]] | None:
+    """A figure with a panel per config in `rows`, or None without matplotlib."""
+    plt = pyplot()
+    if plt is None:
+        return None
+    shown = list(dict.fromkeys(r["config"] for r in rows))
+    fig, axes = plt.subplots(1, len(shown), figsize=(panel_width * len(shown), 4.2), squeeze=False)
+    return fig, list(zip(axes[0], shown))
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
 def plot(path: Path, rows: list[dict], parts: list[str]) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no chart")
+    figure = panels_per_config(rows, panel_width=3.2)
+    if figure is None:
         return
-    configs_shown = list(dict.fromkeys(r["config"] for r in rows))
-    fig, axes = plt.subplots(1, len(configs_shown), figsize=(3.2 * len(configs_shown), 4.2), sharey=False)
-    for ax, config in zip(axes, configs_shown):
+    fig, panels = figure
+    for ax, config in panels:
         subset = [r for r in rows if r["config"] == config]
         bottom = [0.0] * len(subset)
         for part in parts:
@@ -206,24 +218,17 @@ def plot(path: Path, rows: list[dict], parts: list[str]) -> None:
             bottom = [b + v for b, v in zip(bottom, values)]
         ax.set_xticks(range(len(subset)), ["full", "naive SL", "ours", "ours 8b+PL"], rotation=30, ha="right")
         ax.set_title(f"LLaMA-{config}")
-    axes[0].set_ylabel("GiB per GPU")
-    axes[-1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
+    panels[0][0].set_ylabel("GiB per GPU")
+    panels[-1][0].legend(fontsize=8)
+    save_figure(fig, path)
 
 
 def plot_scaling(path: Path, rows: list[dict], worlds: list[int]) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no chart")
+    figure = panels_per_config(rows, panel_width=5.2)
+    if figure is None:
         return
-    configs_shown = list(dict.fromkeys(r["config"] for r in rows))
-    fig, axes = plt.subplots(1, len(configs_shown), figsize=(5.2 * len(configs_shown), 4.2), squeeze=False)
-    for ax, config in zip(axes[0], configs_shown):
+    fig, panels = figure
+    for ax, config in panels:
         for i, (method, dist) in enumerate(SCALING):
             totals = [r["total"] for r in rows if (r["config"], r["method"], r["dist"]) == (config, method, dist)]
             ax.plot(worlds, totals, "o-" if dist == "fsdp" else "s--", color=f"C{i}", label=f"{method}, {dist}")
@@ -232,11 +237,9 @@ def plot_scaling(path: Path, rows: list[dict], worlds: list[int]) -> None:
         ax.set_xlabel("GPUs")
         ax.set_title(f"LLaMA-{config}")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("GiB per GPU (analytic)")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
+    panels[0][0].set_ylabel("GiB per GPU (analytic)")
+    panels[-1][0].legend(fontsize=7)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":
