@@ -369,6 +369,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)  # main() may run many times in one process
     return path
 
 
