@@ -61,6 +61,12 @@ def _matcher(target_modules: Target) -> Callable[[str, nn.Linear], bool]:
     return lambda name, module: any(key in name for key in keys)
 
 
+def _replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Puts `module` where the submodule called `name` (a qualified name) is."""
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
 def convert(
     model: nn.Module,
     *,
@@ -100,8 +106,7 @@ def convert(
             replacement = SLLinear(dense.in_features, dense.out_features, rank, density, alpha, bias,
                                    seed=seed + index, **factory)
             nnz = replacement.nnz
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, replacement)
+        _replace_module(model, name, replacement)
         report.modules.append(ModuleConversion(
             name, dense.out_features, dense.in_features, rank, nnz,
             sum(p.numel() for p in dense.parameters()), sum(p.numel() for p in replacement.parameters())))
@@ -127,8 +132,7 @@ def merge(model: nn.Module) -> nn.Module:
         dense.weight.copy_(weight)
         if layer.bias is not None:
             dense.bias.copy_(layer.bias)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, dense)
+        _replace_module(model, name, dense)
     if hasattr(model, "sltrain_settings"):
         del model.sltrain_settings
     return model
