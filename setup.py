@@ -52,7 +52,9 @@ def extension():
         include_dirs=nvidia_wheel_includes(),
         extra_compile_args={
             "cxx": cxx_flags + ["-DSLTRAIN_WITH_CUDA"],
-            "nvcc": ["-O3", "--expt-relaxed-constexpr", "-lineinfo"],
+            # -Xptxas=-v prints every kernel's registers, shared memory and
+            # spills into the build log (the hot kernels have none).
+            "nvcc": ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "-Xptxas=-v"],
         },
         extra_link_args=["-fopenmp"],
     )

@@ -4,6 +4,8 @@
 
 #include <cmath>
 
+#include "common/quant8.h"
+
 namespace sltrain {
 namespace {
 
@@ -30,6 +32,14 @@ void check_index(const char* op, const char* name, const at::Tensor& t, int64_t 
                     " entries, got shape ", t.sizes());
   TORCH_CHECK_VALUE(t.device() == like.device(), op, ": `", name, "` is on ", t.device(),
                     " but `values` is on ", like.device());
+}
+
+void check_list_lengths(const char* op, std::initializer_list<std::pair<const char*, size_t>> lists) {
+  const auto& [first_name, first_size] = *lists.begin();
+  for (const auto& [name, size] : lists) {
+    TORCH_CHECK_VALUE(size == first_size, op, ": the tensor lists must have equal lengths, but `",
+                      first_name, "` has ", first_size, " and `", name, "` has ", size);
+  }
 }
 
 }  // namespace
@@ -115,6 +125,53 @@ void check_adam_state(const char* op, const char* name, size_t i, const at::Tens
                     "] must be contiguous with ", numel, " entries, got shape ", state.sizes());
   TORCH_CHECK_VALUE(state.device() == param.device(), op, ": `", name, "`[", i, "] is on ",
                     state.device(), " but `params`[", i, "] is on ", param.device());
+}
+
+void check_transposed_support(const char* op, const std::optional<at::Tensor>& transposed,
+                              const FactorDims& dims, const at::Tensor& like) {
+  if (!transposed.has_value()) return;
+  check_index(op, "transposed_support", *transposed, dims.n + 1 + 2 * dims.nnz, "n + 1 + 2 * nnz",
+              like);
+}
+
+void check_fused_adam(const char* op, at::TensorList params, at::TensorList grads,
+                      at::TensorList exp_avgs, at::TensorList exp_avg_sqs, double lr, double beta1,
+                      double beta2, double eps, double weight_decay, int64_t step,
+                      c10::Device device) {
+  check_list_lengths(op, {{"params", params.size()}, {"grads", grads.size()},
+                          {"exp_avgs", exp_avgs.size()}, {"exp_avg_sqs", exp_avg_sqs.size()}});
+  check_adam_hyper(op, lr, beta1, beta2, eps, weight_decay, step);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor& param = params[i];
+    check_adam_param(op, i, param, grads[i], device);
+    const auto state_dtype = param.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    check_adam_state(op, "exp_avgs", i, exp_avgs[i], state_dtype, param.numel(), param);
+    check_adam_state(op, "exp_avg_sqs", i, exp_avg_sqs[i], state_dtype, param.numel(), param);
+  }
+}
+
+void check_fused_adam8bit(const char* op, at::TensorList params, at::TensorList grads,
+                          at::TensorList exp_avgs, at::TensorList exp_avg_absmaxes,
+                          at::TensorList sqrt_exp_avg_sqs, at::TensorList sqrt_exp_avg_sq_absmaxes,
+                          double lr, double beta1, double beta2, double eps, double weight_decay,
+                          int64_t step, c10::Device device) {
+  check_list_lengths(op, {{"params", params.size()}, {"grads", grads.size()},
+                          {"exp_avgs", exp_avgs.size()}, {"exp_avg_absmaxes", exp_avg_absmaxes.size()},
+                          {"sqrt_exp_avg_sqs", sqrt_exp_avg_sqs.size()},
+                          {"sqrt_exp_avg_sq_absmaxes", sqrt_exp_avg_sq_absmaxes.size()}});
+  check_adam_hyper(op, lr, beta1, beta2, eps, weight_decay, step);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor& param = params[i];
+    check_adam_param(op, i, param, grads[i], device);
+    TORCH_CHECK_TYPE(param.scalar_type() != at::kDouble, op, ": `params`[", i,
+                     "] is float64; 8-bit states are for float32, bfloat16 and float16 params");
+    const int64_t blocks = (param.numel() + kQuantBlock - 1) / kQuantBlock;
+    check_adam_state(op, "exp_avgs", i, exp_avgs[i], at::kChar, param.numel(), param);
+    check_adam_state(op, "exp_avg_absmaxes", i, exp_avg_absmaxes[i], at::kFloat, blocks, param);
+    check_adam_state(op, "sqrt_exp_avg_sqs", i, sqrt_exp_avg_sqs[i], at::kByte, param.numel(), param);
+    check_adam_state(op, "sqrt_exp_avg_sq_absmaxes", i, sqrt_exp_avg_sq_absmaxes[i], at::kFloat,
+                     blocks, param);
+  }
 }
 
 }  // namespace sltrain

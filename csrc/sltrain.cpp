@@ -50,10 +50,10 @@ std::tuple<std::string, int64_t> get_matmul_config() {
 
 std::string matmul_path(int64_t b, int64_t m, int64_t n, int64_t r, int64_t nnz,
                         c10::Device device) {
-  const MatmulPath forced = matmul_path_override();
-  if (forced != MatmulPath::kAuto) return path_name(forced);
-  TORCH_CHECK_NOT_IMPLEMENTED(device.is_cpu(), "matmul_path: no cost model for ", device);
-  return path_name(choose_matmul_path(b, m, n, r, nnz, kCpuPathCosts));
+  TORCH_CHECK_NOT_IMPLEMENTED(device.is_cpu() || device.is_cuda(), "matmul_path: no cost model for ",
+                              device);
+  return path_name(
+      resolve_matmul_path(b, m, n, r, nnz, device.is_cuda() ? kCudaPathCosts : kCpuPathCosts));
 }
 
 std::tuple<at::Tensor, at::Tensor> random_support(int64_t m, int64_t n, int64_t nnz, int64_t seed,
@@ -87,11 +87,11 @@ int64_t matmul_workspace_bytes() { return g_workspace_bytes.load(); }
 TORCH_LIBRARY(sltrain, m) {
   m.def(
       "sl_matmul(Tensor x, Tensor A, Tensor B, Tensor values, Tensor row_ptr, Tensor col_idx, "
-      "float scale, Tensor? bias=None) -> Tensor");
+      "float scale, Tensor? bias=None, Tensor? transposed_support=None) -> Tensor");
   m.def(
       "sl_matmul_backward(Tensor grad_y, Tensor x, Tensor A, Tensor B, Tensor values, "
-      "Tensor row_ptr, Tensor col_idx, float scale, bool[4] output_mask) "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
+      "Tensor row_ptr, Tensor col_idx, float scale, bool[4] output_mask, "
+      "Tensor? transposed_support=None) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "densify(Tensor A, Tensor B, Tensor values, Tensor row_ptr, Tensor col_idx, float scale) "
       "-> Tensor");
@@ -112,6 +112,12 @@ TORCH_LIBRARY(sltrain, m) {
   // (row_ptr [m + 1], col_idx [nnz]) so that the dispatcher can pick the
   // backend from their device.
   m.def("_random_support_fill(Tensor(a!) row_ptr, Tensor(b!) col_idx, int n, int seed) -> ()");
+  // The CSC copy of a valid support, packed as one int32 tensor
+  // [col_ptr (n + 1) | row_idx (nnz) | entry (nnz)], entry being each CSC
+  // entry's CSR position. sl_matmul(_backward) take it as
+  // `transposed_support`: the CUDA factored backward computes dx = g @ S
+  // from it without atomics (built per call when it is not given).
+  m.def("transpose_support(Tensor row_ptr, Tensor col_idx, int n) -> Tensor");
   // O(nnz) check of a CSR support; raises ValueError naming what is wrong.
   m.def("validate_support(Tensor row_ptr, Tensor col_idx, int m, int n) -> ()");
   m.def("set_matmul_config(str path, int workspace_bytes) -> ()");

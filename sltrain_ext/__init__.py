@@ -16,6 +16,7 @@ from .ops import (
     set_matmul_config,
     sl_matmul,
     sl_matmul_backward,
+    transpose_support,
     validate_support,
 )
 from .optim import SLAdamW
@@ -42,5 +43,6 @@ __all__ = [
     "set_matmul_config",
     "sl_matmul",
     "sl_matmul_backward",
+    "transpose_support",
     "validate_support",
 ]

@@ -21,6 +21,7 @@ __all__ = [
     "sl_matmul_backward",
     "densify",
     "random_support",
+    "transpose_support",
     "fused_adam_",
     "fused_adam8bit_",
     "validate_support",
@@ -42,6 +43,7 @@ def sl_matmul(
     col_idx: Tensor,
     scale: float,
     bias: Tensor | None = None,
+    transposed_support: Tensor | None = None,
 ) -> Tensor:
     """``x @ (scale * B @ A + S).T + bias``, differentiable in x, A, B, values and bias.
 
@@ -52,11 +54,14 @@ def sl_matmul(
         row_ptr, col_idx: ``S``'s fixed support as int32 CSR (``[m + 1]``, ``[nnz]``).
         scale: the low-rank scale ``s = alpha / r``.
         bias: optional ``[m]``.
+        transposed_support: optional ``transpose_support(row_ptr, col_idx, n)``,
+            kept by the caller so that the CUDA factored backward need not
+            rebuild it every call (``SLLinear`` caches it). Ignored on the CPU.
 
     All floating tensors share one dtype (float32, float64, bfloat16, float16)
     and one device. Returns ``[..., m]``.
     """
-    return _ops.sl_matmul(x, A, B, values, row_ptr, col_idx, scale, bias)
+    return _ops.sl_matmul(x, A, B, values, row_ptr, col_idx, scale, bias, transposed_support)
 
 
 def sl_matmul_backward(
@@ -69,13 +74,14 @@ def sl_matmul_backward(
     col_idx: Tensor,
     scale: float,
     output_mask: Sequence[bool] = (True, True, True, True),
+    transposed_support: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients ``(dx, dA, dB, dvalues)`` of ``sl_matmul`` (without bias).
 
     An entry whose ``output_mask`` flag is false is returned empty and costs nothing.
     """
     return _ops.sl_matmul_backward(
-        grad_y, x, A, B, values, row_ptr, col_idx, scale, list(output_mask)
+        grad_y, x, A, B, values, row_ptr, col_idx, scale, list(output_mask), transposed_support
     )
 
 
@@ -97,6 +103,15 @@ def random_support(
     Feistel permutation of ``[0, m*n)``, never a permutation of all positions).
     """
     return _ops.random_support(m, n, nnz, seed, torch.device(device) if device else None)
+
+
+def transpose_support(row_ptr: Tensor, col_idx: Tensor, n: int) -> Tensor:
+    """The CSC copy of a valid ``m x n`` support, packed in one int32 tensor:
+    ``[col_ptr (n + 1) | row_idx (nnz) | entry (nnz)]``, where ``entry`` is each
+    CSC entry's position in CSR order (rows increase within a column). The CUDA
+    factored backward computes ``dx = grad_y @ S`` from it deterministically,
+    without atomics. The CPU version validates the support first."""
+    return _ops.transpose_support(row_ptr, col_idx, n)
 
 
 def fused_adam_(
@@ -209,12 +224,12 @@ def matmul_path(
 
 
 @torch.library.register_fake("sltrain::sl_matmul")
-def _(x, A, B, values, row_ptr, col_idx, scale, bias=None):
+def _(x, A, B, values, row_ptr, col_idx, scale, bias=None, transposed_support=None):
     return x.new_empty((*x.shape[:-1], B.shape[0]))
 
 
 @torch.library.register_fake("sltrain::sl_matmul_backward")
-def _(grad_y, x, A, B, values, row_ptr, col_idx, scale, output_mask):
+def _(grad_y, x, A, B, values, row_ptr, col_idx, scale, output_mask, transposed_support=None):
     return tuple(
         t.new_empty(t.shape if wanted else (0,))
         for t, wanted in zip((x, A, B, values), output_mask)
@@ -232,6 +247,11 @@ def _(m, n, nnz, seed, device=None):
         torch.empty(m + 1, dtype=torch.int32, device=device),
         torch.empty(nnz, dtype=torch.int32, device=device),
     )
+
+
+@torch.library.register_fake("sltrain::transpose_support")
+def _(row_ptr, col_idx, n):
+    return row_ptr.new_empty(n + 1 + 2 * col_idx.shape[0])
 
 
 @torch.library.register_fake("sltrain::_random_support_fill")
@@ -259,23 +279,25 @@ def _(row_ptr, col_idx, m, n):
 
 
 def _sl_matmul_setup_context(ctx, inputs, output):
-    x, A, B, values, row_ptr, col_idx, scale, bias = inputs
-    ctx.save_for_backward(x, A, B, values, row_ptr, col_idx)
+    x, A, B, values, row_ptr, col_idx, scale = inputs[:7]
+    transposed_support = inputs[8] if len(inputs) > 8 else None
+    ctx.save_for_backward(x, A, B, values, row_ptr, col_idx, transposed_support)
     ctx.scale = scale
 
 
 def _sl_matmul_backward(ctx, grad_y):
-    x, A, B, values, row_ptr, col_idx = ctx.saved_tensors
+    x, A, B, values, row_ptr, col_idx, transposed_support = ctx.saved_tensors
     mask = list(ctx.needs_input_grad[:4])
     dx = dA = dB = dvalues = dbias = None
     if any(mask):
-        grads = _ops.sl_matmul_backward(grad_y, x, A, B, values, row_ptr, col_idx, ctx.scale, mask)
+        grads = _ops.sl_matmul_backward(
+            grad_y, x, A, B, values, row_ptr, col_idx, ctx.scale, mask, transposed_support
+        )
         dx, dA, dB, dvalues = (g if wanted else None for g, wanted in zip(grads, mask))
     # needs_input_grad has an entry per argument passed: no bias entry without one.
-    has_bias_input = len(ctx.needs_input_grad) == 8
-    if has_bias_input and ctx.needs_input_grad[7]:
-        dbias = grad_y.reshape(-1, grad_y.shape[-1]).sum(0)
-    return (dx, dA, dB, dvalues, None, None, None, dbias)[: len(ctx.needs_input_grad)]
+    if len(ctx.needs_input_grad) > 7 and ctx.needs_input_grad[7]:
+        dbias = grad_y.sum(tuple(range(grad_y.dim() - 1)))
+    return (dx, dA, dB, dvalues, None, None, None, dbias, None)[: len(ctx.needs_input_grad)]
 
 
 torch.library.register_autograd(

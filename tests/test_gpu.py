@@ -1,21 +1,243 @@
-"""CUDA behaviour. Marked `gpu`: skipped where no CUDA device is present."""
+"""The CUDA kernels on a real GPU. Marked `gpu`: skipped where no CUDA device
+is present (CI has none; `benchmarks/gpu_run.sh` runs these, also under
+compute-sanitizer). Their logic is also tested without a GPU, through the
+CUDA-on-CPU emulator (tests/cuda/test_cuda_kernels.cpp in ctest)."""
+
+import random
 
 import pytest
 import torch
 
 import sltrain_ext as sl
-from helpers import make_problem
+from helpers import DTYPES, assert_close, make_problem, reference_forward_backward
 
 pytestmark = pytest.mark.gpu
 
+PATHS = ["factored", "materialized"]
 
-def test_ops_without_cuda_kernels_raise_not_implemented():
-    p = make_problem(6, 8, 2, 10, device="cpu")
-    cuda = [t.cuda() for t in (p.A, p.B, p.values, p.row_ptr, p.col_idx)]
-    with pytest.raises(NotImplementedError, match="sltrain::sl_matmul has no CUDA kernel"):
-        sl.sl_matmul(torch.randn(3, 8, device="cuda"), *cuda, 1.0)
-    with pytest.raises(NotImplementedError, match="sltrain::densify has no CUDA kernel"):
-        sl.densify(*cuda, 1.0)
+
+def poison_allocator():
+    """Fill the caching allocator's free blocks with NaN, so a kernel that
+    reads memory it never wrote returns NaN instead of a lucky zero."""
+    if torch.cuda.is_available():
+        block = torch.empty(64 << 20, dtype=torch.uint8, device="cuda").fill_(0xFF)
+        del block
+
+
+@pytest.fixture(params=PATHS)
+def path(request):
+    # A small workspace makes the materialised path run many row chunks.
+    with sl.matmul_config(request.param, workspace_bytes=1 << 16):
+        yield request.param
+
+
+def check_against_reference(p, x, dtype):
+    leaves = [t.detach().clone().requires_grad_() for t in (x, p.A, p.B, p.values)]
+    bias = None if p.bias is None else p.bias.detach().clone().requires_grad_()
+    poison_allocator()
+    y = sl.sl_matmul(*leaves, p.row_ptr, p.col_idx, p.scale, bias)
+    grad_y = torch.randn(y.shape, dtype=torch.float64).to(dtype=dtype, device="cuda")
+    poison_allocator()
+    y.backward(grad_y)
+    expected = reference_forward_backward(p, x, grad_y)
+    assert y.is_cuda and y.dtype == dtype
+    assert_close(y.detach(), expected[0], dtype, "y")
+    for name, leaf, ref in zip(("dx", "dA", "dB", "dvalues"), leaves, expected[1:5]):
+        assert leaf.grad.is_cuda and leaf.grad.dtype == dtype
+        assert_close(leaf.grad, ref, dtype, name)
+    if bias is not None:
+        assert_close(bias.grad, expected[5], dtype, "dbias")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("seed", range(4))
+def test_sl_matmul_random_shapes(seed, dtype, path):
+    rng = random.Random(seed)
+    m, n, r = rng.randint(1, 90), rng.randint(1, 90), rng.randint(1, 16)
+    nnz = rng.randint(0, m * n)
+    lead = [rng.randint(1, 9) for _ in range(rng.randint(1, 3))]
+    p = make_problem(m, n, r, nnz, dtype, device="cuda", seed=seed, bias=bool(seed % 2))
+    x = torch.randn(*lead, n, dtype=torch.float64).to(dtype=dtype, device="cuda")
+    check_against_reference(p, x, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "b,m,n,r,nnz",
+    [
+        (0, 5, 7, 2, 9),  # no tokens
+        (4, 1, 9, 1, 3),  # m = 1
+        (4, 9, 1, 3, 4),  # n = 1
+        (3, 4, 0, 2, 0),  # n = 0: y is the bias
+        (3, 6, 8, 2, 0),  # empty support
+        (3, 6, 8, 2, 48),  # density 1
+        (2, 3, 5461, 4, 1500),  # LLaMA-1B's odd width: padded leading dimensions
+        (5, 5461, 3, 4, 1500),  # and as the output
+        (1, 300, 40, 8, 1200),  # one token: the SpMV
+        (16, 64, 2048, 8, 4000),  # decode batch, rows longer than a warp
+    ],
+)
+def test_sl_matmul_edge_shapes(b, m, n, r, nnz, dtype, path):
+    p = make_problem(m, n, r, nnz, dtype, device="cuda", seed=b + m)
+    x = torch.randn(b, n, dtype=torch.float64).to(dtype=dtype, device="cuda")
+    check_against_reference(p, x, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_both_paths_agree_and_repeat_bitwise(dtype):
+    p = make_problem(200, 160, 16, 3000, dtype, device="cuda", seed=3)
+    x = torch.randn(64, 160, dtype=dtype, device="cuda")
+    grad_y = torch.randn(64, 200, dtype=dtype, device="cuda")
+    results = {}
+    for path in PATHS:
+        with sl.matmul_config(path):
+            runs = []
+            for _ in range(2):
+                y = sl.sl_matmul(x, *p.operands(), p.bias)
+                runs.append((y, *sl.sl_matmul_backward(grad_y, x, *p.operands())))
+            for a, b in zip(*runs):
+                assert torch.equal(a, b), f"{path}: two runs differ"
+            results[path] = runs[0]
+    for a, b in zip(results["factored"], results["materialized"]):
+        assert_close(a, b.double().cpu(), dtype, "paths")
+
+
+def test_transposed_support_given_or_built_gives_the_same_gradients():
+    p = make_problem(90, 70, 8, 2000, torch.float32, device="cuda", seed=4)
+    x = torch.randn(6, 70, device="cuda")
+    grad_y = torch.randn(6, 90, device="cuda")
+    transposed = sl.transpose_support(p.row_ptr, p.col_idx, 70)
+    assert torch.equal(transposed.cpu(), sl.transpose_support(p.row_ptr.cpu(), p.col_idx.cpu(), 70))
+    with sl.matmul_config("factored"):
+        built = sl.sl_matmul_backward(grad_y, x, *p.operands())
+        given = sl.sl_matmul_backward(grad_y, x, *p.operands(), transposed_support=transposed)
+    for a, b in zip(built, given):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_densify_matches_cpu(dtype):
+    p = make_problem(37, 5461, 8, 4000, dtype, device="cuda", seed=5)
+    poison_allocator()
+    w = sl.densify(*p.operands())
+    cpu = make_problem(37, 5461, 8, 4000, dtype, device="cpu", seed=5)
+    assert_close(w, sl.densify(*cpu.operands()).double(), dtype, "densify")
+
+
+@pytest.mark.parametrize("m,n,nnz,seed", [(0, 4, 0, 1), (1, 1, 1, 2), (7, 5, 35, 3), (4096, 11008, 2_254_438, 4),
+                                          (2**20, 3, 10**6, 5), (3, 5461, 8000, 2**63 - 1)])
+def test_random_support_equals_cpu(m, n, nnz, seed):
+    cpu = sl.random_support(m, n, nnz, seed)
+    cuda = sl.random_support(m, n, nnz, seed, device="cuda")
+    assert all(t.is_cuda for t in cuda)
+    assert torch.equal(cpu[0], cuda[0].cpu()) and torch.equal(cpu[1], cuda[1].cpu())
+
+
+def adam_lists(dtype, sizes, device, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    params = [torch.randn(s, generator=gen).to(dtype) for s in sizes]
+    grads = [torch.randn(s, generator=gen).to(dtype) for s in sizes]
+    m = [torch.randn(s, generator=gen).to(state_dtype) * 0.1 for s in sizes]
+    v = [torch.rand(s, generator=gen).to(state_dtype) for s in sizes]
+    return [[t.to(device) for t in ts] for ts in (params, grads, m, v)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_adam_matches_cpu(dtype):
+    # Every vector tail, tensors past one 65536-element chunk, more tensors than one launch holds.
+    sizes = list(range(0, 10)) + [5461, 65536 * 2 + 3] + [17] * 40
+    hyper = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1, step=3)
+    cpu = adam_lists(dtype, sizes, "cpu")
+    cuda = adam_lists(dtype, sizes, "cuda")
+    sl.fused_adam_(*cpu, **hyper)
+    sl.fused_adam_(*cuda, **hyper)
+    tolerance = {torch.float64: 1e-12, torch.float32: 1e-6}.get(dtype, 1e-2)
+    for name, a, b in zip(("params", "grads", "exp_avgs", "exp_avg_sqs"), cpu, cuda):
+        for x, y in zip(a, b):
+            torch.testing.assert_close(y.cpu(), x, rtol=tolerance, atol=tolerance, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_fused_adam8bit_within_one_code_of_cpu(dtype):
+    sizes = [1, 255, 256, 257, 5461, 16 * 256 + 100]
+    results = {}
+    for device in ("cpu", "cuda"):
+        gen = torch.Generator().manual_seed(1)
+        params = [torch.randn(s, generator=gen).to(dtype).to(device) for s in sizes]
+        states = [[torch.zeros(s, dtype=t, device=device) for s in sizes] for t in (torch.int8, torch.uint8)]
+        absmax = [[torch.zeros((s + 255) // 256, device=device) for s in sizes] for _ in range(2)]
+        for step in (1, 2, 3):
+            grads = [torch.randn(s, generator=gen).to(dtype).to(device) for s in sizes]
+            sl.fused_adam8bit_(params, grads, states[0], absmax[0], states[1], absmax[1], lr=1e-2,
+                               beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, step=step)
+        results[device] = (params, states, absmax)
+    for p_cpu, p_cuda in zip(results["cpu"][0], results["cuda"][0]):
+        torch.testing.assert_close(p_cuda.cpu(), p_cpu, rtol=2e-2, atol=1e-3)
+    for codes_cpu, codes_cuda in zip(results["cpu"][1], results["cuda"][1]):
+        for a, b in zip(codes_cpu, codes_cuda):
+            assert (a.int() - b.cpu().int()).abs().max().item() <= 1
+    for a, b in zip(sum(results["cpu"][2], []), sum(results["cuda"][2], [])):
+        torch.testing.assert_close(b.cpu(), a, rtol=1e-4, atol=0)
+
+
+def test_cuda_graph_replay_equals_eager():
+    """sl_matmul forward and backward and the Adam step never synchronise with
+    the host, so one CUDA graph captures a whole training step."""
+    torch.manual_seed(0)
+    layer = sl.SLLinear(256, 384, rank=16, density=0.05, device="cuda")
+    params = [layer.A, layer.B, layer.values, layer.bias]
+    states = [[torch.zeros_like(t) for t in params] for _ in range(2)]
+    x = torch.randn(32, 256, device="cuda")
+
+    def step():
+        for t in params:
+            t.grad = None
+        layer(x).square().sum().backward()
+        sl.fused_adam_(params, [t.grad for t in params], *states, lr=1e-3, beta1=0.9, beta2=0.999,
+                       eps=1e-8, weight_decay=0.0, step=1)
+
+    snapshot = [t.detach().clone() for t in params + sum(states, [])]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()  # warm-up on a side stream, as graph capture requires
+    torch.cuda.current_stream().wait_stream(side)
+    eager = [t.detach().clone() for t in params + sum(states, [])]
+    for t, saved in zip(params + sum(states, []), snapshot):
+        t.data.copy_(saved)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    for t, saved in zip(params + sum(states, []), snapshot):
+        t.data.copy_(saved)
+    graph.replay()
+    torch.cuda.synchronize()
+    for a, b in zip(eager, params + sum(states, [])):
+        assert torch.equal(a, b.detach())
+
+
+def test_sllinear_trains_on_cuda_and_caches_the_transposed_support():
+    torch.manual_seed(0)
+    layer = sl.SLLinear(64, 48, rank=8, density=0.1, device="cuda")
+    with sl.matmul_config("factored"):
+        x = torch.randn(4, 64, device="cuda")
+        layer(x).sum().backward()
+        cached = layer._transposed
+        assert cached is not None and cached.is_cuda
+        layer(x).sum().backward()
+        assert layer._transposed is cached  # reused, not rebuilt
+    target = torch.randn(32, 48, device="cuda")
+    optimizer = sl.SLAdamW(layer.parameters(), lr=1e-2)
+    data = torch.randn(32, 64, device="cuda")
+    losses = []
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss = (layer(data) - target).square().mean()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
 
 
 def test_mixed_devices_name_the_argument():
@@ -23,12 +245,7 @@ def test_mixed_devices_name_the_argument():
     with pytest.raises(ValueError, match="`B` is on cpu but `A` is on cuda"):
         sl.sl_matmul(torch.randn(3, 8, device="cuda"), p.A.cuda(), p.B, p.values.cuda(),
                      p.row_ptr.cuda(), p.col_idx.cuda(), 1.0)
-
-
-def test_sampler_and_optimizer_raise_not_implemented_on_cuda():
-    with pytest.raises(NotImplementedError, match="sltrain::_random_support_fill has no CUDA kernel"):
-        sl.random_support(10, 10, 5, 0, device="cuda")
-    p = torch.zeros(4, device="cuda")
-    with pytest.raises(NotImplementedError, match="sltrain::fused_adam_ has no CUDA kernel"):
-        sl.fused_adam_([p], [p.clone()], [p.clone()], [p.clone()], lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
-                       weight_decay=0.0, step=1)
+    param = torch.zeros(4, device="cuda")
+    with pytest.raises(ValueError, match=r"`grads`\[0\] is on cpu"):
+        sl.fused_adam_([param], [torch.zeros(4)], [param.clone()], [param.clone()], lr=1e-3, beta1=0.9,
+                       beta2=0.999, eps=1e-8, weight_decay=0.0, step=1)

@@ -110,3 +110,23 @@ def test_validate_support_names_the_problem(m, row_ptr, col_idx, message):
 def test_validate_support_rejects_int64():
     with pytest.raises(TypeError, match="`row_ptr` must be int32"):
         sl.validate_support(torch.tensor([0, 1]), torch.tensor([0], dtype=torch.int32), 1, 2)
+
+
+@pytest.mark.parametrize("m,n,nnz", [(0, 3, 0), (1, 1, 1), (9, 1, 4), (37, 53, 100), (64, 64, 4096), (5, 5461, 700)])
+def test_transpose_support_is_the_csc(m, n, nnz):
+    row_ptr, col_idx = sl.random_support(m, n, nnz, 3)
+    packed = sl.transpose_support(row_ptr, col_idx, n)
+    assert packed.dtype == torch.int32 and packed.shape == (n + 1 + 2 * nnz,)
+    col_ptr, row_idx, entry = packed[: n + 1], packed[n + 1 : n + 1 + nnz], packed[n + 1 + nnz :]
+    rows = torch.repeat_interleave(torch.arange(m), row_ptr.diff().long())
+    # Entries sorted by (column, row), each pointing back at its CSR position.
+    order = sorted(range(nnz), key=lambda k: (int(col_idx[k]), int(rows[k])))
+    assert entry.tolist() == order
+    assert row_idx.tolist() == rows[order].tolist()
+    assert col_ptr.tolist() == [0] + torch.bincount(col_idx.long(), minlength=n).cumsum(0).tolist()
+
+
+def test_transpose_support_validates_on_the_cpu():
+    row_ptr = torch.tensor([0, 2, 3], dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"`col_idx`\[1\] = 9 \(row 0\) is outside"):
+        sl.transpose_support(row_ptr, torch.tensor([0, 9, 1], dtype=torch.int32), 4)

@@ -37,4 +37,17 @@ inline MatmulPath choose_matmul_path(int64_t b, int64_t m, int64_t n, int64_t r,
 // of that preset, which includes LLaMA-9M's small matrices.
 constexpr PathCosts kCpuPathCosts{4.0, 80.0};
 
+// INITIAL VALUES, not yet measured (issue #11 measures the crossover on an
+// H100): a random 2-byte gather per sparse multiply-add against bf16 tensor
+// cores at about 700 TFLOP/s, and no re-layout (the CUDA kernels read
+// token-major operands directly).
+constexpr PathCosts kCudaPathCosts{300.0, 0.0};
+
+// The materialised backward can take dA and dB from each dW row chunk (4mnr
+// flops) or from the factored formulas dA = s (gB)^T x, dB = s g^T (x A^T)
+// (4br(m + n) flops); true when the chunks are the cheaper source.
+inline bool factor_grads_from_dW(int64_t b, int64_t m, int64_t n) {
+  return double(b) * double(m + n) >= double(m) * double(n);
+}
+
 }  // namespace sltrain

@@ -68,33 +68,63 @@ struct Octave<16> {
                                           1.7186192981f, 1.7947090750f, 1.8741676341f, 1.9571441242f};
 };
 
-// For each of 128 equal bins of the mantissa range [1, 2): how many midpoints
-// lie at or below the bin's start. Midpoints are over 1/128 apart, so a bin
-// holds at most one and a single comparison finishes the rounding.
+// One octave's codes as the encoder and decoder read them: the steps, the
+// midpoints, and for each of 128 equal bins of the mantissa range [1, 2) how
+// many midpoints lie at or below the bin's start. Midpoints are over 1/128
+// apart, so a bin holds at most one and a single comparison finishes the
+// rounding.
 template <int Steps>
-struct MidpointsBelow {
-  uint8_t count[128];
-  constexpr MidpointsBelow() : count() {
+struct Table {
+  float step[Steps];
+  float midpoint[Steps];
+  uint8_t below[128];
+  constexpr Table() : step(), midpoint(), below() {
+    for (int j = 0; j < Steps; ++j) {
+      step[j] = Octave<Steps>::kStep[j];
+      midpoint[j] = Octave<Steps>::kMidpoint[j];
+    }
     for (int bin = 0; bin < 128; ++bin) {
       const float start = 1.0f + float(bin) / 128.0f;
-      uint8_t below = 0;
-      for (int j = 0; j < Steps; ++j) below += Octave<Steps>::kMidpoint[j] <= start ? 1 : 0;
-      count[bin] = below;
+      uint8_t count = 0;
+      for (int j = 0; j < Steps; ++j) count += midpoint[j] <= start ? 1 : 0;
+      below[bin] = count;
     }
   }
 };
+
+// Host code reads constexpr tables; device code cannot, so it gets copies in
+// global memory (read through L1: lanes look up different entries).
+template <int Steps>
+inline constexpr Table<Steps> kHostTable{};
+#if defined(__CUDACC__)
+static __device__ const Table<12> kDeviceTable12 = Table<12>();
+static __device__ const Table<16> kDeviceTable16 = Table<16>();
+#endif
+
+template <int Steps>
+SLTRAIN_HOST_DEVICE const Table<Steps>& table() {
+#if defined(__CUDA_ARCH__)
+  if constexpr (Steps == 12) {
+    return kDeviceTable12;
+  } else {
+    return kDeviceTable16;
+  }
+#else
+  return kHostTable<Steps>;
+#endif
+}
 
 // Nearest number of 1/Steps-octave steps from 1 down to r, for 0 < r <= 1:
 // round(-Steps * log2(r)), or a large value when r is subnormal.
 template <int Steps>
 SLTRAIN_HOST_DEVICE int steps_below_one(float r) {
-  constexpr MidpointsBelow<Steps> kBelow{};
+  const Table<Steps>& codes = table<Steps>();
   const uint32_t bits = bits_of(r);
   const int exponent = int((bits >> 23) & 0xffu) - 127;  // r = 2^exponent * mantissa
   if (exponent < -126) return 1 << 20;
   const float mantissa = from_bits((bits & 0x7fffffu) | 0x3f800000u);  // in [1, 2)
-  const int below = kBelow.count[(bits >> 16) & 0x7fu];  // steps above 2^exponent, rounded down
-  const int k = below + (below < Steps && mantissa >= Octave<Steps>::kMidpoint[below] ? 1 : 0);
+  const int below = codes.below[(bits >> 16) & 0x7fu];  // steps above 2^exponent, rounded down
+  const int k = below + (below < Steps && mantissa >= codes.midpoint[below] ? 1 : 0);
   return -(exponent * Steps + k);
 }
 
@@ -103,7 +133,7 @@ template <int Steps>
 SLTRAIN_HOST_DEVICE float two_to_minus(int steps) {
   const int octaves = (steps + Steps - 1) / Steps;  // 2^(-steps/Steps) = 2^-octaves * 2^(k/Steps)
   const int k = octaves * Steps - steps;
-  return from_bits(bits_of(Octave<Steps>::kStep[k]) - (uint32_t(octaves) << 23));
+  return from_bits(bits_of(table<Steps>().step[k]) - (uint32_t(octaves) << 23));
 }
 
 }  // namespace quant8_detail

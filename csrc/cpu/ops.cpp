@@ -3,26 +3,19 @@
 // sampler and Adam are our own loops. Half-precision inputs are computed in
 // float32 and rounded once at the end, so every reduction accumulates in fp32.
 #include <ATen/ATen.h>
-#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <algorithm>
 
 #include "../checks.h"
-#include "../common/quant8.h"
 #include "../config.h"
+#include "../no_autocast.h"
 #include "torch_free_kernels/kernels.h"
 
 namespace sltrain {
 namespace {
 
 using at::Tensor;
-
-// Autocast has no kernel for our ops and falls through to them, still enabled:
-// without this guard it would recast the ATen products inside them.
-struct NoAutocast {
-  c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
-};
 
 at::ScalarType compute_dtype(const Tensor& t) {
   return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -76,10 +69,8 @@ void check_columns(const char* op, bool in_range, const Csr& csr) {
 }
 
 bool use_factored_path(int64_t b, const FactorDims& dims) {
-  MatmulPath path = matmul_path_override();
-  if (path == MatmulPath::kAuto)
-    path = choose_matmul_path(b, dims.m, dims.n, dims.r, dims.nnz, kCpuPathCosts);
-  return path == MatmulPath::kFactored;
+  return resolve_matmul_path(b, dims.m, dims.n, dims.r, dims.nnz, kCpuPathCosts) ==
+         MatmulPath::kFactored;
 }
 
 // Rows of W per chunk of the materialised path, so that `copies` m x n-row
@@ -105,12 +96,14 @@ Tensor materialize_rows(const char* op, const Tensor& A, const Tensor& B, const 
 
 Tensor sl_matmul_cpu(const Tensor& x, const Tensor& A, const Tensor& B, const Tensor& values,
                      const Tensor& row_ptr, const Tensor& col_idx, double scale,
-                     const std::optional<Tensor>& bias) {
+                     const std::optional<Tensor>& bias,
+                     const std::optional<Tensor>& transposed_support) {
   const NoAutocast no_autocast;
   constexpr const char* op = "sl_matmul";
   const FactorDims dims = check_factors(op, A, B, values, row_ptr, col_idx, scale);
   check_input(op, "x", x, dims.n, A, "n");
   check_bias(op, bias, dims, A);
+  check_transposed_support(op, transposed_support, dims, values);  // the CPU kernels need none
   const Csr csr = make_csr(op, row_ptr, col_idx, values, dims);
 
   const Tensor x2 = flatten_tokens(x, dims.n);
@@ -146,12 +139,14 @@ Tensor sl_matmul_cpu(const Tensor& x, const Tensor& A, const Tensor& B, const Te
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cpu(
     const Tensor& grad_y, const Tensor& x, const Tensor& A, const Tensor& B, const Tensor& values,
-    const Tensor& row_ptr, const Tensor& col_idx, double scale, std::array<bool, 4> output_mask) {
+    const Tensor& row_ptr, const Tensor& col_idx, double scale, std::array<bool, 4> output_mask,
+    const std::optional<Tensor>& transposed_support) {
   const NoAutocast no_autocast;
   constexpr const char* op = "sl_matmul_backward";
   const FactorDims dims = check_factors(op, A, B, values, row_ptr, col_idx, scale);
   check_input(op, "x", x, dims.n, A, "n");
   check_grad_output(op, grad_y, x, dims, A);
+  check_transposed_support(op, transposed_support, dims, values);  // the CPU kernels need none
   const Csr csr = make_csr(op, row_ptr, col_idx, values, dims);
   const auto [need_dx, need_dA, need_dB, need_dvalues] = output_mask;
 
@@ -280,36 +275,37 @@ void validate_support_cpu(const Tensor& row_ptr, const Tensor& col_idx, int64_t 
                     bad, "] = ", cols[bad], " follows ", cols[bad - 1], " in row ", row);
 }
 
+Tensor transpose_support_cpu(const Tensor& row_ptr, const Tensor& col_idx, int64_t n) {
+  constexpr const char* op = "transpose_support";
+  TORCH_CHECK_VALUE(row_ptr.dim() == 1 && row_ptr.size(0) >= 1, op,
+                    ": `row_ptr` must be 1-D with m + 1 >= 1 entries, got shape ", row_ptr.sizes());
+  const int64_t m = row_ptr.size(0) - 1;
+  validate_support_cpu(row_ptr, col_idx, m, n);
+  const int64_t nnz = col_idx.size(0);
+  Tensor packed = at::empty({n + 1 + 2 * nnz}, row_ptr.options());
+  int32_t* col_ptr = packed.data_ptr<int32_t>();
+  cpu::transpose_support(m, n, nnz, row_ptr.contiguous().data_ptr<int32_t>(),
+                         col_idx.contiguous().data_ptr<int32_t>(), col_ptr, col_ptr + n + 1,
+                         col_ptr + n + 1 + nnz);
+  return packed;
+}
+
 template <class P, class S>
 void adam_step_tensor(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
-                      const Tensor& exp_avg_sq, const cpu::AdamHyper& hyper) {
+                      const Tensor& exp_avg_sq, const AdamHyper& hyper) {
   cpu::adam_step<P, S>(param.numel(), reinterpret_cast<P*>(param.data_ptr()),
                        reinterpret_cast<const P*>(grad.data_ptr()), exp_avg.data_ptr<S>(),
                        exp_avg_sq.data_ptr<S>(), hyper);
 }
 
-void check_list_lengths(const char* op, std::initializer_list<std::pair<const char*, size_t>> lists) {
-  const auto& [first_name, first_size] = *lists.begin();
-  for (const auto& [name, size] : lists) {
-    TORCH_CHECK_VALUE(size == first_size, op, ": the tensor lists must have equal lengths, but `",
-                      first_name, "` has ", first_size, " and `", name, "` has ", size);
-  }
-}
-
 void fused_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                     at::TensorList exp_avg_sqs, double lr, double beta1, double beta2, double eps,
                     double weight_decay, int64_t step, bool decoupled) {
-  constexpr const char* op = "fused_adam_";
-  check_list_lengths(op, {{"params", params.size()}, {"grads", grads.size()},
-                          {"exp_avgs", exp_avgs.size()}, {"exp_avg_sqs", exp_avg_sqs.size()}});
-  check_adam_hyper(op, lr, beta1, beta2, eps, weight_decay, step);
-  const cpu::AdamHyper hyper{lr, beta1, beta2, eps, weight_decay, step, decoupled};
+  check_fused_adam("fused_adam_", params, grads, exp_avgs, exp_avg_sqs, lr, beta1, beta2, eps,
+                   weight_decay, step, c10::Device(c10::kCPU));
+  const AdamHyper hyper{lr, beta1, beta2, eps, weight_decay, step, decoupled};
   for (size_t i = 0; i < params.size(); ++i) {
     const Tensor &param = params[i], &m = exp_avgs[i], &v = exp_avg_sqs[i];
-    check_adam_param(op, i, param, grads[i], c10::Device(c10::kCPU));
-    const auto state_dtype = param.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-    check_adam_state(op, "exp_avgs", i, m, state_dtype, param.numel(), param);
-    check_adam_state(op, "exp_avg_sqs", i, v, state_dtype, param.numel(), param);
     const Tensor g = grads[i].contiguous();
     switch (param.scalar_type()) {
       case at::kFloat: adam_step_tensor<float, float>(param, g, m, v, hyper); break;
@@ -325,24 +321,12 @@ void fused_adam8bit_cpu(at::TensorList params, at::TensorList grads, at::TensorL
                         at::TensorList sqrt_exp_avg_sq_absmaxes, double lr, double beta1,
                         double beta2, double eps, double weight_decay, int64_t step,
                         bool decoupled) {
-  constexpr const char* op = "fused_adam8bit_";
-  check_list_lengths(op, {{"params", params.size()}, {"grads", grads.size()},
-                          {"exp_avgs", exp_avgs.size()}, {"exp_avg_absmaxes", exp_avg_absmaxes.size()},
-                          {"sqrt_exp_avg_sqs", sqrt_exp_avg_sqs.size()},
-                          {"sqrt_exp_avg_sq_absmaxes", sqrt_exp_avg_sq_absmaxes.size()}});
-  check_adam_hyper(op, lr, beta1, beta2, eps, weight_decay, step);
-  const cpu::AdamHyper hyper{lr, beta1, beta2, eps, weight_decay, step, decoupled};
+  check_fused_adam8bit("fused_adam8bit_", params, grads, exp_avgs, exp_avg_absmaxes,
+                       sqrt_exp_avg_sqs, sqrt_exp_avg_sq_absmaxes, lr, beta1, beta2, eps,
+                       weight_decay, step, c10::Device(c10::kCPU));
+  const AdamHyper hyper{lr, beta1, beta2, eps, weight_decay, step, decoupled};
   for (size_t i = 0; i < params.size(); ++i) {
     const Tensor& param = params[i];
-    check_adam_param(op, i, param, grads[i], c10::Device(c10::kCPU));
-    TORCH_CHECK_TYPE(param.scalar_type() != at::kDouble, op, ": `params`[", i,
-                     "] is float64; 8-bit states are for float32, bfloat16 and float16 params");
-    const int64_t blocks = (param.numel() + kQuantBlock - 1) / kQuantBlock;
-    check_adam_state(op, "exp_avgs", i, exp_avgs[i], at::kChar, param.numel(), param);
-    check_adam_state(op, "exp_avg_absmaxes", i, exp_avg_absmaxes[i], at::kFloat, blocks, param);
-    check_adam_state(op, "sqrt_exp_avg_sqs", i, sqrt_exp_avg_sqs[i], at::kByte, param.numel(), param);
-    check_adam_state(op, "sqrt_exp_avg_sq_absmaxes", i, sqrt_exp_avg_sq_absmaxes[i], at::kFloat,
-                     blocks, param);
     const Tensor g = grads[i].contiguous();
     const auto step_as = [&](auto* param_type) {
       using P = std::remove_pointer_t<decltype(param_type)>;
@@ -371,4 +355,5 @@ TORCH_LIBRARY_IMPL(sltrain, CPU, m) {
   m.impl("fused_adam8bit_", &sltrain::fused_adam8bit_cpu);
   m.impl("_random_support_fill", &sltrain::random_support_fill_cpu);
   m.impl("validate_support", &sltrain::validate_support_cpu);
+  m.impl("transpose_support", &sltrain::transpose_support_cpu);
 }

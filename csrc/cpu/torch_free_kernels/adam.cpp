@@ -29,37 +29,6 @@ P store(S x) {
   }
 }
 
-// Per-step scalars, formed in double as torch.optim does, then rounded to S.
-template <class S>
-struct AdamScalars {
-  S weight_decay, one_minus_beta1, beta2, one_minus_beta2, eps, step_size, bias_correction2_sqrt,
-      decay;
-  bool decoupled;
-
-  explicit AdamScalars(const AdamHyper& h)
-      : weight_decay(S(h.weight_decay)),
-        one_minus_beta1(S(1.0 - h.beta1)),
-        beta2(S(h.beta2)),
-        one_minus_beta2(S(1.0 - h.beta2)),
-        eps(S(h.eps)),
-        step_size(S(h.lr / (1.0 - std::pow(h.beta1, double(h.step))))),
-        bias_correction2_sqrt(S(std::sqrt(1.0 - std::pow(h.beta2, double(h.step))))),
-        decay(S(1) - S(h.lr) * S(h.weight_decay)),
-        decoupled(h.decoupled) {}
-
-  // One element, in torch.optim.AdamW's order of operations.
-  void update(S& p, S g, S& m, S& v) const {
-    if (decoupled) {
-      p *= decay;
-    } else {
-      g += weight_decay * p;
-    }
-    m += one_minus_beta1 * (g - m);
-    v = v * beta2 + one_minus_beta2 * g * g;
-    p -= step_size * (m / (std::sqrt(v) / bias_correction2_sqrt + eps));
-  }
-};
-
 template <class P, class S>
 SLTRAIN_SIMD_CLONES void adam_range(int64_t begin, int64_t end, P* __restrict param,
                                     const P* __restrict grad, S* __restrict exp_avg,

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 
+#include "../../common/adam_math.h"
 #include "../../common/half.h"
 
 namespace sltrain::cpu {
@@ -23,6 +24,12 @@ namespace sltrain::cpu {
 // Requires 0 <= nnz <= m * n and nnz < 2^31.
 void random_support(int64_t m, int64_t n, int64_t nnz, uint64_t seed, int32_t* row_ptr,
                     int32_t* col_idx);
+
+// The CSC copy of a valid m x n support: col_ptr[n + 1], row_idx[nnz] (rows
+// increasing within each column) and entry[nnz], the CSR position of each CSC
+// entry. A counting sort: O(nnz + n) time, no memory beyond the outputs.
+void transpose_support(int64_t m, int64_t n, int64_t nnz, const int32_t* row_ptr,
+                       const int32_t* col_idx, int32_t* col_ptr, int32_t* row_idx, int32_t* entry);
 
 // What is wrong with row_ptr[m + 1], if anything. O(m): the sparse kernels
 // below rely on a valid row_ptr and check column bounds themselves.
@@ -68,12 +75,6 @@ bool csr_gather_rows(int64_t row_begin, int64_t row_end, int64_t n, const int32_
                      const int32_t* col_idx, const T* w, int64_t ld_w, T* out);
 
 // ---- optimizer ----------------------------------------------------------------
-
-struct AdamHyper {
-  double lr, beta1, beta2, eps, weight_decay;
-  int64_t step;    // 1 on the first update: the bias corrections use it
-  bool decoupled;  // AdamW (decay the parameter) rather than Adam (L2 in the gradient)
-};
 
 // One in-place Adam/AdamW update of numel elements, the same arithmetic as
 // torch.optim.AdamW's single-tensor path. Param P is float, double, bf16 or

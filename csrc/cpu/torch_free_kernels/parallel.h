@@ -14,7 +14,9 @@
 
 // Hot loops are compiled twice, for the x86-64 baseline and for AVX2+FMA, and
 // picked at load time: one portable binary, full-width SIMD.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// (Not under ThreadSanitizer: it instruments the clones' ifunc resolvers,
+// which run before it is initialised.)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
 #define SLTRAIN_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define SLTRAIN_SIMD_CLONES

@@ -55,4 +55,23 @@ void random_support(int64_t m, int64_t n, int64_t nnz, uint64_t seed, int32_t* r
   });
 }
 
+void transpose_support(int64_t m, int64_t n, int64_t nnz, const int32_t* row_ptr,
+                       const int32_t* col_idx, int32_t* col_ptr, int32_t* row_idx, int32_t* entry) {
+  // col_ptr[j + 1] counts column j, its prefix sum is then each column's
+  // start, used as a cursor while the rows are walked in order.
+  std::fill(col_ptr, col_ptr + n + 1, 0);
+  for (int64_t k = 0; k < nnz; ++k) ++col_ptr[col_idx[k] + 1];
+  for (int64_t j = 0; j < n; ++j) col_ptr[j + 1] += col_ptr[j];
+  for (int64_t row = 0; row < m; ++row) {
+    for (int64_t k = row_ptr[row]; k < row_ptr[row + 1]; ++k) {
+      const int32_t slot = col_ptr[col_idx[k]]++;
+      row_idx[slot] = int32_t(row);
+      entry[slot] = int32_t(k);
+    }
+  }
+  // The cursors now hold each column's end: shift them back to the starts.
+  for (int64_t j = n; j > 0; --j) col_ptr[j] = col_ptr[j - 1];
+  col_ptr[0] = 0;
+}
+
 }  // namespace sltrain::cpu

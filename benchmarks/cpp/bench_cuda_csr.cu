@@ -1,0 +1,71 @@
+// The CSR kernel family on the GPU, torch-free: the factored path's SpMM
+// (decode forward, 4096 -> 11008 at density .05, the DESIGN.md shape) and
+// SDDMM, and the materialised path's scatter into / gather from a W chunk
+// (LLaMA-1B's 5461-wide MLP). bf16. Bytes count each index, value and gathered
+// element once: the byte floor of the kernel.
+//   ./build/bench_cuda_csr
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cpu/torch_free_kernels/kernels.h"
+#include "cuda/csr.cuh"
+#include "cuda_bench.cuh"
+
+
+using T = __nv_bfloat16;
+
+int main() {
+  struct Shape { const char* name; int64_t m, n; double density; };
+  for (const Shape& s : {Shape{"7B-up 4096->11008", 11008, 4096, 0.05}, Shape{"1B-up 2048->5461", 5461, 2048, 0.03}}) {
+    const int64_t nnz = int64_t(s.density * double(s.m) * double(s.n));
+    std::vector<int32_t> row_ptr(s.m + 1), col_idx(nnz);
+    sltrain::cpu::random_support(s.m, s.n, nnz, 1, row_ptr.data(), col_idx.data());
+    int32_t* d_row_ptr = bench::device_copy(row_ptr);
+    int32_t* d_col_idx = bench::device_copy(col_idx);
+    T* values = bench::device_array<T>(nnz);
+    const double sparse_bytes = double(nnz) * (sizeof(int32_t) + sizeof(T)) + double(s.m + 1) * 4;
+    for (int64_t tokens : {1, 16, 128}) {
+      T* x = bench::device_array<T>(tokens * s.n);
+      T* y = bench::device_array<T>(tokens * s.m);
+      T* dvalues = bench::device_array<T>(nnz);
+      sltrain::cuda::SpmmArgs<T> args{s.m, s.n, nnz, tokens, d_row_ptr, d_col_idx, nullptr, values, x, s.n, y, s.m,
+                             nullptr, true, false};
+      const std::string what = std::string(s.name) + " b=" + std::to_string(tokens);
+      bench::report("csr_spmm", what,
+                    bench::median_ms([&] { SLTRAIN_CHECK_CUDA(sltrain::cuda::csr_spmm(args, nullptr)); }),
+                    sparse_bytes + double(tokens) * double(s.m + s.n) * sizeof(T));
+      bench::report("csr_sddmm", what, bench::median_ms([&] {
+                      SLTRAIN_CHECK_CUDA(sltrain::cuda::csr_sddmm(s.m, s.n, nnz, tokens, d_row_ptr, d_col_idx, y, s.m, x,
+                                                         s.n, dvalues, nullptr));
+                    }),
+                    sparse_bytes + double(tokens) * double(s.m + s.n) * sizeof(T));
+      cudaFree(x);
+      cudaFree(y);
+      cudaFree(dvalues);
+    }
+    // A 64 MiB W chunk: scatter the values in, gather dvalues out.
+    const int64_t ld = (s.n + 7) / 8 * 8;
+    const int64_t rows = std::min<int64_t>(s.m, (int64_t(64) << 20) / (ld * int64_t(sizeof(T))));
+    T* w = bench::device_array<T>(rows * ld);
+    T* out = bench::device_array<T>(nnz);
+    const double chunk_bytes = double(row_ptr[rows]) * (sizeof(int32_t) + 3 * sizeof(T));
+    const std::string what = std::string(s.name) + " rows=" + std::to_string(rows);
+    bench::report("csr_scatter_add_rows", what, bench::median_ms([&] {
+                    SLTRAIN_CHECK_CUDA(sltrain::cuda::csr_scatter_add_rows(0, rows, s.n, nnz, d_row_ptr, d_col_idx, values,
+                                                                  w, ld, nullptr));
+                  }),
+                  chunk_bytes);
+    bench::report("csr_gather_rows", what, bench::median_ms([&] {
+                    SLTRAIN_CHECK_CUDA(sltrain::cuda::csr_gather_rows(0, rows, s.n, nnz, d_row_ptr, d_col_idx, w, ld, out,
+                                                             nullptr));
+                  }),
+                  chunk_bytes);
+    cudaFree(w);
+    cudaFree(out);
+    cudaFree(d_row_ptr);
+    cudaFree(d_col_idx);
+    cudaFree(values);
+  }
+  return 0;
+}
