@@ -42,30 +42,6 @@ void check_list_lengths(const char* op, std::initializer_list<std::pair<const ch
   }
 }
 
-}  // namespace
-
-FactorDims check_factors(const char* op, const at::Tensor& A, const at::Tensor& B,
-                         const at::Tensor& values, const at::Tensor& row_ptr,
-                         const at::Tensor& col_idx, double scale) {
-  TORCH_CHECK_TYPE(is_supported_float(A.scalar_type()), op,
-                   ": `A` must be float32, float64, bfloat16 or float16, got ", A.scalar_type());
-  TORCH_CHECK_VALUE(A.dim() == 2, op, ": `A` must be 2-D [r, n], got shape ", A.sizes());
-  TORCH_CHECK_VALUE(B.dim() == 2 && B.size(1) == A.size(0), op,
-                    ": `B` must be 2-D [m, r] with r = A.size(0) = ", A.size(0),
-                    ", got shape ", B.sizes());
-  TORCH_CHECK_VALUE(values.dim() == 1, op, ": `values` must be 1-D [nnz], got shape ",
-                    values.sizes());
-  check_same(op, "B", B, "A", A);
-  check_same(op, "values", values, "A", A);
-  const FactorDims dims{B.size(0), A.size(1), A.size(0), values.size(0)};
-  check_index(op, "row_ptr", row_ptr, dims.m + 1, "m + 1", values);
-  check_index(op, "col_idx", col_idx, dims.nnz, "nnz = values.numel()", values);
-  TORCH_CHECK_VALUE(dims.nnz <= dims.m * dims.n, op, ": `values` has ", dims.nnz,
-                    " entries, more than the m * n = ", dims.m * dims.n, " of W");
-  TORCH_CHECK_VALUE(std::isfinite(scale), op, ": `scale` must be finite, got ", scale);
-  return dims;
-}
-
 void check_input(const char* op, const char* name, const at::Tensor& x, int64_t features,
                  const at::Tensor& like, const char* features_name) {
   TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) == features, op, ": `", name,
@@ -91,6 +67,14 @@ void check_grad_output(const char* op, const at::Tensor& grad_y, const at::Tenso
                     " for x of shape ", x.sizes());
 }
 
+void check_transposed_support(const char* op, const std::optional<at::Tensor>& transposed,
+                              const FactorDims& dims, const at::Tensor& like) {
+  if (!transposed.has_value()) return;
+  check_index(op, "transposed_support", *transposed, dims.n + 1 + 2 * dims.nnz, "n + 1 + 2 * nnz",
+              like);
+}
+
+// Adam hyper-parameters: lr >= 0, betas in [0, 1), eps > 0, weight_decay >= 0, step >= 1.
 void check_adam_hyper(const char* op, double lr, double beta1, double beta2, double eps,
                       double weight_decay, int64_t step) {
   TORCH_CHECK_VALUE(lr >= 0, op, ": `lr` must be >= 0, got ", lr);
@@ -101,6 +85,7 @@ void check_adam_hyper(const char* op, double lr, double beta1, double beta2, dou
   TORCH_CHECK_VALUE(step >= 1, op, ": `step` must be >= 1 (the step being taken), got ", step);
 }
 
+// params[i] contiguous, of a supported dtype and on `device`; grads[i] its dtype, shape, device.
 void check_adam_param(const char* op, size_t i, const at::Tensor& param, const at::Tensor& grad,
                       c10::Device device) {
   TORCH_CHECK_TYPE(is_supported_float(param.scalar_type()), op, ": `params`[", i,
@@ -117,6 +102,7 @@ void check_adam_param(const char* op, size_t i, const at::Tensor& param, const a
                     " but `params`[", i, "] is on ", device);
 }
 
+// A contiguous state tensor `name`[i] of `dtype` with `numel` entries on param's device.
 void check_adam_state(const char* op, const char* name, size_t i, const at::Tensor& state,
                       at::ScalarType dtype, int64_t numel, const at::Tensor& param) {
   TORCH_CHECK_TYPE(state.scalar_type() == dtype, op, ": `", name, "`[", i, "] must be ", dtype,
@@ -127,11 +113,54 @@ void check_adam_state(const char* op, const char* name, size_t i, const at::Tens
                     state.device(), " but `params`[", i, "] is on ", param.device());
 }
 
-void check_transposed_support(const char* op, const std::optional<at::Tensor>& transposed,
-                              const FactorDims& dims, const at::Tensor& like) {
-  if (!transposed.has_value()) return;
-  check_index(op, "transposed_support", *transposed, dims.n + 1 + 2 * dims.nnz, "n + 1 + 2 * nnz",
-              like);
+}  // namespace
+
+FactorDims check_factors(const char* op, const at::Tensor& A, const at::Tensor& B,
+                         const at::Tensor& values, const at::Tensor& row_ptr,
+                         const at::Tensor& col_idx, double scale) {
+  TORCH_CHECK_TYPE(is_supported_float(A.scalar_type()), op,
+                   ": `A` must be float32, float64, bfloat16 or float16, got ", A.scalar_type());
+  TORCH_CHECK_VALUE(A.dim() == 2, op, ": `A` must be 2-D [r, n], got shape ", A.sizes());
+  TORCH_CHECK_VALUE(B.dim() == 2 && B.size(1) == A.size(0), op,
+                    ": `B` must be 2-D [m, r] with r = A.size(0) = ", A.size(0),
+                    ", got shape ", B.sizes());
+  TORCH_CHECK_VALUE(values.dim() == 1, op, ": `values` must be 1-D [nnz], got shape ",
+                    values.sizes());
+  check_same(op, "B", B, "A", A);
+  check_same(op, "values", values, "A", A);
+  const FactorDims dims{B.size(0), A.size(1), A.size(0), values.size(0)};
+  check_index(op, "row_ptr", row_ptr, dims.m + 1, "m + 1", values);
+  check_index(op, "col_idx", col_idx, dims.nnz, "nnz = values.numel()", values);
+  TORCH_CHECK_VALUE(dims.nnz <= dims.m * dims.n, op, ": `values` has ", dims.nnz,
+                    " entries, more than the m * n = ", dims.m * dims.n, " of W");
+  TORCH_CHECK_VALUE(std::isfinite(scale), op, ": `scale` must be finite, got ", scale);
+  return dims;
+}
+
+FactorDims check_sl_matmul(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B,
+                           const at::Tensor& values, const at::Tensor& row_ptr,
+                           const at::Tensor& col_idx, double scale,
+                           const std::optional<at::Tensor>& bias,
+                           const std::optional<at::Tensor>& transposed_support) {
+  constexpr const char* op = "sl_matmul";
+  const FactorDims dims = check_factors(op, A, B, values, row_ptr, col_idx, scale);
+  check_input(op, "x", x, dims.n, A, "n");
+  check_bias(op, bias, dims, A);
+  check_transposed_support(op, transposed_support, dims, values);
+  return dims;
+}
+
+FactorDims check_sl_matmul_backward(const at::Tensor& grad_y, const at::Tensor& x,
+                                    const at::Tensor& A, const at::Tensor& B,
+                                    const at::Tensor& values, const at::Tensor& row_ptr,
+                                    const at::Tensor& col_idx, double scale,
+                                    const std::optional<at::Tensor>& transposed_support) {
+  constexpr const char* op = "sl_matmul_backward";
+  const FactorDims dims = check_factors(op, A, B, values, row_ptr, col_idx, scale);
+  check_input(op, "x", x, dims.n, A, "n");
+  check_grad_output(op, grad_y, x, dims, A);
+  check_transposed_support(op, transposed_support, dims, values);
+  return dims;
 }
 
 void check_fused_adam(const char* op, at::TensorList params, at::TensorList grads,

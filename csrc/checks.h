@@ -20,20 +20,22 @@ FactorDims check_factors(const char* op, const at::Tensor& A, const at::Tensor& 
                          const at::Tensor& values, const at::Tensor& row_ptr,
                          const at::Tensor& col_idx, double scale);
 
-// x [..., n] of the factors' dtype and device; bias [m] if given.
-void check_input(const char* op, const char* name, const at::Tensor& x, int64_t features,
-                 const at::Tensor& like, const char* features_name);
-void check_bias(const char* op, const std::optional<at::Tensor>& bias, const FactorDims& dims,
-                const at::Tensor& like);
+// Every argument of sl_matmul: the factors, x [..., n] of their dtype and
+// device, bias [m] if given, and the optional CSC copy of the support
+// (transpose_support's packed int32 [n + 1 + 2 * nnz]).
+FactorDims check_sl_matmul(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B,
+                           const at::Tensor& values, const at::Tensor& row_ptr,
+                           const at::Tensor& col_idx, double scale,
+                           const std::optional<at::Tensor>& bias,
+                           const std::optional<at::Tensor>& transposed_support);
 
-// grad_y [..., m] with x's leading dimensions, like's dtype and device.
-void check_grad_output(const char* op, const at::Tensor& grad_y, const at::Tensor& x,
-                       const FactorDims& dims, const at::Tensor& like);
-
-// The optional CSC copy of the support (transpose_support's packed int32
-// [n + 1 + 2 * nnz]) on like's device.
-void check_transposed_support(const char* op, const std::optional<at::Tensor>& transposed,
-                              const FactorDims& dims, const at::Tensor& like);
+// Every argument of sl_matmul_backward: sl_matmul's (without bias), and
+// grad_y [..., m] with x's leading dimensions.
+FactorDims check_sl_matmul_backward(const at::Tensor& grad_y, const at::Tensor& x,
+                                    const at::Tensor& A, const at::Tensor& B,
+                                    const at::Tensor& values, const at::Tensor& row_ptr,
+                                    const at::Tensor& col_idx, double scale,
+                                    const std::optional<at::Tensor>& transposed_support);
 
 // Every list and hyper-parameter of fused_adam_ / fused_adam8bit_: equal list
 // lengths, params contiguous on `device` with grads of their dtype and shape,
@@ -48,17 +50,5 @@ void check_fused_adam8bit(const char* op, at::TensorList params, at::TensorList 
                           at::TensorList sqrt_exp_avg_sqs, at::TensorList sqrt_exp_avg_sq_absmaxes,
                           double lr, double beta1, double beta2, double eps, double weight_decay,
                           int64_t step, c10::Device device);
-
-// Adam hyper-parameters: lr >= 0, betas in [0, 1), eps > 0, weight_decay >= 0, step >= 1.
-void check_adam_hyper(const char* op, double lr, double beta1, double beta2, double eps,
-                      double weight_decay, int64_t step);
-
-// params[i] contiguous, of a supported dtype and on `device`; grads[i] its dtype, shape, device.
-void check_adam_param(const char* op, size_t i, const at::Tensor& param, const at::Tensor& grad,
-                      c10::Device device);
-
-// A contiguous state tensor `name`[i] of `dtype` with `numel` entries on param's device.
-void check_adam_state(const char* op, const char* name, size_t i, const at::Tensor& state,
-                      at::ScalarType dtype, int64_t numel, const at::Tensor& param);
 
 }  // namespace sltrain

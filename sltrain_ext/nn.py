@@ -134,7 +134,9 @@ class SLLinear(_FactoredLinear):
             return None
         source = (self.row_ptr, self.col_idx, self.row_ptr._version, self.col_idx._version)
         cached = self._transposed_source
-        if cached is None or any(a is not b for a, b in zip(cached[:2], source[:2])) or cached[2:] != source[2:]:
+        stale = (cached is None or cached[0] is not source[0] or cached[1] is not source[1]
+                 or cached[2:] != source[2:])
+        if stale:
             self._transposed = transpose_support(self.row_ptr, self.col_idx, self.in_features)
             self._transposed_source = source
         return self._transposed

@@ -94,3 +94,26 @@ def assert_close(actual: Tensor, expected: Tensor, dtype: torch.dtype, what: str
     bound = TOLERANCE[dtype] * max(1.0, expected.abs().max().item())
     error = (actual.double().cpu() - expected).abs().max().item()
     assert error <= bound, f"{what}: max error {error:.3g} > {bound:.3g} ({dtype})"
+
+
+def check_sl_matmul(p: Problem, x: Tensor, dtype: torch.dtype, grad_seed: int = 1, before_each=None) -> None:
+    """sl_matmul forward and every gradient (on x's device) against the float64
+    reference; `before_each()` runs before the forward and before the backward."""
+    gen = torch.Generator().manual_seed(grad_seed)
+    leaves = [t.detach().clone().requires_grad_() for t in (x, p.A, p.B, p.values)]
+    bias = None if p.bias is None else p.bias.detach().clone().requires_grad_()
+    if before_each:
+        before_each()
+    y = sl.sl_matmul(*leaves, p.row_ptr, p.col_idx, p.scale, bias)
+    grad_y = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(dtype=dtype, device=y.device)
+    if before_each:
+        before_each()
+    y.backward(grad_y)
+    expected = reference_forward_backward(p, x, grad_y)
+    assert y.dtype == dtype and y.device == x.device
+    assert_close(y.detach(), expected[0], dtype, "y")
+    for name, leaf, ref in zip(("dx", "dA", "dB", "dvalues"), leaves, expected[1:5]):
+        assert leaf.grad.dtype == dtype and leaf.grad.device == x.device
+        assert_close(leaf.grad, ref, dtype, name)
+    if bias is not None:
+        assert_close(bias.grad, expected[5], dtype, "dbias")

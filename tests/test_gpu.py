@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import sltrain_ext as sl
-from helpers import DTYPES, assert_close, make_problem, reference_forward_backward
+from helpers import DTYPES, assert_close, check_sl_matmul, make_problem
 
 pytestmark = pytest.mark.gpu
 
@@ -31,24 +31,6 @@ def path(request):
         yield request.param
 
 
-def check_against_reference(p, x, dtype):
-    leaves = [t.detach().clone().requires_grad_() for t in (x, p.A, p.B, p.values)]
-    bias = None if p.bias is None else p.bias.detach().clone().requires_grad_()
-    poison_allocator()
-    y = sl.sl_matmul(*leaves, p.row_ptr, p.col_idx, p.scale, bias)
-    grad_y = torch.randn(y.shape, dtype=torch.float64).to(dtype=dtype, device="cuda")
-    poison_allocator()
-    y.backward(grad_y)
-    expected = reference_forward_backward(p, x, grad_y)
-    assert y.is_cuda and y.dtype == dtype
-    assert_close(y.detach(), expected[0], dtype, "y")
-    for name, leaf, ref in zip(("dx", "dA", "dB", "dvalues"), leaves, expected[1:5]):
-        assert leaf.grad.is_cuda and leaf.grad.dtype == dtype
-        assert_close(leaf.grad, ref, dtype, name)
-    if bias is not None:
-        assert_close(bias.grad, expected[5], dtype, "dbias")
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("seed", range(4))
 def test_sl_matmul_random_shapes(seed, dtype, path):
@@ -58,7 +40,7 @@ def test_sl_matmul_random_shapes(seed, dtype, path):
     lead = [rng.randint(1, 9) for _ in range(rng.randint(1, 3))]
     p = make_problem(m, n, r, nnz, dtype, device="cuda", seed=seed, bias=bool(seed % 2))
     x = torch.randn(*lead, n, dtype=torch.float64).to(dtype=dtype, device="cuda")
-    check_against_reference(p, x, dtype)
+    check_sl_matmul(p, x, dtype, before_each=poison_allocator)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -80,7 +62,7 @@ def test_sl_matmul_random_shapes(seed, dtype, path):
 def test_sl_matmul_edge_shapes(b, m, n, r, nnz, dtype, path):
     p = make_problem(m, n, r, nnz, dtype, device="cuda", seed=b + m)
     x = torch.randn(b, n, dtype=torch.float64).to(dtype=dtype, device="cuda")
-    check_against_reference(p, x, dtype)
+    check_sl_matmul(p, x, dtype, before_each=poison_allocator)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import sltrain_ext as sl
-from helpers import DTYPES, assert_close, make_problem, reference_forward_backward, reference_weight
+from helpers import DTYPES, assert_close, check_sl_matmul, make_problem, reference_weight
 
 PATHS = ["factored", "materialized"]
 
@@ -18,23 +18,6 @@ def path(request):
         yield request.param
 
 
-def run_and_check(p, x, dtype, grad_seed=1):
-    gen = torch.Generator().manual_seed(grad_seed)
-    leaves = [t.detach().clone().requires_grad_() for t in (x, p.A, p.B, p.values)]
-    bias = None if p.bias is None else p.bias.detach().clone().requires_grad_()
-    y = sl.sl_matmul(*leaves, p.row_ptr, p.col_idx, p.scale, bias)
-    grad_y = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(dtype)
-    y.backward(grad_y)
-    expected = reference_forward_backward(p, x, grad_y)
-    assert y.dtype == dtype
-    assert_close(y.detach(), expected[0], dtype, "y")
-    for name, leaf, ref in zip(("dx", "dA", "dB", "dvalues"), leaves, expected[1:5]):
-        assert leaf.grad.dtype == dtype
-        assert_close(leaf.grad, ref, dtype, name)
-    if bias is not None:
-        assert_close(bias.grad, expected[5], dtype, "dbias")
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("seed", range(6))
 def test_random_shapes(seed, dtype, path):
@@ -44,7 +27,7 @@ def test_random_shapes(seed, dtype, path):
     lead = [rng.randint(0, 9) for _ in range(rng.randint(1, 3))]
     p = make_problem(m, n, r, nnz, dtype, seed=seed, bias=bool(seed % 2))
     x = torch.randn(*lead, n, dtype=torch.float64).to(dtype)
-    run_and_check(p, x, dtype)
+    check_sl_matmul(p, x, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -64,7 +47,7 @@ def test_random_shapes(seed, dtype, path):
 def test_edge_shapes(b, m, n, r, nnz, dtype, path):
     p = make_problem(m, n, r, nnz, dtype, seed=b + m)
     x = torch.randn(b, n, dtype=torch.float64).to(dtype)
-    run_and_check(p, x, dtype)
+    check_sl_matmul(p, x, dtype)
 
 
 def test_non_contiguous_inputs(path):
@@ -74,7 +57,7 @@ def test_non_contiguous_inputs(path):
     p.B = torch.randn(12, 6)[:, ::2]  # strided columns
     p.values = torch.randn(60)[::2]
     assert not (x.is_contiguous() or p.A.is_contiguous() or p.B.is_contiguous())
-    run_and_check(p, x, torch.float32)
+    check_sl_matmul(p, x, torch.float32)
 
 
 @pytest.mark.parametrize("mask", [(True, False, False, False), (False, True, True, False),

@@ -100,10 +100,8 @@ Tensor sl_matmul_cpu(const Tensor& x, const Tensor& A, const Tensor& B, const Te
                      const std::optional<Tensor>& transposed_support) {
   const NoAutocast no_autocast;
   constexpr const char* op = "sl_matmul";
-  const FactorDims dims = check_factors(op, A, B, values, row_ptr, col_idx, scale);
-  check_input(op, "x", x, dims.n, A, "n");
-  check_bias(op, bias, dims, A);
-  check_transposed_support(op, transposed_support, dims, values);  // the CPU kernels need none
+  const FactorDims dims =
+      check_sl_matmul(x, A, B, values, row_ptr, col_idx, scale, bias, transposed_support);
   const Csr csr = make_csr(op, row_ptr, col_idx, values, dims);
 
   const Tensor x2 = flatten_tokens(x, dims.n);
@@ -143,10 +141,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cpu(
     const std::optional<Tensor>& transposed_support) {
   const NoAutocast no_autocast;
   constexpr const char* op = "sl_matmul_backward";
-  const FactorDims dims = check_factors(op, A, B, values, row_ptr, col_idx, scale);
-  check_input(op, "x", x, dims.n, A, "n");
-  check_grad_output(op, grad_y, x, dims, A);
-  check_transposed_support(op, transposed_support, dims, values);  // the CPU kernels need none
+  const FactorDims dims = check_sl_matmul_backward(grad_y, x, A, B, values, row_ptr, col_idx,
+                                                   scale, transposed_support);
   const Csr csr = make_csr(op, row_ptr, col_idx, values, dims);
   const auto [need_dx, need_dA, need_dB, need_dvalues] = output_mask;
 

@@ -117,11 +117,8 @@ Tensor sl_matmul_cuda(const Tensor& x, const Tensor& A, const Tensor& B, const T
                       const std::optional<Tensor>& bias,
                       const std::optional<Tensor>& transposed_support) {
   const NoAutocast no_autocast;
-  constexpr const char* op = "sl_matmul";
-  const FactorDims dims = check_factors(op, A, B, values, row_ptr, col_idx, scale);
-  check_input(op, "x", x, dims.n, A, "n");
-  check_bias(op, bias, dims, A);
-  check_transposed_support(op, transposed_support, dims, values);
+  const FactorDims dims =
+      check_sl_matmul(x, A, B, values, row_ptr, col_idx, scale, bias, transposed_support);
   const c10::cuda::CUDAGuard guard(A.device());
   auto out_sizes = x.sizes().vec();
   out_sizes.back() = dims.m;
@@ -168,11 +165,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cuda(
     const Tensor& row_ptr, const Tensor& col_idx, double scale, std::array<bool, 4> output_mask,
     const std::optional<Tensor>& transposed_support) {
   const NoAutocast no_autocast;
-  constexpr const char* op = "sl_matmul_backward";
-  const FactorDims dims = check_factors(op, A, B, values, row_ptr, col_idx, scale);
-  check_input(op, "x", x, dims.n, A, "n");
-  check_grad_output(op, grad_y, x, dims, A);
-  check_transposed_support(op, transposed_support, dims, values);
+  const FactorDims dims = check_sl_matmul_backward(grad_y, x, A, B, values, row_ptr, col_idx,
+                                                   scale, transposed_support);
   const c10::cuda::CUDAGuard guard(A.device());
   const auto [need_dx, need_dA, need_dB, need_dvalues] = output_mask;
 
