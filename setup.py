@@ -69,7 +69,7 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.6", "numpy", "tqdm", "safetensors", "matplotlib"],
     extras_require={"test": ["pytest", "expecttest", "transformers"]},
-    entry_points={"console_scripts": ["sltrain-train = sltrain_ext.train:main"]},
+    entry_points={"console_scripts": ["sltrain-train = sltrain_ext.train:cli"]},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension},
     zip_safe=False,

@@ -96,6 +96,12 @@ def convert(
                if isinstance(module, nn.Linear) and matches(name, module)]
     if not targets:
         raise ValueError(f"no nn.Linear in the model matches `target_modules` = {target_modules!r}")
+    for name, dense in targets:
+        bound = min(dense.in_features, dense.out_features)
+        if rank > bound:
+            raise ValueError(f"`rank` = {rank} exceeds min(in, out) = {bound} of `{name}` "
+                             f"({dense.out_features} x {dense.in_features}): the factors would hold more "
+                             "parameters than the dense weight")
     for index, (name, dense) in enumerate(targets):
         factory = {"device": dense.weight.device, "dtype": dense.weight.dtype}
         bias = dense.bias is not None

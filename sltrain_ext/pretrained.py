@@ -63,7 +63,9 @@ def load_pretrained(directory: str | Path, model: nn.Module | None = None,
     meta = json.loads((directory / CONFIG).read_text())
     if model is None:
         if meta["llama_config"] is None:
-            raise ValueError(f"{directory} holds no LlamaForCausalLM config: pass the dense `model` to convert")
+            raise ValueError(f"{directory} holds no LlamaForCausalLM config (a converted model of another "
+                             "class): call load_pretrained(directory, model=...) with a freshly built dense "
+                             "instance of the model it was converted from")
         with torch.device(device):
             model = LlamaForCausalLM(LlamaConfig(**meta["llama_config"]))
     settings = meta["sltrain"]

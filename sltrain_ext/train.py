@@ -90,7 +90,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--eval-batches", type=int, default=8, help="held-out batches per evaluation (default 8)")
     run.add_argument("--save-every", type=int, default=200, help="checkpoint period in steps (default 200)")
     run.add_argument("--out", type=Path, default=Path("runs/main"), help="output folder (default runs/main)")
-    run.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
+    run.add_argument("--resume", nargs="?", const="required", choices=("required", "if-exists"),
+                     help="continue from the checkpoints in --out; an error if there is none, unless "
+                          "`--resume if-exists` (then a method without one starts from step 0)")
     run.add_argument("--dist", choices=("none", "ddp", "fsdp"), default="none",
                      help="ddp: DistributedDataParallel; fsdp: FSDP2 (fully_shard per decoder layer); across "
                           "the processes torchrun starts (NCCL on GPUs, gloo on the CPU)")
@@ -146,8 +148,11 @@ def build_model(args: argparse.Namespace, method: str, vocab_size: int) -> tuple
     torch.manual_seed(args.seed)
     model = LlamaForCausalLM(config)
     if method != "full":
-        convert(model, rank=args.rank or config.rank, alpha=args.alpha or config.alpha, seed=args.seed,
-                density=None if method == "lowrank" else (args.density or config.density))
+        try:
+            convert(model, rank=args.rank or config.rank, alpha=args.alpha or config.alpha, seed=args.seed,
+                    density=None if method == "lowrank" else (args.density or config.density))
+        except ValueError as error:
+            raise SystemExit(f"sltrain-train: {error}") from None
     parameters = sum(p.numel() for p in model.parameters())
     if args.dist != "fsdp":
         return model.to(device=args.device, dtype=args.dtype), parameters
@@ -216,6 +221,9 @@ def train_one(method: str, args: argparse.Namespace, splits: TokenSplits, vocab_
     elif args.resume and (folder / "checkpoint.pt").exists():
         raise SystemExit(f"{folder / 'checkpoint.pt'} is a single-file checkpoint of sltrain_ext 0.1.x; "
                          "resume it with that version (this one reads torch.distributed.checkpoint folders)")
+    elif args.resume == "required":
+        raise SystemExit(f"sltrain-train: --resume: no checkpoint of {method} in {checkpoint}; "
+                         "use `--resume if-exists` to start from step 0 where there is none")
     else:
         if args.resume and leader:
             print(f"{method}: no checkpoint in {folder}, starting from step 0")
@@ -417,5 +425,11 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> list[dict[str, Any]
     return results
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `sltrain-train` console script: main() without its return value,
+    which the script wrapper would pass to sys.exit (status 1, the list on stderr)."""
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -108,3 +108,20 @@ def test_load_pretrained_errors(tmp_path):
     sl.pretrained.save_file(state, str(tmp_path / "m" / "model.safetensors"))
     with pytest.raises(ValueError, match="invalid support in state_dict"):
         sl.load_pretrained(tmp_path / "m")
+
+
+def test_a_rank_above_min_in_out_is_refused_naming_the_layer():
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.Linear(8, 32))
+    with pytest.raises(ValueError, match=r"`rank` = 9 exceeds min\(in, out\) = 8 of `0` \(8 x 16\)"):
+        sl.convert(model, rank=9, density=0.1, target_modules=lambda name, module: True)
+    assert isinstance(model[0], torch.nn.Linear)  # nothing was replaced
+
+
+def test_load_pretrained_of_a_non_llama_model_says_to_pass_model(tmp_path):
+    model = nn.Sequential(nn.Linear(16, 16))
+    sl.convert(model, rank=4, density=0.1, target_modules=lambda name, module: True)
+    sl.save_pretrained(model, tmp_path)
+    with pytest.raises(ValueError, match=r"call load_pretrained\(directory, model=\.\.\.\)"):
+        sl.load_pretrained(tmp_path)
+    loaded = sl.load_pretrained(tmp_path, model=nn.Sequential(nn.Linear(16, 16)))
+    assert torch.equal(loaded[0].values, model[0].values)

@@ -126,3 +126,34 @@ def test_resume_refuses_an_old_single_file_checkpoint(tmp_path):
     (tmp_path / "full" / "checkpoint.pt").write_bytes(b"")
     with pytest.raises(SystemExit, match="single-file checkpoint"):
         train.main(SMALL + ["--steps", "2", "--method", "full", "--out", str(tmp_path), "--resume"])
+
+
+def test_resume_without_a_checkpoint_is_an_error_unless_if_exists(tmp_path, capsys):
+    argv = SMALL + ["--steps", "2", "--method", "full", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit, match=r"--resume: no checkpoint of full in .*full/checkpoint"):
+        train.main(argv + ["--resume"])
+    train.main(argv + ["--resume", "if-exists"])
+    assert "no checkpoint in" in capsys.readouterr().out
+    assert checkpoint_step(tmp_path / "full") == 2
+
+
+def test_rank_above_the_layer_size_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match=r"`rank` = 1000 exceeds min\(in, out\) = \d+ of `model.layers.0"):
+        train.main(SMALL + ["--steps", "1", "--method", "sltrain", "--rank", "1000", "--out", str(tmp_path)])
+
+
+def test_the_console_script_exits_0_and_prints_no_result_list(tmp_path):
+    """Runs the target setup.py names for `sltrain-train` as the generated
+    script does (sys.exit(target())), in a fresh process."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    module, function = re.search(r'"sltrain-train = ([\w.]+):(\w+)"', (root / "setup.py").read_text()).groups()
+    argv = SMALL + ["--steps", "1", "--method", "full", "--out", str(tmp_path)]
+    script = f"import sys; from {module} import {function}; sys.argv[1:] = {argv!r}; sys.exit({function}())"
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "'method'" not in done.stderr and "[{" not in done.stderr
