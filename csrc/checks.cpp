@@ -1,8 +1,13 @@
 #include "checks.h"
 
+#include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
+#include <c10/util/Half.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
+#include <vector>
 
 #include "common/quant8.h"
 
@@ -77,11 +82,12 @@ void check_transposed_support(const char* op, const std::optional<at::Tensor>& t
 // Adam hyper-parameters: lr >= 0, betas in [0, 1), eps > 0, weight_decay >= 0, step >= 1.
 void check_adam_hyper(const char* op, double lr, double beta1, double beta2, double eps,
                       double weight_decay, int64_t step) {
-  TORCH_CHECK_VALUE(lr >= 0, op, ": `lr` must be >= 0, got ", lr);
+  TORCH_CHECK_VALUE(lr >= 0 && std::isfinite(lr), op, ": `lr` must be finite and >= 0, got ", lr);
   TORCH_CHECK_VALUE(beta1 >= 0 && beta1 < 1, op, ": `beta1` must be in [0, 1), got ", beta1);
   TORCH_CHECK_VALUE(beta2 >= 0 && beta2 < 1, op, ": `beta2` must be in [0, 1), got ", beta2);
-  TORCH_CHECK_VALUE(eps > 0, op, ": `eps` must be > 0, got ", eps);
-  TORCH_CHECK_VALUE(weight_decay >= 0, op, ": `weight_decay` must be >= 0, got ", weight_decay);
+  TORCH_CHECK_VALUE(eps > 0 && std::isfinite(eps), op, ": `eps` must be finite and > 0, got ", eps);
+  TORCH_CHECK_VALUE(weight_decay >= 0 && std::isfinite(weight_decay), op,
+                    ": `weight_decay` must be finite and >= 0, got ", weight_decay);
   TORCH_CHECK_VALUE(step >= 1, op, ": `step` must be >= 1 (the step being taken), got ", step);
 }
 
@@ -113,7 +119,41 @@ void check_adam_state(const char* op, const char* name, size_t i, const at::Tens
                     state.device(), " but `params`[", i, "] is on ", param.device());
 }
 
+// No tensor the update writes (params, states) may share memory with any
+// other tensor of the call: an aliased state or a parameter listed twice
+// would be updated twice or read after being written. Sorting the byte
+// ranges finds any overlap in O(k log k).
+void check_no_aliasing(const char* op,
+                       std::initializer_list<std::pair<const char*, at::TensorList>> lists) {
+  struct Range {
+    uintptr_t begin, end;
+    const char* name;
+    size_t index;
+  };
+  std::vector<Range> ranges;
+  for (const auto& [name, list] : lists) {
+    for (size_t i = 0; i < list.size(); ++i) {
+      const at::Tensor& t = list[i];
+      if (t.numel() == 0 || !t.is_contiguous()) continue;  // non-contiguous grads are copied first
+      const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+      ranges.push_back({begin, begin + uintptr_t(t.numel() * t.element_size()), name, i});
+    }
+  }
+  std::sort(ranges.begin(), ranges.end(), [](const Range& a, const Range& b) { return a.begin < b.begin; });
+  for (size_t k = 1; k < ranges.size(); ++k) {
+    const Range &a = ranges[k - 1], &b = ranges[k];
+    TORCH_CHECK_VALUE(b.begin >= a.end, op, ": `", a.name, "`[", a.index, "] and `", b.name, "`[",
+                      b.index, "] share memory; every tensor of the update must have its own");
+  }
+}
+
 }  // namespace
+
+bool exceeds_product(int64_t count, int64_t m, int64_t n) {
+  if (m == 0 || n == 0) return count > 0;
+  if (m > std::numeric_limits<int64_t>::max() / n) return false;  // m * n exceeds every int64
+  return count > m * n;
+}
 
 FactorDims check_factors(const char* op, const at::Tensor& A, const at::Tensor& B,
                          const at::Tensor& values, const at::Tensor& row_ptr,
@@ -131,9 +171,19 @@ FactorDims check_factors(const char* op, const at::Tensor& A, const at::Tensor& 
   const FactorDims dims{B.size(0), A.size(1), A.size(0), values.size(0)};
   check_index(op, "row_ptr", row_ptr, dims.m + 1, "m + 1", values);
   check_index(op, "col_idx", col_idx, dims.nnz, "nnz = values.numel()", values);
-  TORCH_CHECK_VALUE(dims.nnz <= dims.m * dims.n, op, ": `values` has ", dims.nnz,
-                    " entries, more than the m * n = ", dims.m * dims.n, " of W");
-  TORCH_CHECK_VALUE(std::isfinite(scale), op, ": `scale` must be finite, got ", scale);
+  TORCH_CHECK_VALUE(!exceeds_product(dims.nnz, dims.m, dims.n), op, ": `values` has ", dims.nnz,
+                    " entries, more than the m * n = ", dims.m, " * ", dims.n, " of W");
+  // Kernels may multiply by scale in the factors' dtype: it must be representable there.
+  double largest = std::numeric_limits<double>::max();
+  switch (A.scalar_type()) {
+    case at::kFloat: largest = std::numeric_limits<float>::max(); break;
+    case at::kBFloat16: largest = double(std::numeric_limits<c10::BFloat16>::max()); break;
+    case at::kHalf: largest = double(std::numeric_limits<c10::Half>::max()); break;
+    default: break;
+  }
+  TORCH_CHECK_VALUE(std::isfinite(scale) && std::abs(scale) <= largest, op,
+                    ": `scale` must be finite and at most ", largest, " in magnitude for ",
+                    A.scalar_type(), " factors, got ", scale);
   return dims;
 }
 
@@ -177,6 +227,8 @@ void check_fused_adam(const char* op, at::TensorList params, at::TensorList grad
     check_adam_state(op, "exp_avgs", i, exp_avgs[i], state_dtype, param.numel(), param);
     check_adam_state(op, "exp_avg_sqs", i, exp_avg_sqs[i], state_dtype, param.numel(), param);
   }
+  check_no_aliasing(op, {{"params", params}, {"grads", grads}, {"exp_avgs", exp_avgs},
+                         {"exp_avg_sqs", exp_avg_sqs}});
 }
 
 void check_fused_adam8bit(const char* op, at::TensorList params, at::TensorList grads,
@@ -201,6 +253,9 @@ void check_fused_adam8bit(const char* op, at::TensorList params, at::TensorList 
     check_adam_state(op, "sqrt_exp_avg_sq_absmaxes", i, sqrt_exp_avg_sq_absmaxes[i], at::kFloat,
                      blocks, param);
   }
+  check_no_aliasing(op, {{"params", params}, {"grads", grads}, {"exp_avgs", exp_avgs},
+                         {"exp_avg_absmaxes", exp_avg_absmaxes}, {"sqrt_exp_avg_sqs", sqrt_exp_avg_sqs},
+                         {"sqrt_exp_avg_sq_absmaxes", sqrt_exp_avg_sq_absmaxes}});
 }
 
 }  // namespace sltrain

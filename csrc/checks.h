@@ -14,6 +14,9 @@ struct FactorDims {
   int64_t m, n, r, nnz;
 };
 
+// count > m * n, for non-negative sizes, without overflowing int64.
+bool exceeds_product(int64_t count, int64_t m, int64_t n);
+
 // A [r, n], B [m, r], values [nnz], row_ptr int32 [m + 1], col_idx int32 [nnz],
 // floating tensors of one supported dtype, all on one device.
 FactorDims check_factors(const char* op, const at::Tensor& A, const at::Tensor& B,

@@ -102,6 +102,8 @@ def random_support(
     draws the same support. Takes O(nnz) time and memory (a counter-based
     Feistel permutation of ``[0, m*n)``, never a permutation of all positions).
     """
+    if not -(2**63) <= seed < 2**63:
+        raise ValueError(f"`seed` must be in [-2**63, 2**63) (an int64), got {seed}")
     return _ops.random_support(m, n, nnz, seed, torch.device(device) if device else None)
 
 

@@ -97,3 +97,52 @@ def test_matmul_config_rejects_unknown_path():
         sl.set_matmul_config("dense")
     with pytest.raises(ValueError, match="`workspace_bytes` must be positive"):
         sl.set_matmul_config("auto", 0)
+
+
+def test_aliased_or_overlapping_adam_tensors_are_refused():
+    hyper = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, step=1)
+    p, g, m, v = (torch.zeros(8) for _ in range(4))
+    with pytest.raises(ValueError, match=r"`exp_avgs`\[0\] and `exp_avg_sqs`\[0\] share memory"):
+        sl.fused_adam_([p], [g], [m], [m], **hyper)
+    with pytest.raises(ValueError, match=r"`params`\[0\] and `params`\[1\] share memory"):
+        sl.fused_adam_([p, p], [g, g.clone()], [m, m.clone()], [v, v.clone()], **hyper)
+    flat = torch.zeros(12)
+    with pytest.raises(ValueError, match="share memory"):
+        sl.fused_adam_([flat[:8], flat[4:]], [g, g.clone()], [m, m.clone()], [v, v.clone()], **hyper)
+    # Disjoint views of one buffer are fine.
+    sl.fused_adam_([flat[:6], flat[6:]], [torch.ones(6), torch.ones(6)], [torch.zeros(6), torch.zeros(6)],
+                   [torch.zeros(6), torch.zeros(6)], **hyper)
+    assert torch.all(flat != 0)
+    codes, absmax = torch.zeros(8, dtype=torch.int8), torch.zeros(1)
+    with pytest.raises(ValueError, match="share memory"):
+        sl.fused_adam8bit_([p], [g], [codes], [absmax], [torch.zeros(8, dtype=torch.uint8)], [absmax],
+                           **hyper)
+
+
+@pytest.mark.parametrize("name,value", [("lr", float("inf")), ("eps", float("inf")),
+                                        ("weight_decay", float("inf")), ("lr", float("nan"))])
+def test_non_finite_adam_hyper_parameters_are_refused(name, value):
+    hyper = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, step=1)
+    hyper[name] = value
+    p = torch.zeros(4)
+    with pytest.raises(ValueError, match=f"`{name}` must be finite"):
+        sl.fused_adam_([p], [torch.ones(4)], [torch.zeros(4)], [torch.zeros(4)], **hyper)
+    assert torch.all(p == 0)
+
+
+def test_sizes_whose_product_overflows_int64_are_handled():
+    row_ptr = torch.zeros(5, dtype=torch.int32)
+    sl.validate_support(row_ptr, torch.zeros(0, dtype=torch.int32), 4, 2**62)  # valid: empty rows
+    with pytest.raises(ValueError, match=r"more than m \* n = 2 \* 1"):
+        sl.validate_support(torch.tensor([0, 2, 3], dtype=torch.int32), torch.zeros(3, dtype=torch.int32), 2, 1)
+
+
+def test_seed_and_scale_out_of_range_name_the_argument():
+    with pytest.raises(ValueError, match=r"`seed` must be in \[-2\*\*63, 2\*\*63\)"):
+        sl.random_support(4, 4, 3, 2**63)
+    p = make_problem(4, 5, 2, 6)
+    with pytest.raises(ValueError, match="`scale` must be finite and at most"):
+        sl.sl_matmul(torch.randn(2, 5), p.A, p.B, p.values, p.row_ptr, p.col_idx, 1e308)
+    half = make_problem(4, 5, 2, 6, torch.float16)
+    with pytest.raises(ValueError, match="`scale` must be finite and at most 65504"):
+        sl.densify(half.A, half.B, half.values, half.row_ptr, half.col_idx, 1e5)

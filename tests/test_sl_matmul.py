@@ -126,3 +126,15 @@ def test_thread_count_does_not_change_results():
         torch.set_num_threads(threads)
     for one, two in zip(*outputs):
         assert torch.equal(one, two)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_no_outputs_with_a_bias_backpropagates(path):
+    p = make_problem(0, 5, 2, 0, bias=True)
+    x = torch.randn(3, 5, requires_grad=True)
+    bias = p.bias.requires_grad_()
+    with sl.matmul_config(path):
+        y = sl.sl_matmul(x, p.A, p.B, p.values, p.row_ptr, p.col_idx, p.scale, bias)
+        y.sum().backward()
+    assert y.shape == (3, 0) and bias.grad.shape == (0,)
+    assert torch.equal(x.grad, torch.zeros(3, 5))

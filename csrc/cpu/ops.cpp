@@ -257,7 +257,8 @@ void validate_support_cpu(const Tensor& row_ptr, const Tensor& col_idx, int64_t 
   TORCH_CHECK_VALUE(row_ptr.size(0) == m + 1, op, ": `row_ptr` must have m + 1 = ", m + 1,
                     " entries, got ", row_ptr.size(0));
   const int64_t nnz = col_idx.size(0);
-  TORCH_CHECK_VALUE(nnz <= m * n, op, ": `col_idx` has ", nnz, " entries, more than m * n = ", m * n);
+  TORCH_CHECK_VALUE(!exceeds_product(nnz, m, n), op, ": `col_idx` has ", nnz,
+                    " entries, more than m * n = ", m, " * ", n);
   const Tensor rows_tensor = checked_row_ptr(op, row_ptr, m, nnz);
   const Tensor cols_tensor = col_idx.contiguous();
   const int32_t* rows = rows_tensor.data_ptr<int32_t>();
