@@ -154,18 +154,33 @@ class SLLinear(_FactoredLinear):
         )
 
     def _load_from_state_dict(
-        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+        self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any], strict: bool,
+        missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str],
     ) -> None:
-        # A support is only ever loaded after an O(nnz) check: a corrupt one
-        # would otherwise reach the kernels.
-        row_ptr = state_dict.get(prefix + "row_ptr")
-        col_idx = state_dict.get(prefix + "col_idx")
-        if row_ptr is not None and col_idx is not None:
+        # All or nothing: every incoming tensor of this layer is checked before
+        # any is written, so a bad state leaves the layer as it was (torch
+        # would copy the tensors that fit and only then report the others).
+        own = {**self._parameters, **{k: v for k, v in self._buffers.items()
+                                      if k not in self._non_persistent_buffers_set}}
+        incoming = {name: state_dict[prefix + name] for name in own if prefix + name in state_dict}
+        mismatched = [f"size mismatch for {prefix}{name}: copying a param with shape {tuple(value.shape)} "
+                      f"from checkpoint, the shape in current model is {tuple(own[name].shape)}."
+                      for name, value in incoming.items()
+                      if own[name] is not None and value.shape != own[name].shape]
+        if mismatched:
+            error_msgs.extend(mismatched)
+            return
+        if "row_ptr" in incoming or "col_idx" in incoming:
+            # The support that would result, also when only one half is given,
+            # gets the O(nnz) check: a corrupt one must never reach the kernels.
+            row_ptr = incoming.get("row_ptr", self.row_ptr)
+            col_idx = incoming.get("col_idx", self.col_idx)
             try:
                 validate_support(row_ptr, col_idx, self.out_features, self.in_features)
             except ValueError as error:
                 raise ValueError(f"{prefix or 'SLLinear.'}: invalid support in state_dict: {error}") from None
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
 
 class LowRankLinear(_FactoredLinear):

@@ -113,3 +113,25 @@ def test_trains_a_small_regression():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.2 * losses[0]
+
+
+def test_load_state_dict_is_all_or_nothing():
+    layer = sl.SLLinear(12, 10, rank=3, density=0.2, seed=1)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    other = sl.SLLinear(12, 10, rank=3, density=0.3, seed=2).state_dict()  # a valid support, another nnz
+    with pytest.raises(RuntimeError, match="size mismatch for col_idx"):
+        layer.load_state_dict(other)
+    for key, value in layer.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    layer(torch.randn(2, 12))  # still usable
+
+
+@pytest.mark.parametrize("key", ["row_ptr", "col_idx"])
+def test_half_a_support_is_validated_against_the_other_half(key):
+    layer = sl.SLLinear(12, 10, rank=3, density=0.2, seed=1)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    corrupt = before[key].clone()
+    corrupt[-1] = 10**6 if key == "col_idx" else corrupt[-1] + 1
+    with pytest.raises(ValueError, match="invalid support in state_dict"):
+        layer.load_state_dict({key: corrupt}, strict=False)
+    assert torch.equal(getattr(layer, key), before[key])
