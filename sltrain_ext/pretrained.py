@@ -4,6 +4,7 @@ int32 support) as safetensors, plus a small JSON of how the model was built."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -41,6 +42,7 @@ def save_pretrained(model: nn.Module, directory: str | Path,
     }
     state = model.state_dict() if state_dict is None else state_dict
     state = {name: tensor.detach().contiguous() for name, tensor in state.items()}
+    meta["checksums"] = {name: _checksum(tensor) for name, tensor in state.items()}
     save_file(state, str(directory / WEIGHTS), metadata={"format": "pt"})
     (directory / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
     return directory
@@ -73,5 +75,29 @@ def load_pretrained(directory: str | Path, model: nn.Module | None = None,
         names = set(settings["target_modules"])
         convert(model, rank=settings["rank"], density=settings["density"], alpha=settings["alpha"],
                 seed=settings["seed"], target_modules=lambda name, module: name in names)
-    model.load_state_dict(load_file(str(directory / WEIGHTS), device=str(device)))
+    state = load_file(str(directory / WEIGHTS), device=str(device))
+    _verify_checksums(state, meta.get("checksums"), directory)
+    model.load_state_dict(state)
     return model
+
+
+def _checksum(tensor: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes (safetensors has no checksum)."""
+    digest = hashlib.sha256(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+    digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _verify_checksums(state: dict[str, torch.Tensor], checksums: dict[str, str] | None, directory: Path) -> None:
+    """Raises ValueError naming the first tensor that differs from what was saved.
+    Directories written before checksums existed (no "checksums" entry) load unverified."""
+    if checksums is None:
+        return
+    if set(state) != set(checksums):
+        missing, extra = sorted(set(checksums) - set(state)), sorted(set(state) - set(checksums))
+        raise ValueError(f"{directory / WEIGHTS} does not hold the tensors {CONFIG} lists: "
+                         f"missing {missing}, unexpected {extra}")
+    for name, tensor in state.items():
+        if _checksum(tensor) != checksums[name]:
+            raise ValueError(f"{directory / WEIGHTS}: tensor `{name}` does not match its checksum in "
+                             f"{CONFIG}: the file is damaged or was modified")

@@ -1,5 +1,7 @@
 """convert, merge, save_pretrained / load_pretrained."""
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -106,6 +108,13 @@ def test_load_pretrained_errors(tmp_path):
     key = next(k for k in state if k.endswith("col_idx"))
     state[key][0] = 10_000
     sl.pretrained.save_file(state, str(tmp_path / "m" / "model.safetensors"))
+    with pytest.raises(ValueError, match=f"tensor `{key}` does not match its checksum"):
+        sl.load_pretrained(tmp_path / "m")
+    # Saved before checksums existed: the support check still stops it.
+    config = tmp_path / "m" / "sltrain_config.json"
+    meta = json.loads(config.read_text())
+    del meta["checksums"]
+    config.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="invalid support in state_dict"):
         sl.load_pretrained(tmp_path / "m")
 
@@ -125,3 +134,20 @@ def test_load_pretrained_of_a_non_llama_model_says_to_pass_model(tmp_path):
         sl.load_pretrained(tmp_path)
     loaded = sl.load_pretrained(tmp_path, model=nn.Sequential(nn.Linear(16, 16)))
     assert torch.equal(loaded[0].values, model[0].values)
+
+
+@pytest.mark.parametrize("name", ["col_idx", "values", "A", "B"])
+def test_load_pretrained_names_a_tensor_whose_bytes_changed(tmp_path, name):
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_llama()
+    sl.convert(model, rank=4, density=0.1, seed=0)
+    sl.save_pretrained(model, tmp_path)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    key = next(k for k in state if k.endswith("." + name))
+    flipped = state[key].clone()
+    flipped.view(torch.uint8)[0] ^= 1  # one bit of one element
+    state[key] = flipped
+    save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=f"tensor `{key}` does not match its checksum"):
+        sl.load_pretrained(tmp_path)
