@@ -20,8 +20,8 @@ namespace sltrain::cpu {
 
 // Fills row_ptr[m + 1] and col_idx[nnz] with nnz distinct positions of an
 // m x n matrix, a pseudo-random uniform subset that depends only on
-// (m, n, nnz, seed), as sorted CSR. O(nnz + m) time and memory: 16 bytes
-// per nonzero of scratch besides the outputs.
+// (m, n, nnz, seed), as sorted CSR. O(nnz + m) time and memory: 8 bytes per
+// nonzero and 4 per row of scratch besides the outputs.
 // Requires 0 <= nnz <= m * n and nnz < 2^31.
 void random_support(int64_t m, int64_t n, int64_t nnz, uint64_t seed, int32_t* row_ptr,
                     int32_t* col_idx);
