@@ -18,36 +18,28 @@ any --dist.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
 import os
 import resource
-import shutil
 import sys
 import time
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_state_dict,
-    set_state_dict,
-)
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from tqdm import tqdm
 
 from . import configs
+from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from .convert import convert
 from .data import BUILTIN, ByteTokenizer, TokenSplits, batch_at, load_documents, tokenize_splits
 from .llama import LlamaForCausalLM, causal_lm_loss, perplexity
 from .optim import SLAdamW
+from .preemption import PREEMPTED_EXIT_STATUS, StopOnSignal
 from .pretrained import save_pretrained
 
 METHODS = ("full", "lowrank", "sltrain")
@@ -191,7 +183,8 @@ def memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def train_one(method: str, args: argparse.Namespace, splits: TokenSplits, vocab_size: int) -> dict[str, Any]:
+def train_one(method: str, args: argparse.Namespace, splits: TokenSplits, vocab_size: int,
+              stop: StopOnSignal) -> dict[str, Any]:
     folder = args.out / method
     folder.mkdir(parents=True, exist_ok=True)
     model, parameters = build_model(args, method, vocab_size)
@@ -267,8 +260,17 @@ def train_one(method: str, args: argparse.Namespace, splits: TokenSplits, vocab_
             val_loss = evaluate(model, splits.validation, args)
             log({"step": done, "val_loss": val_loss, "val_ppl": perplexity(val_loss)})
             progress.write(f"{method} step {done}: held-out loss {val_loss:.4f}, perplexity {perplexity(val_loss):.3f}")
-        if done % args.save_every == 0 or done == end:
+        checkpointed = done % args.save_every == 0 or done == end
+        if checkpointed:
             save_checkpoint(checkpoint, model, optimizer, scheduler, done, args.steps)
+        if done < end and stop.requested(args.device):
+            if not checkpointed:
+                save_checkpoint(checkpoint, model, optimizer, scheduler, done, args.steps)
+            progress.close()
+            if leader:
+                print(f"{method}: stopped by {stop.name} after step {done} of {args.steps}; checkpoint in "
+                      f"{checkpoint}; the same command with --resume continues", flush=True)
+            raise SystemExit(PREEMPTED_EXIT_STATUS)
     progress.close()
     if end == args.steps:
         model_state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -283,74 +285,6 @@ def train_one(method: str, args: argparse.Namespace, splits: TokenSplits, vocab_
             "val_ppl": evaluations[-1]["val_ppl"] if evaluations else None,
             "tokens_per_s": steps[-1]["tokens_per_s"] if steps else None,
             "seconds": time.perf_counter() - began, "folder": str(folder)}
-
-
-def _trainer_state(scheduler: torch.optim.lr_scheduler.LRScheduler, step: int, steps: int) -> dict[str, Any]:
-    return {"scheduler": scheduler.state_dict(), "step": step, "steps": steps}
-
-
-@contextlib.contextmanager
-def _single_process_quiet() -> Iterator[None]:
-    """torch.distributed.checkpoint warns on every call without a process
-    group; a single process is a supported case here, not a mistake."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is .*assuming the intent")
-        yield
-
-
-def _staging_and_previous(folder: Path) -> tuple[Path, Path]:
-    return folder.with_name(folder.name + ".partial"), folder.with_name(folder.name + ".previous")
-
-
-def latest_checkpoint(folder: Path) -> Path | None:
-    """`folder`, or the checkpoint before it if a save died between its two renames."""
-    previous = _staging_and_previous(folder)[1]
-    return folder if folder.exists() else previous if previous.exists() else None
-
-
-def save_checkpoint(folder: Path, model: nn.Module, optimizer: SLAdamW,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, step: int, steps: int) -> None:
-    """Writes a `torch.distributed.checkpoint` folder, every rank its own
-    shards (replicated tensors once), keyed by parameter name so that any world
-    size can read it back. Collective; `folder` is replaced only once the new
-    checkpoint is complete."""
-    model_state, optimizer_state = get_state_dict(model, optimizer)
-    distributed = torch.distributed.is_initialized()
-    leader = not distributed or torch.distributed.get_rank() == 0
-    staging, previous = _staging_and_previous(folder)
-    if leader:
-        shutil.rmtree(staging, ignore_errors=True)
-    if distributed:
-        torch.distributed.barrier()
-    with _single_process_quiet():
-        dcp.save({"model": model_state, "optimizer": optimizer_state,
-                  "trainer": _trainer_state(scheduler, step, steps)}, checkpoint_id=staging)
-    if leader:
-        if folder.exists():
-            shutil.rmtree(previous, ignore_errors=True)
-            folder.rename(previous)
-        staging.rename(folder)
-        shutil.rmtree(previous, ignore_errors=True)
-    if distributed:
-        torch.distributed.barrier()
-
-
-def load_checkpoint(folder: Path, model: nn.Module, optimizer: SLAdamW,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, steps: int) -> int:
-    """Restores what `save_checkpoint` wrote, resharded to this run's layout,
-    and returns the step it was taken at. Collective."""
-    with _single_process_quiet():
-        saved = {"trainer": _trainer_state(scheduler, 0, 0)}
-        dcp.load(saved, checkpoint_id=folder)  # the small part first, to check it
-        trainer = saved["trainer"]
-        if trainer["steps"] != steps:
-            raise SystemExit(f"{folder} is for --steps {trainer['steps']}, not {steps}")
-        model_state, optimizer_state = get_state_dict(model, optimizer)  # this run's shards, filled in place
-        state = {"model": model_state, "optimizer": optimizer_state}
-        dcp.load(state, checkpoint_id=folder)
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
-    scheduler.load_state_dict(trainer["scheduler"])
-    return trainer["step"]
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> Path | None:
@@ -407,7 +341,8 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> list[dict[str, Any]
               f"tokens (bytes); LLaMA-{args.config} on {args.device} in {str(args.dtype).removeprefix('torch.')}"
               + (f", {args.world_size} processes" if args.world_size > 1 else ""))
     args.out.mkdir(parents=True, exist_ok=True)
-    results = [train_one(method, args, splits, tokenizer.vocab_size) for method in args.methods]
+    with StopOnSignal() as stop:
+        results = [train_one(method, args, splits, tokenizer.vocab_size, stop) for method in args.methods]
     if not leader:
         return results
     finished = all(r["steps"] == args.steps for r in results)

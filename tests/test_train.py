@@ -7,7 +7,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file
 
-from sltrain_ext import train
+from sltrain_ext import checkpointing, train
 
 SMALL = ["--config", "9m", "--batch-size", "4", "--seq-len", "32", "--eval-every", "5", "--eval-batches", "2"]
 
@@ -84,7 +84,7 @@ def test_local_text_files_and_resume_guard(tmp_path):
 
 def checkpoint_step(folder):
     saved = {"trainer": {"step": -1}}
-    with train._single_process_quiet():
+    with checkpointing._single_process_quiet():
         dcp.load(saved, checkpoint_id=folder / "checkpoint")
     return saved["trainer"]["step"]
 
@@ -98,7 +98,7 @@ def test_a_checkpoint_is_replaced_only_when_complete(tmp_path, monkeypatch):
         (checkpoint_id / "__0_0.distcp").write_bytes(b"half a file")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train.dcp, "save", dies_while_writing)
+    monkeypatch.setattr(checkpointing.dcp, "save", dies_while_writing)
     with pytest.raises(KeyboardInterrupt):
         train.main(argv + ["--resume"])  # killed while writing the step-4 checkpoint
     monkeypatch.undo()
@@ -157,3 +157,39 @@ def test_the_console_script_exits_0_and_prints_no_result_list(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "'method'" not in done.stderr and "[{" not in done.stderr
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_a_signal_stops_after_the_step_with_a_checkpoint_and_resume_is_exact(tmp_path, signal_name):
+    """A real process gets the signal mid-run; the resumed run equals an
+    uninterrupted one bitwise."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from sltrain_ext.preemption import PREEMPTED_EXIT_STATUS
+
+    common = SMALL + ["--steps", "60", "--method", "sltrain", "--save-every", "1000"]
+    root = Path(__file__).resolve().parents[1]
+    stopped = tmp_path / "stopped"
+    process = subprocess.Popen([sys.executable, "-m", "sltrain_ext.train", *common, "--out", str(stopped)],
+                               cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = stopped / "sltrain" / "metrics.jsonl"
+    while process.poll() is None and not (log.exists() and len(log.read_text().splitlines()) >= 3):
+        time.sleep(0.02)
+    process.send_signal(getattr(signal, signal_name))
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == PREEMPTED_EXIT_STATUS, err
+    step = checkpoint_step(stopped / "sltrain")
+    assert 3 <= step < 60
+    assert f"stopped by {signal_name} after step {step} of 60" in out
+    assert [r["step"] for r in metrics(stopped / "sltrain") if "loss" in r] == list(range(1, step + 1))
+
+    train.main(common + ["--out", str(stopped), "--resume"])
+    train.main(common + ["--out", str(tmp_path / "straight")])
+    straight = load_file(tmp_path / "straight" / "sltrain" / "model" / "model.safetensors")
+    resumed = load_file(stopped / "sltrain" / "model" / "model.safetensors")
+    for name, tensor in straight.items():
+        assert torch.equal(tensor, resumed[name]), name
