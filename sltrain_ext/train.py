@@ -68,6 +68,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     train.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine floor as a fraction of --lr")
     train.add_argument("--weight-decay", type=float, default=0.0)
     train.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping, 0 disables (default 1)")
+    train.add_argument("--max-bad-steps", type=int, default=10,
+                       help="stop after this many consecutive steps with a non-finite loss or gradient, "
+                            "each skipped without an update (default 10)")
     train.add_argument("--state-bits", type=int, choices=(8, 32), default=32, help="SLAdamW moment precision")
     train.add_argument("--per-layer", action="store_true",
                        help="update each parameter during backward and free its gradient (clipping per parameter)")
@@ -116,6 +119,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--batch-size must be a multiple of --accumulation times the number of processes")
     if args.density is not None and not 0.0 < args.density <= 1.0:
         parser.error(f"--density must be in (0, 1], got {args.density}")
+    if args.max_bad_steps < 1:
+        parser.error("--max-bad-steps must be at least 1")
     if args.stop_after is not None and not 1 <= args.stop_after <= args.steps:
         parser.error("--stop-after must be between 1 and --steps")
     if not 0.0 <= args.warmup < 1.0:
@@ -177,6 +182,19 @@ def evaluate(model: nn.Module, tokens: torch.Tensor, args: argparse.Namespace) -
     return sum(losses) / len(losses)
 
 
+def gradients_finite(model: nn.Module, device: torch.device) -> bool:
+    """Whether every gradient of the model is finite, agreed across ranks
+    (FSDP2 shards the gradients, so each rank sees only its own)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    grads = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
+    norms = torch._foreach_norm(grads) if grads else []
+    finite = torch.stack(norms).isfinite().all() if norms else torch.tensor(True, device=device)
+    flag = finite.to(device=device, dtype=torch.int32).reshape(1)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item())
+
+
 def memory_gib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
@@ -233,6 +251,7 @@ def train_one(method: str, args: argparse.Namespace, splits: TokenSplits, vocab_
     micro = args.batch_size // args.world_size // args.accumulation
     tokens_per_step = args.batch_size * args.seq_len
     began = time.perf_counter()
+    bad_steps = 0
     progress = tqdm(range(start, end), desc=f"{method:>7}", unit="step", mininterval=1.0, initial=start,
                     total=args.steps, dynamic_ncols=True, disable=not leader)
     for step in progress:
@@ -247,14 +266,32 @@ def train_one(method: str, args: argparse.Namespace, splits: TokenSplits, vocab_
             torch.distributed.all_reduce(loss_sum)
             loss_sum /= args.world_size
         loss_sum = loss_sum.item()
-        if clip and not args.per_layer:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        optimizer.step()  # with --per-layer the update already happened inside backward
+        done = step + 1
+        if args.per_layer and not math.isfinite(loss_sum):
+            # The update already ran inside backward: it cannot be skipped any more.
+            raise SystemExit(f"sltrain-train: {method}: step {done} has a non-finite loss ({loss_sum}) and "
+                             "--per-layer has already applied its update; stopped without saving, so "
+                             f"{checkpoint} still holds the last good state (--resume continues from it)")
+        finite = args.per_layer or (math.isfinite(loss_sum) and gradients_finite(model, args.device))
+        if finite:
+            bad_steps = 0
+            if clip and not args.per_layer:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()  # with --per-layer the update already happened inside backward
+        else:
+            bad_steps += 1
+            log({"step": done, "skipped": "non-finite loss or gradient"})
+            progress.write(f"{method} step {done}: non-finite loss or gradient, update skipped "
+                           f"({bad_steps} in a row)")
+            if bad_steps >= args.max_bad_steps:
+                raise SystemExit(f"sltrain-train: {method}: {bad_steps} consecutive steps up to step {done} had a "
+                                 "non-finite loss or gradient (--max-bad-steps); stopped without saving, so "
+                                 f"{checkpoint} still holds the last good state")
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        done = step + 1
         rate = (done - start) * tokens_per_step / (time.perf_counter() - began)
-        log({"step": done, "loss": loss_sum, "lr": scheduler.get_last_lr()[0], "tokens_per_s": rate})
+        if finite:
+            log({"step": done, "loss": loss_sum, "lr": scheduler.get_last_lr()[0], "tokens_per_s": rate})
         progress.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{rate:,.0f}", mem=f"{memory_gib(args.device):.1f}G")
         if done % args.eval_every == 0 or done == args.steps:
             val_loss = evaluate(model, splits.validation, args)

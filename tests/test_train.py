@@ -193,3 +193,68 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_resume_is_exact(tmp
     resumed = load_file(stopped / "sltrain" / "model" / "model.safetensors")
     for name, tensor in straight.items():
         assert torch.equal(tensor, resumed[name]), name
+
+
+class NanGradient(torch.autograd.Function):
+    """Zero forward, NaN backward: a finite loss whose gradients are NaN."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return torch.zeros_like(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+def poison_losses(monkeypatch, calls_to_poison, gradients_only=False):
+    """Makes the training loss and every gradient (or only the gradients) NaN
+    on the given calls; held-out evaluations, without gradients, stay clean."""
+    calls = {"n": 0}
+    real = train.causal_lm_loss
+
+    def causal_lm_loss(*args, **kwargs):
+        if not torch.is_grad_enabled():
+            return real(*args, **kwargs)
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        if calls["n"] not in calls_to_poison:
+            return loss
+        return loss + NanGradient.apply(loss) if gradients_only else loss * float("nan")
+
+    monkeypatch.setattr(train, "causal_lm_loss", causal_lm_loss)
+
+
+def test_non_finite_steps_are_skipped_without_touching_the_state(tmp_path, monkeypatch):
+    updates = {"n": 0}
+    real_step = train.SLAdamW.step
+
+    def counted_step(self, *args, **kwargs):
+        updates["n"] += 1
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(train.SLAdamW, "step", counted_step)
+    poison_losses(monkeypatch, {3})
+    poison_losses(monkeypatch, {4}, gradients_only=True)  # the loss of step 4 is finite
+    train.main(SMALL + ["--steps", "6", "--method", "sltrain", "--out", str(tmp_path)])
+    records = metrics(tmp_path / "sltrain")
+    assert [r["step"] for r in records if "skipped" in r] == [3, 4]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 5, 6]
+    assert updates["n"] == 4
+    model = load_file(tmp_path / "sltrain" / "model" / "model.safetensors")
+    assert all(torch.isfinite(t.float()).all() for t in model.values())
+
+
+def test_too_many_bad_steps_stop_with_the_last_good_checkpoint(tmp_path, monkeypatch):
+    argv = SMALL + ["--steps", "8", "--method", "full", "--save-every", "2", "--max-bad-steps", "2",
+                    "--out", str(tmp_path)]
+    poison_losses(monkeypatch, {5, 6, 7, 8})
+    with pytest.raises(SystemExit, match="2 consecutive steps up to step 6 had a non-finite loss"):
+        train.main(argv)
+    assert checkpoint_step(tmp_path / "full") == 4
+
+
+def test_per_layer_stops_on_a_non_finite_loss(tmp_path, monkeypatch):
+    poison_losses(monkeypatch, {2})
+    with pytest.raises(SystemExit, match="step 2 has a non-finite loss .* --per-layer has already applied"):
+        train.main(SMALL + ["--steps", "4", "--method", "sltrain", "--per-layer", "--out", str(tmp_path)])
