@@ -83,6 +83,17 @@ def test_both_paths_agree_and_repeat_bitwise(dtype):
         assert_close(a, b.double().cpu(), dtype, "paths")
 
 
+def test_a_strided_bias_is_read_correctly_on_both_paths():
+    p = make_problem(40, 30, 4, 200, torch.float32, device="cuda", seed=6)
+    bias = torch.randn(80, device="cuda")[::2]  # stride 2
+    x = torch.randn(5, 30, device="cuda")
+    want = x.double() @ sl.densify(*p.operands()).double().T + bias.double()
+    for path in PATHS:
+        with sl.matmul_config(path):
+            got = sl.sl_matmul(x, *p.operands(), bias)
+        assert_close(got, want.cpu(), torch.float32, path)
+
+
 def test_transposed_support_given_or_built_gives_the_same_gradients():
     p = make_problem(90, 70, 8, 2000, torch.float32, device="cuda", seed=4)
     x = torch.randn(6, 70, device="cuda")

@@ -95,12 +95,13 @@ bool use_factored_path(int64_t b, const FactorDims& dims) {
 void spmm(const Tensor& ptr_tensor, const Tensor& index, const int32_t* entry, const Tensor& values,
           int64_t rows, int64_t cols, const Tensor& x, Tensor& y, const std::optional<Tensor>& bias,
           bool accumulate) {
+  const Tensor bias_contiguous = bias.has_value() ? bias->contiguous() : Tensor();  // read as bias[row]
   SLTRAIN_DISPATCH_FLOATS(y.scalar_type(), "sl_spmm", [&] {
     using T = typename Device<scalar_t>::type;
     cuda::SpmmArgs<T> args{rows, cols, values.size(0), x.size(0),
                            ptr_tensor.data_ptr<int32_t>(), index.data_ptr<int32_t>(), entry,
                            ptr<scalar_t>(values), ptr<scalar_t>(x), x.stride(0), ptr<scalar_t>(y),
-                           y.stride(0), bias.has_value() ? ptr<scalar_t>(*bias) : nullptr,
+                           y.stride(0), bias.has_value() ? ptr<scalar_t>(bias_contiguous) : nullptr,
                            accumulate, false};
     C10_CUDA_CHECK(cuda::csr_spmm(args, stream()));
   });
