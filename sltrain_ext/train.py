@@ -3,7 +3,7 @@
     python -m sltrain_ext.train                      # the main job: a small model, SLTrain and full-rank, on the CPU
     sltrain-train --config 60m --method sltrain --steps 2000 --device cuda
 
-Each method trains in its own folder under --out (metrics.jsonl, checkpoint/,
+Each method trains in its own folder under --out (metrics.jsonl, checkpoints/,
 and the final model via save_pretrained); at the end the run prints a summary,
 writes summary.json and plots the loss curves to loss_curves.png.
 
@@ -34,7 +34,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from tqdm import tqdm
 
 from . import configs
-from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpointing import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint
 from .convert import convert
 from .data import BUILTIN, ByteTokenizer, TokenSplits, batch_at, load_documents, tokenize_splits
 from .llama import LlamaForCausalLM, causal_lm_loss, perplexity
@@ -84,6 +84,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--eval-every", type=int, default=100, help="held-out evaluation period in steps (default 100)")
     run.add_argument("--eval-batches", type=int, default=8, help="held-out batches per evaluation (default 8)")
     run.add_argument("--save-every", type=int, default=200, help="checkpoint period in steps (default 200)")
+    run.add_argument("--keep-checkpoints", type=int, default=2,
+                     help="how many of the newest checkpoints to keep (default 2)")
     run.add_argument("--out", type=Path, default=Path("runs/main"), help="output folder (default runs/main)")
     run.add_argument("--resume", nargs="?", const="required", choices=("required", "if-exists"),
                      help="continue from the checkpoints in --out; an error if there is none, unless "
@@ -119,6 +121,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--batch-size must be a multiple of --accumulation times the number of processes")
     if args.density is not None and not 0.0 < args.density <= 1.0:
         parser.error(f"--density must be in (0, 1], got {args.density}")
+    if args.keep_checkpoints < 1:
+        parser.error("--keep-checkpoints must be at least 1")
     if args.max_bad_steps < 1:
         parser.error("--max-bad-steps must be at least 1")
     if args.stop_after is not None and not 1 <= args.stop_after <= args.steps:
@@ -221,9 +225,11 @@ def train_one(method: str, args: argparse.Namespace, splits: TokenSplits, vocab_
                         max_grad_norm=clip if args.per_layer else None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, args.steps, args.warmup, args.min_lr_ratio))
-    checkpoint, metrics_path = folder / "checkpoint", folder / "metrics.jsonl"
+    checkpoint, metrics_path = folder / "checkpoints", folder / "metrics.jsonl"
     start = 0
-    saved = latest_checkpoint(checkpoint) if args.resume else None
+    saved, damaged = find_checkpoint(checkpoint, legacy=folder / "checkpoint") if args.resume else (None, [])
+    for line in damaged if leader else []:
+        print(f"{method}: {line}; falling back to an older checkpoint", flush=True)
     if saved is not None:
         start = load_checkpoint(saved, model, optimizer, scheduler, args.steps)
         if leader:
@@ -240,6 +246,12 @@ def train_one(method: str, args: argparse.Namespace, splits: TokenSplits, vocab_
             print(f"{method}: no checkpoint in {folder}, starting from step 0")
         if metrics_path.exists() and leader:
             metrics_path.unlink()
+
+    def save(step: int) -> None:
+        try:
+            save_checkpoint(checkpoint, model, optimizer, scheduler, step, args.steps, args.keep_checkpoints)
+        except CheckpointError as error:
+            raise SystemExit(f"sltrain-train: {method}: {error}") from None
 
     def log(record: dict[str, Any]) -> None:
         if not leader:
@@ -299,10 +311,10 @@ def train_one(method: str, args: argparse.Namespace, splits: TokenSplits, vocab_
             progress.write(f"{method} step {done}: held-out loss {val_loss:.4f}, perplexity {perplexity(val_loss):.3f}")
         checkpointed = done % args.save_every == 0 or done == end
         if checkpointed:
-            save_checkpoint(checkpoint, model, optimizer, scheduler, done, args.steps)
+            save(done)
         if done < end and stop.requested(args.device):
             if not checkpointed:
-                save_checkpoint(checkpoint, model, optimizer, scheduler, done, args.steps)
+                save(done)
             progress.close()
             if leader:
                 print(f"{method}: stopped by {stop.name} after step {done} of {args.steps}; checkpoint in "

@@ -83,13 +83,15 @@ def test_local_text_files_and_resume_guard(tmp_path):
 
 
 def checkpoint_step(folder):
+    """The step of the newest intact checkpoint of a method's folder."""
+    newest, _ = checkpointing.find_checkpoint(folder / "checkpoints")
     saved = {"trainer": {"step": -1}}
     with checkpointing._single_process_quiet():
-        dcp.load(saved, checkpoint_id=folder / "checkpoint")
+        dcp.load(saved, checkpoint_id=newest)
     return saved["trainer"]["step"]
 
 
-def test_a_checkpoint_is_replaced_only_when_complete(tmp_path, monkeypatch):
+def test_a_save_that_dies_leaves_the_earlier_checkpoints(tmp_path, monkeypatch):
     argv = SMALL + ["--steps", "4", "--method", "full", "--save-every", "2", "--out", str(tmp_path)]
     train.main(argv + ["--stop-after", "2"])
 
@@ -105,20 +107,66 @@ def test_a_checkpoint_is_replaced_only_when_complete(tmp_path, monkeypatch):
     assert checkpoint_step(tmp_path / "full") == 2
     train.main(argv + ["--resume"])
     assert checkpoint_step(tmp_path / "full") == 4
-    assert not (tmp_path / "full" / "checkpoint.partial").exists()
+    assert not list((tmp_path / "full" / "checkpoints").glob("*.partial"))
     assert [r["step"] for r in metrics(tmp_path / "full") if "loss" in r] == [1, 2, 3, 4]
 
 
-def test_resume_survives_a_save_that_died_between_its_renames(tmp_path, capsys):
-    argv = SMALL + ["--steps", "4", "--method", "full", "--save-every", "2", "--out", str(tmp_path)]
-    train.main(argv + ["--stop-after", "2"])
-    (tmp_path / "full" / "checkpoint").rename(tmp_path / "full" / "checkpoint.previous")
+def test_only_the_newest_checkpoints_are_kept_each_with_a_manifest(tmp_path):
+    train.main(SMALL + ["--steps", "8", "--method", "full", "--save-every", "2", "--keep-checkpoints", "3",
+                        "--out", str(tmp_path)])
+    kept = sorted(p.name for p in (tmp_path / "full" / "checkpoints").iterdir())
+    assert kept == ["step_00000004", "step_00000006", "step_00000008"]
+    for name in kept:
+        folder = tmp_path / "full" / "checkpoints" / name
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert manifest["step"] == int(name[5:]) and "__0_0.distcp" in manifest["files"]
+        assert checkpointing.damage(folder) is None
+
+
+@pytest.mark.parametrize("harm", ["truncate", "flip", "delete_manifest"])
+def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path, capsys, harm):
+    argv = SMALL + ["--steps", "6", "--method", "full", "--save-every", "2", "--out", str(tmp_path)]
+    train.main(argv + ["--stop-after", "4"])
+    newest = tmp_path / "full" / "checkpoints" / "step_00000004"
+    shard = newest / "__0_0.distcp"
+    if harm == "truncate":
+        shard.write_bytes(shard.read_bytes()[:100])
+    elif harm == "flip":
+        data = bytearray(shard.read_bytes())
+        data[len(data) // 2] ^= 1
+        shard.write_bytes(bytes(data))
+    else:
+        (newest / "manifest.json").unlink()
     capsys.readouterr()
     train.main(argv + ["--resume"])
-    assert "starting from step 0" not in capsys.readouterr().out
-    assert checkpoint_step(tmp_path / "full") == 4
-    assert not (tmp_path / "full" / "checkpoint.previous").exists()
-    assert [r["step"] for r in metrics(tmp_path / "full") if "loss" in r] == [1, 2, 3, 4]
+    out = capsys.readouterr().out
+    assert f"{newest} is damaged" in out and "falling back" in out
+    # Resumed from step 2: steps 3 to 6 ran again.
+    assert [r["step"] for r in metrics(tmp_path / "full") if "loss" in r] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_full_disk_stops_with_a_clear_message_and_the_last_checkpoint_intact(tmp_path, monkeypatch):
+    import errno
+
+    argv = SMALL + ["--steps", "6", "--method", "full", "--save-every", "2", "--out", str(tmp_path)]
+    real_save = checkpointing.dcp.save
+    calls = {"n": 0}
+
+    def disk_fills_on_the_second_save(state_dict, checkpoint_id):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            checkpoint_id.mkdir(parents=True, exist_ok=True)
+            (checkpoint_id / "__0_0.distcp").write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(state_dict, checkpoint_id=checkpoint_id)
+
+    monkeypatch.setattr(checkpointing.dcp, "save", disk_fills_on_the_second_save)
+    with pytest.raises(SystemExit, match=r"could not write the step-4 checkpoint .*No space left on device; "
+                                         r"the step-2 checkpoint .*step_00000002 is intact"):
+        train.main(argv)
+    monkeypatch.undo()
+    assert checkpoint_step(tmp_path / "full") == 2
+    assert not list((tmp_path / "full" / "checkpoints").glob("*.partial"))
 
 
 def test_resume_refuses_an_old_single_file_checkpoint(tmp_path):
@@ -171,7 +219,7 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_resume_is_exact(tmp
 
     from sltrain_ext.preemption import PREEMPTED_EXIT_STATUS
 
-    common = SMALL + ["--steps", "60", "--method", "sltrain", "--save-every", "1000"]
+    common = SMALL + ["--steps", "24", "--method", "sltrain", "--save-every", "1000"]
     root = Path(__file__).resolve().parents[1]
     stopped = tmp_path / "stopped"
     process = subprocess.Popen([sys.executable, "-m", "sltrain_ext.train", *common, "--out", str(stopped)],
@@ -183,10 +231,12 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_resume_is_exact(tmp
     out, err = process.communicate(timeout=300)
     assert process.returncode == PREEMPTED_EXIT_STATUS, err
     step = checkpoint_step(stopped / "sltrain")
-    assert 3 <= step < 60
-    assert f"stopped by {signal_name} after step {step} of 60" in out
+    assert 3 <= step < 24
+    assert f"stopped by {signal_name} after step {step} of 24" in out
     assert [r["step"] for r in metrics(stopped / "sltrain") if "loss" in r] == list(range(1, step + 1))
 
+    if signal_name == "SIGINT":
+        return  # the same path as SIGTERM from here on: resumed once, below
     train.main(common + ["--out", str(stopped), "--resume"])
     train.main(common + ["--out", str(tmp_path / "straight")])
     straight = load_file(tmp_path / "straight" / "sltrain" / "model" / "model.safetensors")
