@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <map>
 #include <vector>
 
 #include "../checks.h"
@@ -282,13 +283,37 @@ c10::Device cuda_device_of(const char* op, at::TensorList params) {
   return params.empty() ? c10::Device(c10::kCUDA) : params[0].device();
 }
 
-// Tensors of one param dtype, launched together; grads made contiguous live here too.
+// The tensors of one param dtype, launched together (the kernels are typed);
+// grads made contiguous live here until their launches are queued.
 template <int kLists>
 struct AdamGroup {
   std::vector<std::array<void*, kLists>> tensors;
   std::vector<int64_t> sizes;
   std::vector<Tensor> keep_alive;
+
+  template <class Step>
+  void run(Step step_fn, const AdamHyper& hyper) const {
+    if (tensors.empty()) return;
+    C10_CUDA_CHECK(step_fn(int64_t(tensors.size()), tensors.data(), sizes.data(), hyper, stream()));
+  }
 };
+
+// params[i], grads[i] and states[s][i] for every i, grouped by param dtype.
+template <int kLists>
+std::map<at::ScalarType, AdamGroup<kLists>> group_by_dtype(
+    at::TensorList params, at::TensorList grads, const std::array<at::TensorList, kLists - 2>& states) {
+  std::map<at::ScalarType, AdamGroup<kLists>> groups;
+  for (size_t i = 0; i < params.size(); ++i) {
+    AdamGroup<kLists>& group = groups[params[i].scalar_type()];
+    const Tensor grad = grads[i].contiguous();
+    group.keep_alive.push_back(grad);
+    std::array<void*, kLists> pointers{params[i].data_ptr(), grad.data_ptr()};
+    for (int s = 0; s < kLists - 2; ++s) pointers[s + 2] = states[s][i].data_ptr();
+    group.tensors.push_back(pointers);
+    group.sizes.push_back(params[i].numel());
+  }
+  return groups;
+}
 
 void fused_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                      at::TensorList exp_avg_sqs, double lr, double beta1, double beta2, double eps,
@@ -299,25 +324,11 @@ void fused_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList
                    step, device);
   const c10::cuda::CUDAGuard guard(device);
   const AdamHyper hyper{lr, beta1, beta2, eps, weight_decay, step, decoupled};
-  std::array<AdamGroup<4>, 4> groups;  // float, double, bfloat16, half
-  for (size_t i = 0; i < params.size(); ++i) {
-    const at::ScalarType dtype = params[i].scalar_type();
-    AdamGroup<4>& group = groups[dtype == at::kFloat ? 0 : dtype == at::kDouble ? 1 : dtype == at::kBFloat16 ? 2 : 3];
-    const Tensor grad = grads[i].contiguous();
-    group.keep_alive.push_back(grad);
-    group.tensors.push_back({params[i].data_ptr(), grad.data_ptr(), exp_avgs[i].data_ptr(),
-                             exp_avg_sqs[i].data_ptr()});
-    group.sizes.push_back(params[i].numel());
-  }
-  const auto run = [&](auto step_fn, const AdamGroup<4>& group) {
-    if (!group.tensors.empty())
-      C10_CUDA_CHECK(step_fn(int64_t(group.tensors.size()), group.tensors.data(), group.sizes.data(),
-                             hyper, stream()));
-  };
-  run(cuda::adam_step<float, float>, groups[0]);
-  run(cuda::adam_step<double, double>, groups[1]);
-  run(cuda::adam_step<__nv_bfloat16, float>, groups[2]);
-  run(cuda::adam_step<__half, float>, groups[3]);
+  auto groups = group_by_dtype<4>(params, grads, {exp_avgs, exp_avg_sqs});
+  groups[at::kFloat].run(cuda::adam_step<float, float>, hyper);
+  groups[at::kDouble].run(cuda::adam_step<double, double>, hyper);
+  groups[at::kBFloat16].run(cuda::adam_step<__nv_bfloat16, float>, hyper);
+  groups[at::kHalf].run(cuda::adam_step<__half, float>, hyper);
 }
 
 void fused_adam8bit_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
@@ -331,25 +342,11 @@ void fused_adam8bit_cuda(at::TensorList params, at::TensorList grads, at::Tensor
                        sqrt_exp_avg_sq_absmaxes, lr, beta1, beta2, eps, weight_decay, step, device);
   const c10::cuda::CUDAGuard guard(device);
   const AdamHyper hyper{lr, beta1, beta2, eps, weight_decay, step, decoupled};
-  std::array<AdamGroup<6>, 3> groups;  // float, bfloat16, half
-  for (size_t i = 0; i < params.size(); ++i) {
-    const at::ScalarType dtype = params[i].scalar_type();
-    AdamGroup<6>& group = groups[dtype == at::kFloat ? 0 : dtype == at::kBFloat16 ? 1 : 2];
-    const Tensor grad = grads[i].contiguous();
-    group.keep_alive.push_back(grad);
-    group.tensors.push_back({params[i].data_ptr(), grad.data_ptr(), exp_avgs[i].data_ptr(),
-                             exp_avg_absmaxes[i].data_ptr(), sqrt_exp_avg_sqs[i].data_ptr(),
-                             sqrt_exp_avg_sq_absmaxes[i].data_ptr()});
-    group.sizes.push_back(params[i].numel());
-  }
-  const auto run = [&](auto step_fn, const AdamGroup<6>& group) {
-    if (!group.tensors.empty())
-      C10_CUDA_CHECK(step_fn(int64_t(group.tensors.size()), group.tensors.data(), group.sizes.data(),
-                             hyper, stream()));
-  };
-  run(cuda::adam8bit_step<float>, groups[0]);
-  run(cuda::adam8bit_step<__nv_bfloat16>, groups[1]);
-  run(cuda::adam8bit_step<__half>, groups[2]);
+  auto groups = group_by_dtype<6>(
+      params, grads, {exp_avgs, exp_avg_absmaxes, sqrt_exp_avg_sqs, sqrt_exp_avg_sq_absmaxes});
+  groups[at::kFloat].run(cuda::adam8bit_step<float>, hyper);
+  groups[at::kBFloat16].run(cuda::adam8bit_step<__nv_bfloat16>, hyper);
+  groups[at::kHalf].run(cuda::adam8bit_step<__half>, hyper);
 }
 
 }  // namespace
