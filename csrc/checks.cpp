@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <tuple>
 #include <vector>
 
 #include "common/quant8.h"
@@ -28,15 +29,22 @@ void check_same(const char* op, const char* name, const at::Tensor& t, const cha
                     like_name, "` is on ", like.device());
 }
 
-void check_index(const char* op, const char* name, const at::Tensor& t, int64_t expected_numel,
-                 const char* expected_what, const at::Tensor& like) {
+void check_int32_vector(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK_TYPE(t.scalar_type() == at::kInt, op, ": `", name, "` must be int32, got ",
                    t.scalar_type());
-  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == expected_numel, op, ": `", name,
+  TORCH_CHECK_VALUE(t.dim() == 1, op, ": `", name, "` must be 1-D, got shape ", t.sym_sizes());
+}
+
+void check_index(const char* op, const char* name, const at::Tensor& t,
+                 const c10::SymInt& expected_numel, const char* expected_what,
+                 const char* like_name, const at::Tensor& like) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kInt, op, ": `", name, "` must be int32, got ",
+                   t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.sym_size(0) == expected_numel, op, ": `", name,
                     "` must be 1-D with ", expected_what, " = ", expected_numel,
-                    " entries, got shape ", t.sizes());
+                    " entries, got shape ", t.sym_sizes());
   TORCH_CHECK_VALUE(t.device() == like.device(), op, ": `", name, "` is on ", t.device(),
-                    " but `values` is on ", like.device());
+                    " but `", like_name, "` is on ", like.device());
 }
 
 void check_list_lengths(const char* op, std::initializer_list<std::pair<const char*, size_t>> lists) {
@@ -47,36 +55,43 @@ void check_list_lengths(const char* op, std::initializer_list<std::pair<const ch
   }
 }
 
-void check_input(const char* op, const char* name, const at::Tensor& x, int64_t features,
-                 const at::Tensor& like, const char* features_name) {
-  TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) == features, op, ": `", name,
+void check_input(const char* op, const char* name, const at::Tensor& x,
+                 const c10::SymInt& features, const at::Tensor& like, const char* features_name) {
+  TORCH_CHECK_VALUE(x.dim() >= 1 && x.sym_size(-1) == features, op, ": `", name,
                     "` must have shape [..., ", features_name, "] with ", features_name, " = ",
-                    features, ", got shape ", x.sizes());
+                    features, ", got shape ", x.sym_sizes());
   check_same(op, name, x, "A", like);
 }
 
-void check_bias(const char* op, const std::optional<at::Tensor>& bias, const FactorDims& dims,
+void check_bias(const char* op, const std::optional<at::Tensor>& bias, const SymFactorDims& dims,
                 const at::Tensor& like) {
   if (!bias.has_value()) return;
-  TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == dims.m, op,
-                    ": `bias` must be 1-D [m] with m = ", dims.m, ", got shape ", bias->sizes());
+  TORCH_CHECK_VALUE(bias->dim() == 1 && bias->sym_size(0) == dims.m, op,
+                    ": `bias` must be 1-D [m] with m = ", dims.m, ", got shape ", bias->sym_sizes());
   check_same(op, "bias", *bias, "A", like);
 }
 
 void check_grad_output(const char* op, const at::Tensor& grad_y, const at::Tensor& x,
-                       const FactorDims& dims, const at::Tensor& like) {
+                       const SymFactorDims& dims, const at::Tensor& like) {
   check_input(op, "grad_y", grad_y, dims.m, like, "m");
-  TORCH_CHECK_VALUE(grad_y.dim() == x.dim() && grad_y.sizes().slice(0, x.dim() - 1) ==
-                                                   x.sizes().slice(0, x.dim() - 1),
-                    op, ": `grad_y` must have `x`'s leading dimensions, got ", grad_y.sizes(),
-                    " for x of shape ", x.sizes());
+  TORCH_CHECK_VALUE(grad_y.dim() == x.dim() && grad_y.sym_sizes().slice(0, x.dim() - 1) ==
+                                                   x.sym_sizes().slice(0, x.dim() - 1),
+                    op, ": `grad_y` must have `x`'s leading dimensions, got ", grad_y.sym_sizes(),
+                    " for x of shape ", x.sym_sizes());
 }
 
 void check_transposed_support(const char* op, const std::optional<at::Tensor>& transposed,
-                              const FactorDims& dims, const at::Tensor& like) {
+                              const SymFactorDims& dims, const at::Tensor& like) {
   if (!transposed.has_value()) return;
   check_index(op, "transposed_support", *transposed, dims.n + 1 + 2 * dims.nnz, "n + 1 + 2 * nnz",
-              like);
+              "values", like);
+}
+
+// count > m * n where all three are concrete; symbolic sizes skip this
+// overflow-safe bound (the real call checks it).
+bool exceeds_sym_product(const c10::SymInt& count, const c10::SymInt& m, const c10::SymInt& n) {
+  const auto c = count.maybe_as_int(), rows = m.maybe_as_int(), cols = n.maybe_as_int();
+  return c && rows && cols && exceeds_product(*c, *rows, *cols);
 }
 
 // Adam hyper-parameters: lr >= 0, betas in [0, 1), eps > 0, weight_decay >= 0, step >= 1.
@@ -102,19 +117,19 @@ void check_adam_param(const char* op, size_t i, const at::Tensor& param, const a
                     "] must be contiguous (it is updated in place)");
   TORCH_CHECK_TYPE(grad.scalar_type() == param.scalar_type(), op, ": `grads`[", i, "] has dtype ",
                    grad.scalar_type(), " but its param has ", param.scalar_type());
-  TORCH_CHECK_VALUE(grad.sizes() == param.sizes(), op, ": `grads`[", i, "] has shape ",
-                    grad.sizes(), " but `params`[", i, "] has ", param.sizes());
+  TORCH_CHECK_VALUE(grad.sym_sizes() == param.sym_sizes(), op, ": `grads`[", i, "] has shape ",
+                    grad.sym_sizes(), " but `params`[", i, "] has ", param.sym_sizes());
   TORCH_CHECK_VALUE(grad.device() == device, op, ": `grads`[", i, "] is on ", grad.device(),
                     " but `params`[", i, "] is on ", device);
 }
 
 // A contiguous state tensor `name`[i] of `dtype` with `numel` entries on param's device.
 void check_adam_state(const char* op, const char* name, size_t i, const at::Tensor& state,
-                      at::ScalarType dtype, int64_t numel, const at::Tensor& param) {
+                      at::ScalarType dtype, const c10::SymInt& numel, const at::Tensor& param) {
   TORCH_CHECK_TYPE(state.scalar_type() == dtype, op, ": `", name, "`[", i, "] must be ", dtype,
                    " for a ", param.scalar_type(), " param, got ", state.scalar_type());
-  TORCH_CHECK_VALUE(state.numel() == numel && state.is_contiguous(), op, ": `", name, "`[", i,
-                    "] must be contiguous with ", numel, " entries, got shape ", state.sizes());
+  TORCH_CHECK_VALUE(state.sym_numel() == numel && state.is_contiguous(), op, ": `", name, "`[", i,
+                    "] must be contiguous with ", numel, " entries, got shape ", state.sym_sizes());
   TORCH_CHECK_VALUE(state.device() == param.device(), op, ": `", name, "`[", i, "] is on ",
                     state.device(), " but `params`[", i, "] is on ", param.device());
 }
@@ -122,10 +137,14 @@ void check_adam_state(const char* op, const char* name, size_t i, const at::Tens
 // No tensor the update writes (params, states) may share memory with any
 // other tensor of the call: an aliased state or a parameter listed twice
 // would be updated twice or read after being written. Sorting the byte
-// ranges finds any overlap in O(k log k).
+// ranges finds any overlap in O(k log k). Tensors without memory (meta, and
+// the fake tensors torch.compile traces with) are placed by their storage and
+// byte offset instead of an address, so the fake kernels see the same
+// aliasing; a symbolic size or offset leaves a tensor to the real call.
 void check_no_aliasing(const char* op,
                        std::initializer_list<std::pair<const char*, at::TensorList>> lists) {
   struct Range {
+    const void* storage;  // nullptr: `begin` and `end` are addresses
     uintptr_t begin, end;
     const char* name;
     size_t index;
@@ -134,20 +153,38 @@ void check_no_aliasing(const char* op,
   for (const auto& [name, list] : lists) {
     for (size_t i = 0; i < list.size(); ++i) {
       const at::Tensor& t = list[i];
-      if (t.numel() == 0 || !t.is_contiguous()) continue;  // non-contiguous grads are copied first
-      const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-      ranges.push_back({begin, begin + uintptr_t(t.numel() * t.element_size()), name, i});
+      const auto numel = t.sym_numel().maybe_as_int();
+      const auto offset = t.sym_storage_offset().maybe_as_int();
+      if (!numel || !offset || *numel == 0 || !t.is_contiguous()) {
+        continue;  // non-contiguous grads are copied first
+      }
+      const auto bytes = uintptr_t(*numel * int64_t(t.element_size()));
+      if (t.is_meta()) {
+        const auto begin = uintptr_t(*offset * int64_t(t.element_size()));
+        ranges.push_back({t.storage().unsafeGetStorageImpl(), begin, begin + bytes, name, i});
+      } else {
+        const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+        ranges.push_back({nullptr, begin, begin + bytes, name, i});
+      }
     }
   }
-  std::sort(ranges.begin(), ranges.end(), [](const Range& a, const Range& b) { return a.begin < b.begin; });
+  const auto before = [](const Range& a, const Range& b) {
+    return std::tie(a.storage, a.begin) < std::tie(b.storage, b.begin);
+  };
+  std::sort(ranges.begin(), ranges.end(), before);
   for (size_t k = 1; k < ranges.size(); ++k) {
     const Range &a = ranges[k - 1], &b = ranges[k];
-    TORCH_CHECK_VALUE(b.begin >= a.end, op, ": `", a.name, "`[", a.index, "] and `", b.name, "`[",
-                      b.index, "] share memory; every tensor of the update must have its own");
+    TORCH_CHECK_VALUE(a.storage != b.storage || b.begin >= a.end, op, ": `", a.name, "`[", a.index,
+                      "] and `", b.name, "`[", b.index,
+                      "] share memory; every tensor of the update must have its own");
   }
 }
 
 }  // namespace
+
+FactorDims SymFactorDims::concrete() const {
+  return {m.expect_int(), n.expect_int(), r.expect_int(), nnz.expect_int()};
+}
 
 bool exceeds_product(int64_t count, int64_t m, int64_t n) {
   if (m == 0 || n == 0) return count > 0;
@@ -155,24 +192,24 @@ bool exceeds_product(int64_t count, int64_t m, int64_t n) {
   return count > m * n;
 }
 
-FactorDims check_factors(const char* op, const at::Tensor& A, const at::Tensor& B,
-                         const at::Tensor& values, const at::Tensor& row_ptr,
-                         const at::Tensor& col_idx, double scale) {
+SymFactorDims check_factors(const char* op, const at::Tensor& A, const at::Tensor& B,
+                            const at::Tensor& values, const at::Tensor& row_ptr,
+                            const at::Tensor& col_idx, double scale) {
   TORCH_CHECK_TYPE(is_supported_float(A.scalar_type()), op,
                    ": `A` must be float32, float64, bfloat16 or float16, got ", A.scalar_type());
-  TORCH_CHECK_VALUE(A.dim() == 2, op, ": `A` must be 2-D [r, n], got shape ", A.sizes());
-  TORCH_CHECK_VALUE(B.dim() == 2 && B.size(1) == A.size(0), op,
-                    ": `B` must be 2-D [m, r] with r = A.size(0) = ", A.size(0),
-                    ", got shape ", B.sizes());
+  TORCH_CHECK_VALUE(A.dim() == 2, op, ": `A` must be 2-D [r, n], got shape ", A.sym_sizes());
+  TORCH_CHECK_VALUE(B.dim() == 2 && B.sym_size(1) == A.sym_size(0), op,
+                    ": `B` must be 2-D [m, r] with r = A.size(0) = ", A.sym_size(0),
+                    ", got shape ", B.sym_sizes());
   TORCH_CHECK_VALUE(values.dim() == 1, op, ": `values` must be 1-D [nnz], got shape ",
-                    values.sizes());
+                    values.sym_sizes());
   check_same(op, "B", B, "A", A);
   check_same(op, "values", values, "A", A);
-  const FactorDims dims{B.size(0), A.size(1), A.size(0), values.size(0)};
-  check_index(op, "row_ptr", row_ptr, dims.m + 1, "m + 1", values);
-  check_index(op, "col_idx", col_idx, dims.nnz, "nnz = values.numel()", values);
-  TORCH_CHECK_VALUE(!exceeds_product(dims.nnz, dims.m, dims.n), op, ": `values` has ", dims.nnz,
-                    " entries, more than the m * n = ", dims.m, " * ", dims.n, " of W");
+  const SymFactorDims dims{B.sym_size(0), A.sym_size(1), A.sym_size(0), values.sym_size(0)};
+  check_index(op, "row_ptr", row_ptr, dims.m + 1, "m + 1", "values", values);
+  check_index(op, "col_idx", col_idx, dims.nnz, "nnz = values.numel()", "values", values);
+  TORCH_CHECK_VALUE(!exceeds_sym_product(dims.nnz, dims.m, dims.n), op, ": `values` has ",
+                    dims.nnz, " entries, more than the m * n = ", dims.m, " * ", dims.n, " of W");
   // Kernels may multiply by scale in the factors' dtype: it must be representable there.
   double largest = std::numeric_limits<double>::max();
   switch (A.scalar_type()) {
@@ -187,30 +224,68 @@ FactorDims check_factors(const char* op, const at::Tensor& A, const at::Tensor& 
   return dims;
 }
 
-FactorDims check_sl_matmul(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B,
-                           const at::Tensor& values, const at::Tensor& row_ptr,
-                           const at::Tensor& col_idx, double scale,
-                           const std::optional<at::Tensor>& bias,
-                           const std::optional<at::Tensor>& transposed_support) {
+SymFactorDims check_sl_matmul(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B,
+                              const at::Tensor& values, const at::Tensor& row_ptr,
+                              const at::Tensor& col_idx, double scale,
+                              const std::optional<at::Tensor>& bias,
+                              const std::optional<at::Tensor>& transposed_support) {
   constexpr const char* op = "sl_matmul";
-  const FactorDims dims = check_factors(op, A, B, values, row_ptr, col_idx, scale);
+  const SymFactorDims dims = check_factors(op, A, B, values, row_ptr, col_idx, scale);
   check_input(op, "x", x, dims.n, A, "n");
   check_bias(op, bias, dims, A);
   check_transposed_support(op, transposed_support, dims, values);
   return dims;
 }
 
-FactorDims check_sl_matmul_backward(const at::Tensor& grad_y, const at::Tensor& x,
-                                    const at::Tensor& A, const at::Tensor& B,
-                                    const at::Tensor& values, const at::Tensor& row_ptr,
-                                    const at::Tensor& col_idx, double scale,
-                                    const std::optional<at::Tensor>& transposed_support) {
+SymFactorDims check_sl_matmul_backward(const at::Tensor& grad_y, const at::Tensor& x,
+                                       const at::Tensor& A, const at::Tensor& B,
+                                       const at::Tensor& values, const at::Tensor& row_ptr,
+                                       const at::Tensor& col_idx, double scale,
+                                       const std::optional<at::Tensor>& transposed_support) {
   constexpr const char* op = "sl_matmul_backward";
-  const FactorDims dims = check_factors(op, A, B, values, row_ptr, col_idx, scale);
+  const SymFactorDims dims = check_factors(op, A, B, values, row_ptr, col_idx, scale);
   check_input(op, "x", x, dims.n, A, "n");
   check_grad_output(op, grad_y, x, dims, A);
   check_transposed_support(op, transposed_support, dims, values);
   return dims;
+}
+
+void check_support(const char* op, const at::Tensor& row_ptr, const at::Tensor& col_idx,
+                   const c10::SymInt& m, int64_t n) {
+  TORCH_CHECK_VALUE(m >= 0 && n >= 0, op, ": `m` and `n` must be non-negative, got ", m, " and ", n);
+  check_int32_vector(op, "row_ptr", row_ptr);
+  check_int32_vector(op, "col_idx", col_idx);
+  TORCH_CHECK_VALUE(row_ptr.sym_size(0) == m + 1, op, ": `row_ptr` must have m + 1 = ", m + 1,
+                    " entries, got ", row_ptr.sym_size(0));
+  TORCH_CHECK_VALUE(col_idx.device() == row_ptr.device(), op, ": `col_idx` is on ",
+                    col_idx.device(), " but `row_ptr` is on ", row_ptr.device());
+  const c10::SymInt nnz = col_idx.sym_size(0);
+  TORCH_CHECK_VALUE(!exceeds_sym_product(nnz, m, n), op, ": `col_idx` has ", nnz,
+                    " entries, more than m * n = ", m, " * ", n);
+}
+
+c10::SymInt check_transpose_support(const at::Tensor& row_ptr, const at::Tensor& col_idx,
+                                    int64_t n) {
+  constexpr const char* op = "transpose_support";
+  check_int32_vector(op, "row_ptr", row_ptr);
+  TORCH_CHECK_VALUE(row_ptr.sym_size(0) >= 1, op,
+                    ": `row_ptr` must have m + 1 >= 1 entries, got shape ", row_ptr.sym_sizes());
+  TORCH_CHECK_VALUE(n <= std::numeric_limits<int32_t>::max(), op,
+                    ": `n` must be in [0, 2^31 - 1], got ", n);
+  const c10::SymInt m = row_ptr.sym_size(0) - 1;
+  check_support(op, row_ptr, col_idx, m, n);
+  return m;
+}
+
+void check_random_support_fill(const at::Tensor& row_ptr, const at::Tensor& col_idx) {
+  constexpr const char* op = "_random_support_fill";
+  check_int32_vector(op, "row_ptr", row_ptr);
+  check_int32_vector(op, "col_idx", col_idx);
+  TORCH_CHECK_VALUE(row_ptr.sym_size(0) >= 1, op, ": `row_ptr` must have m + 1 >= 1 entries");
+  TORCH_CHECK_VALUE(row_ptr.is_contiguous() && col_idx.is_contiguous(), op,
+                    ": `row_ptr` and `col_idx` must be contiguous (they are written in place)");
+  TORCH_CHECK_VALUE(col_idx.device() == row_ptr.device(), op, ": `col_idx` is on ",
+                    col_idx.device(), " but `row_ptr` is on ", row_ptr.device());
 }
 
 void check_fused_adam(const char* op, at::TensorList params, at::TensorList grads,
@@ -224,8 +299,8 @@ void check_fused_adam(const char* op, at::TensorList params, at::TensorList grad
     const at::Tensor& param = params[i];
     check_adam_param(op, i, param, grads[i], device);
     const auto state_dtype = param.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-    check_adam_state(op, "exp_avgs", i, exp_avgs[i], state_dtype, param.numel(), param);
-    check_adam_state(op, "exp_avg_sqs", i, exp_avg_sqs[i], state_dtype, param.numel(), param);
+    check_adam_state(op, "exp_avgs", i, exp_avgs[i], state_dtype, param.sym_numel(), param);
+    check_adam_state(op, "exp_avg_sqs", i, exp_avg_sqs[i], state_dtype, param.sym_numel(), param);
   }
   check_no_aliasing(op, {{"params", params}, {"grads", grads}, {"exp_avgs", exp_avgs},
                          {"exp_avg_sqs", exp_avg_sqs}});
@@ -246,10 +321,11 @@ void check_fused_adam8bit(const char* op, at::TensorList params, at::TensorList 
     check_adam_param(op, i, param, grads[i], device);
     TORCH_CHECK_TYPE(param.scalar_type() != at::kDouble, op, ": `params`[", i,
                      "] is float64; 8-bit states are for float32, bfloat16 and float16 params");
-    const int64_t blocks = (param.numel() + kQuantBlock - 1) / kQuantBlock;
-    check_adam_state(op, "exp_avgs", i, exp_avgs[i], at::kChar, param.numel(), param);
+    const c10::SymInt numel = param.sym_numel();
+    const c10::SymInt blocks = (numel + kQuantBlock - 1) / kQuantBlock;
+    check_adam_state(op, "exp_avgs", i, exp_avgs[i], at::kChar, numel, param);
     check_adam_state(op, "exp_avg_absmaxes", i, exp_avg_absmaxes[i], at::kFloat, blocks, param);
-    check_adam_state(op, "sqrt_exp_avg_sqs", i, sqrt_exp_avg_sqs[i], at::kByte, param.numel(), param);
+    check_adam_state(op, "sqrt_exp_avg_sqs", i, sqrt_exp_avg_sqs[i], at::kByte, numel, param);
     check_adam_state(op, "sqrt_exp_avg_sq_absmaxes", i, sqrt_exp_avg_sq_absmaxes[i], at::kFloat,
                      blocks, param);
   }

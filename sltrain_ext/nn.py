@@ -113,7 +113,8 @@ class SLLinear(_FactoredLinear):
 
     def forward(self, x: Tensor) -> Tensor:
         A, B, values, bias = self.A, self.B, self.values, self.bias
-        if torch.is_autocast_enabled(x.device.type):
+        # (The meta device has no autocast: asking would raise.)
+        if torch.amp.is_autocast_available(x.device.type) and torch.is_autocast_enabled(x.device.type):
             # Autocast does not know this op: cast as it would cast nn.Linear.
             dtype = torch.get_autocast_dtype(x.device.type)
             x, A, B, values = x.to(dtype), A.to(dtype), B.to(dtype), values.to(dtype)

@@ -1,9 +1,11 @@
 """Typed Python entry points to the ``torch.ops.sltrain`` operators.
 
 The schemas and the CPU/CUDA kernels live in C++ (``csrc/``); this module adds
-what the dispatcher needs from Python: a fake (meta) kernel per op so that
-``torch.compile`` can trace them, and the autograd formula of ``sl_matmul``,
-registered once with ``torch.library.register_autograd``.
+what the dispatcher needs from Python: the autograd formula of ``sl_matmul``,
+registered once with ``torch.library.register_autograd``, and the fake kernel
+of ``random_support``. The other fake (meta) kernels, which ``torch.compile``
+traces with, are in C++ (``csrc/meta.cpp``) and share the real kernels'
+argument checks.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _disable_current_modes
 
 from . import _C  # noqa: F401  (loads the library that defines torch.ops.sltrain)
 
@@ -180,7 +183,11 @@ def validate_support(row_ptr: Tensor, col_idx: Tensor, m: int, n: int) -> None:
     """Raises ``ValueError`` naming what is wrong unless ``(row_ptr, col_idx)`` is a
     valid support of an ``m x n`` matrix: int32, ``row_ptr`` ``[m + 1]`` from 0 to
     nnz and non-decreasing, columns in ``[0, n)`` strictly increasing in each row.
-    O(nnz); runs on the CPU (tensors on other devices are copied)."""
+    O(nnz); runs on the CPU (tensors on other devices are copied). A support
+    on the meta device has no values to check and is refused."""
+    for name, tensor in (("row_ptr", row_ptr), ("col_idx", col_idx)):
+        if tensor.is_meta:
+            raise ValueError(f"validate_support: `{name}` is on the meta device, which holds no values to validate")
     _ops.validate_support(row_ptr.cpu(), col_idx.cpu(), m, n)
 
 
@@ -222,59 +229,22 @@ def matmul_path(
     return _ops.matmul_path(b, m, n, r, nnz, torch.device(device))
 
 
-# ---- fake kernels: shapes only, for torch.compile and meta tensors -------------
-
-
-@torch.library.register_fake("sltrain::sl_matmul")
-def _(x, A, B, values, row_ptr, col_idx, scale, bias=None, transposed_support=None):
-    return x.new_empty((*x.shape[:-1], B.shape[0]))
-
-
-@torch.library.register_fake("sltrain::sl_matmul_backward")
-def _(grad_y, x, A, B, values, row_ptr, col_idx, scale, output_mask, transposed_support=None):
-    return tuple(
-        t.new_empty(t.shape if wanted else (0,))
-        for t, wanted in zip((x, A, B, values), output_mask)
-    )
-
-
-@torch.library.register_fake("sltrain::densify")
-def _(A, B, values, row_ptr, col_idx, scale):
-    return A.new_empty((B.shape[0], A.shape[1]))
+# ---- fake kernels ---------------------------------------------------------------
+# Every op with tensor arguments has its fake (meta) kernel in C++
+# (csrc/meta.cpp), running the argument checks of the real kernels. This one
+# has none: it only creates tensors.
 
 
 @torch.library.register_fake("sltrain::random_support")
 def _(m, n, nnz, seed, device=None):
+    # The C++ op checks the arguments; on the meta device it allocates nothing
+    # and reads nothing, so running it outside the fake mode costs nothing.
+    with _disable_current_modes():
+        _ops.random_support(m, n, nnz, seed, torch.device("meta"))
     return (
         torch.empty(m + 1, dtype=torch.int32, device=device),
         torch.empty(nnz, dtype=torch.int32, device=device),
     )
-
-
-@torch.library.register_fake("sltrain::transpose_support")
-def _(row_ptr, col_idx, n):
-    return row_ptr.new_empty(n + 1 + 2 * col_idx.shape[0])
-
-
-@torch.library.register_fake("sltrain::_random_support_fill")
-def _(row_ptr, col_idx, n, seed):
-    return None
-
-
-@torch.library.register_fake("sltrain::fused_adam_")
-def _(params, grads, exp_avgs, exp_avg_sqs, lr, beta1, beta2, eps, weight_decay, step, decoupled):
-    return None
-
-
-@torch.library.register_fake("sltrain::fused_adam8bit_")
-def _(params, grads, exp_avgs, exp_avg_absmaxes, sqrt_exp_avg_sqs, sqrt_exp_avg_sq_absmaxes,
-      lr, beta1, beta2, eps, weight_decay, step, decoupled):
-    return None
-
-
-@torch.library.register_fake("sltrain::validate_support")
-def _(row_ptr, col_idx, m, n):
-    return None
 
 
 # ---- autograd -------------------------------------------------------------------

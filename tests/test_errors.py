@@ -7,12 +7,16 @@ import sltrain_ext as sl
 from helpers import make_problem
 
 
-def call(x=None, **overrides):
+def arguments(x=None, **overrides):
+    """sl_matmul's arguments for a 6 x 8 problem, with some replaced."""
     p = make_problem(6, 8, 2, 12)
     args = dict(A=p.A, B=p.B, values=p.values, row_ptr=p.row_ptr, col_idx=p.col_idx, scale=p.scale, bias=p.bias)
     args.update(overrides)
-    x = torch.randn(3, 8) if x is None else x
-    return sl.sl_matmul(x, **args)
+    return dict(x=torch.randn(3, 8) if x is None else x, **args)
+
+
+def call(x=None, **overrides):
+    return sl.sl_matmul(**arguments(x, **overrides))
 
 
 def with_bad(tensor, index, value):

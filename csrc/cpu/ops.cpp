@@ -101,7 +101,7 @@ Tensor sl_matmul_cpu(const Tensor& x, const Tensor& A, const Tensor& B, const Te
   const NoAutocast no_autocast;
   constexpr const char* op = "sl_matmul";
   const FactorDims dims =
-      check_sl_matmul(x, A, B, values, row_ptr, col_idx, scale, bias, transposed_support);
+      check_sl_matmul(x, A, B, values, row_ptr, col_idx, scale, bias, transposed_support).concrete();
   const Csr csr = make_csr(op, row_ptr, col_idx, values, dims);
 
   const Tensor x2 = flatten_tokens(x, dims.n);
@@ -142,7 +142,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cpu(
   const NoAutocast no_autocast;
   constexpr const char* op = "sl_matmul_backward";
   const FactorDims dims = check_sl_matmul_backward(grad_y, x, A, B, values, row_ptr, col_idx,
-                                                   scale, transposed_support);
+                                                   scale, transposed_support)
+                              .concrete();
   const Csr csr = make_csr(op, row_ptr, col_idx, values, dims);
   const auto [need_dx, need_dA, need_dB, need_dvalues] = output_mask;
 
@@ -231,7 +232,7 @@ Tensor densify_cpu(const Tensor& A, const Tensor& B, const Tensor& values, const
                    const Tensor& col_idx, double scale) {
   const NoAutocast no_autocast;
   constexpr const char* op = "densify";
-  const FactorDims dims = check_factors(op, A, B, values, row_ptr, col_idx, scale);
+  const FactorDims dims = check_factors(op, A, B, values, row_ptr, col_idx, scale).concrete();
   const Csr csr = make_csr(op, row_ptr, col_idx, values, dims);
   return materialize_rows(op, to_compute(A), to_compute(B), csr, scale, 0, dims.m)
       .to(A.scalar_type());
@@ -239,26 +240,15 @@ Tensor densify_cpu(const Tensor& A, const Tensor& B, const Tensor& values, const
 
 void random_support_fill_cpu(const Tensor& row_ptr, const Tensor& col_idx, int64_t n,
                              int64_t seed) {
-  TORCH_CHECK(row_ptr.is_contiguous() && col_idx.is_contiguous() &&
-                  row_ptr.scalar_type() == at::kInt && col_idx.scalar_type() == at::kInt,
-              "_random_support_fill: expects contiguous int32 row_ptr and col_idx");
+  check_random_support_fill(row_ptr, col_idx);
   cpu::random_support(row_ptr.numel() - 1, n, col_idx.numel(), uint64_t(seed),
                       row_ptr.data_ptr<int32_t>(), col_idx.data_ptr<int32_t>());
 }
 
-void validate_support_cpu(const Tensor& row_ptr, const Tensor& col_idx, int64_t m, int64_t n) {
-  constexpr const char* op = "validate_support";
-  TORCH_CHECK_VALUE(m >= 0 && n >= 0, op, ": `m` and `n` must be non-negative, got ", m, " and ", n);
-  for (const auto& [name, t] : {std::pair{"row_ptr", &row_ptr}, {"col_idx", &col_idx}}) {
-    TORCH_CHECK_TYPE(t->scalar_type() == at::kInt, op, ": `", name, "` must be int32, got ",
-                     t->scalar_type());
-    TORCH_CHECK_VALUE(t->dim() == 1, op, ": `", name, "` must be 1-D, got shape ", t->sizes());
-  }
-  TORCH_CHECK_VALUE(row_ptr.size(0) == m + 1, op, ": `row_ptr` must have m + 1 = ", m + 1,
-                    " entries, got ", row_ptr.size(0));
+// The O(nnz) checks of a support whose layout check_support has passed.
+void check_support_values(const char* op, const Tensor& row_ptr, const Tensor& col_idx, int64_t m,
+                          int64_t n) {
   const int64_t nnz = col_idx.size(0);
-  TORCH_CHECK_VALUE(!exceeds_product(nnz, m, n), op, ": `col_idx` has ", nnz,
-                    " entries, more than m * n = ", m, " * ", n);
   const Tensor rows_tensor = checked_row_ptr(op, row_ptr, m, nnz);
   const Tensor cols_tensor = col_idx.contiguous();
   const int32_t* rows = rows_tensor.data_ptr<int32_t>();
@@ -272,12 +262,15 @@ void validate_support_cpu(const Tensor& row_ptr, const Tensor& col_idx, int64_t 
                     bad, "] = ", cols[bad], " follows ", cols[bad - 1], " in row ", row);
 }
 
+void validate_support_cpu(const Tensor& row_ptr, const Tensor& col_idx, int64_t m, int64_t n) {
+  constexpr const char* op = "validate_support";
+  check_support(op, row_ptr, col_idx, m, n);
+  check_support_values(op, row_ptr, col_idx, m, n);
+}
+
 Tensor transpose_support_cpu(const Tensor& row_ptr, const Tensor& col_idx, int64_t n) {
-  constexpr const char* op = "transpose_support";
-  TORCH_CHECK_VALUE(row_ptr.dim() == 1 && row_ptr.size(0) >= 1, op,
-                    ": `row_ptr` must be 1-D with m + 1 >= 1 entries, got shape ", row_ptr.sizes());
-  const int64_t m = row_ptr.size(0) - 1;
-  validate_support_cpu(row_ptr, col_idx, m, n);
+  const int64_t m = check_transpose_support(row_ptr, col_idx, n).expect_int();
+  check_support_values("transpose_support", row_ptr, col_idx, m, n);
   const int64_t nnz = col_idx.size(0);
   Tensor packed = at::empty({n + 1 + 2 * nnz}, row_ptr.options());
   int32_t* col_ptr = packed.data_ptr<int32_t>();

@@ -120,7 +120,7 @@ Tensor sl_matmul_cuda(const Tensor& x, const Tensor& A, const Tensor& B, const T
                       const std::optional<Tensor>& transposed_support) {
   const NoAutocast no_autocast;
   const FactorDims dims =
-      check_sl_matmul(x, A, B, values, row_ptr, col_idx, scale, bias, transposed_support);
+      check_sl_matmul(x, A, B, values, row_ptr, col_idx, scale, bias, transposed_support).concrete();
   const c10::cuda::CUDAGuard guard(A.device());
   auto out_sizes = x.sizes().vec();
   out_sizes.back() = dims.m;
@@ -168,7 +168,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cuda(
     const std::optional<Tensor>& transposed_support) {
   const NoAutocast no_autocast;
   const FactorDims dims = check_sl_matmul_backward(grad_y, x, A, B, values, row_ptr, col_idx,
-                                                   scale, transposed_support);
+                                                   scale, transposed_support)
+                              .concrete();
   const c10::cuda::CUDAGuard guard(A.device());
   const auto [need_dx, need_dA, need_dB, need_dvalues] = output_mask;
 
@@ -265,7 +266,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cuda(
 Tensor densify_cuda(const Tensor& A, const Tensor& B, const Tensor& values, const Tensor& row_ptr,
                     const Tensor& col_idx, double scale) {
   const NoAutocast no_autocast;
-  const FactorDims dims = check_factors("densify", A, B, values, row_ptr, col_idx, scale);
+  const FactorDims dims = check_factors("densify", A, B, values, row_ptr, col_idx, scale).concrete();
   const c10::cuda::CUDAGuard guard(A.device());
   Tensor w = at::zeros({dims.m, dims.n}, A.options());
   if (w.numel() == 0) return w;
