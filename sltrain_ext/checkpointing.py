@@ -40,8 +40,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be written; the earlier ones are intact."""
 
 
-def _trainer_state(scheduler: torch.optim.lr_scheduler.LRScheduler, step: int, steps: int) -> dict[str, Any]:
-    return {"scheduler": scheduler.state_dict(), "step": step, "steps": steps}
+def _trainer_state(scheduler: torch.optim.lr_scheduler.LRScheduler, step: int, steps: int,
+                   data: dict[str, Any]) -> dict[str, Any]:
+    # The data position as JSON text: one opaque value that any later field can join.
+    return {"scheduler": scheduler.state_dict(), "step": step, "steps": steps, "data": json.dumps(data)}
 
 
 @contextlib.contextmanager
@@ -106,9 +108,10 @@ def _steps(root: Path) -> list[tuple[int, Path]]:
 
 def save_checkpoint(root: Path, model: nn.Module, optimizer: SLAdamW,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, step: int, steps: int,
-                    keep: int) -> Path:
-    """Writes `root/step_<step>` and keeps the newest `keep` checkpoints.
-    Collective. Raises CheckpointError (the earlier checkpoints intact) if the
+                    keep: int, data: dict[str, Any]) -> Path:
+    """Writes `root/step_<step>` (with `data`, the position in the training
+    data) and keeps the newest `keep` checkpoints. Collective. Raises
+    CheckpointError (the earlier checkpoints intact) if the
     files cannot be written."""
     model_state, optimizer_state = get_state_dict(model, optimizer)
     final = root / f"step_{step:08d}"
@@ -121,7 +124,8 @@ def save_checkpoint(root: Path, model: nn.Module, optimizer: SLAdamW,
     try:
         with _single_process_quiet():
             dcp.save({"model": model_state, "optimizer": optimizer_state,
-                      "trainer": _trainer_state(scheduler, step, steps)}, checkpoint_id=staging)
+                      "trainer": _trainer_state(scheduler, step, steps, data)},
+                     checkpoint_id=staging)
         _barrier()
         if _is_leader():
             _write_manifest(staging, step)
@@ -163,11 +167,14 @@ def find_checkpoint(root: Path, legacy: Path | None = None) -> tuple[Path | None
 
 
 def load_checkpoint(folder: Path, model: nn.Module, optimizer: SLAdamW,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, steps: int) -> int:
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, steps: int) -> tuple[int, dict[str, Any]]:
     """Restores what `save_checkpoint` wrote, resharded to this run's layout,
-    and returns the step it was taken at. Collective."""
+    and returns the step it was taken at and its data position. Collective."""
+    if "trainer.data" not in dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata:
+        raise SystemExit(f"{folder} was written by sltrain_ext 0.2, which trained on bytes held in memory and saved "
+                         "no data position; this version trains on token shards: start the run again without --resume")
     with _single_process_quiet():
-        saved = {"trainer": _trainer_state(scheduler, 0, 0)}
+        saved = {"trainer": _trainer_state(scheduler, 0, 0, {})}
         dcp.load(saved, checkpoint_id=folder)  # the small part first, to check it
         trainer = saved["trainer"]
         if trainer["steps"] != steps:
@@ -177,4 +184,4 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: SLAdamW,
         dcp.load(state, checkpoint_id=folder)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     scheduler.load_state_dict(trainer["scheduler"])
-    return trainer["step"]
+    return trainer["step"], json.loads(trainer["data"])

@@ -7,6 +7,12 @@ Each method trains in its own folder under --out (metrics.jsonl, checkpoints/,
 and the final model via save_pretrained); at the end the run prints a summary,
 writes summary.json and plots the loss curves to loss_curves.png.
 
+Data comes from token shards (see sltrain-prepare): --data names a prepared
+folder, raw files (prepared into --out/data on first use) or the built-in
+corpus (prepared once, with a BPE trained on it, under ~/.cache/sltrain_ext).
+Held-out loss is also reported in bits per UTF-8 byte, which does not depend
+on the tokenizer.
+
 Data parallel on several processes (GPUs, or CPU processes with gloo):
     torchrun --nproc_per_node 2 -m sltrain_ext.train --dist ddp ...    # or --dist fsdp
 Each step's global batch is the same as in a single process and is split
@@ -36,11 +42,14 @@ from tqdm import tqdm
 from . import configs
 from .checkpointing import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint
 from .convert import convert
-from .data import BUILTIN, ByteTokenizer, TokenSplits, batch_at, load_documents, tokenize_splits
+from .corpus import BUILTIN
 from .llama import LlamaForCausalLM, causal_lm_loss, perplexity
 from .optim import SLAdamW
 from .preemption import PREEMPTED_EXIT_STATUS, StopOnSignal
+from .prepare import training_corpus
 from .pretrained import save_pretrained
+from .shards import PreparedCorpus, WindowSampler
+from .tokenization import padded_vocab_size
 
 METHODS = ("full", "lowrank", "sltrain")
 DEFAULT_LR = {"full": 1e-3, "lowrank": 3e-3, "sltrain": 3e-3}  # the SLTrain paper's settings
@@ -79,8 +88,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     train.add_argument("--seed", type=int, default=0)
     run = parser.add_argument_group("data and run")
     run.add_argument("--data", default=BUILTIN,
-                     help="'builtin' (Python's own documentation, offline), a .txt file or folder, a .jsonl file "
-                          "with a 'text' field, or 'c4' (needs `datasets` and a network)")
+                     help="a folder prepared by sltrain-prepare; corpus files or a folder of them (.txt, .jsonl, "
+                          "C4's .json.gz, .parquet), prepared into --out/data on first use; or 'builtin' "
+                          "(Python's own documentation, offline; the default)")
+    run.add_argument("--tokenizer", help="for raw --data: a tokenizer.json, a SentencePiece .model or 'byte' "
+                                         "(default: a byte-level BPE trained on the corpus)")
+    run.add_argument("--vocab-size", type=int, help="vocabulary of that BPE (default 1024 for builtin, else 32000)")
     run.add_argument("--eval-every", type=int, default=100, help="held-out evaluation period in steps (default 100)")
     run.add_argument("--eval-batches", type=int, default=8, help="held-out batches per evaluation (default 8)")
     run.add_argument("--save-every", type=int, default=200, help="checkpoint period in steps (default 200)")
@@ -178,10 +191,11 @@ def lr_factor(step: int, total: int, warmup_fraction: float, floor: float) -> fl
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, tokens: torch.Tensor, args: argparse.Namespace) -> float:
+def evaluate(model: nn.Module, held_out: WindowSampler, args: argparse.Namespace) -> float:
+    """Mean loss (nats a token) over the same --eval-batches held-out batches every time."""
     model.eval()
-    losses = [model.loss(batch_at(tokens, i, args.batch_size, args.seq_len, seed=10_000 + args.seed)
-                         .to(args.device)).item() for i in range(args.eval_batches)]
+    losses = [model.loss(held_out.windows(i * args.batch_size, args.batch_size).to(args.device)).item()
+              for i in range(args.eval_batches)]
     model.train()
     return sum(losses) / len(losses)
 
@@ -205,11 +219,15 @@ def memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def train_one(method: str, args: argparse.Namespace, splits: TokenSplits, vocab_size: int,
-              stop: StopOnSignal) -> dict[str, Any]:
+def train_one(method: str, args: argparse.Namespace, corpus: PreparedCorpus, stop: StopOnSignal) -> dict[str, Any]:
     folder = args.out / method
     folder.mkdir(parents=True, exist_ok=True)
+    vocab_size = padded_vocab_size(corpus.tokenizer.vocab_size)
     model, parameters = build_model(args, method, vocab_size)
+    train_windows = WindowSampler(corpus.train, args.seq_len, args.seed, vocab_size)
+    held_out = WindowSampler(corpus.validation, args.seq_len, 10_000 + args.seed, vocab_size)
+    # The data position: windows of the training split consumed so far, over all ranks.
+    data_state = {"corpus": corpus.fingerprint, "seq_len": args.seq_len, "seed": args.seed, "next_window": 0}
     forward_module: nn.Module = model
     if args.dist == "ddp":
         # Gradients as views of the all-reduce buckets: one copy of them, not two.
@@ -231,7 +249,13 @@ def train_one(method: str, args: argparse.Namespace, splits: TokenSplits, vocab_
     for line in damaged if leader else []:
         print(f"{method}: {line}; falling back to an older checkpoint", flush=True)
     if saved is not None:
-        start = load_checkpoint(saved, model, optimizer, scheduler, args.steps)
+        start, saved_data = load_checkpoint(saved, model, optimizer, scheduler, args.steps)
+        for key in ("corpus", "seq_len", "seed"):
+            if saved_data.get(key) != data_state[key]:
+                raise SystemExit(f"sltrain-train: --resume: {saved} was trained with another "
+                                 f"{'--data' if key == 'corpus' else '--' + key.replace('_', '-')} "
+                                 f"({saved_data.get(key)!r}, now {data_state[key]!r}); it cannot continue on this data")
+        data_state["next_window"] = saved_data["next_window"]
         if leader:
             kept = [line for line in metrics_path.read_text().splitlines() if json.loads(line)["step"] <= start]
             metrics_path.write_text("".join(line + "\n" for line in kept))
@@ -249,7 +273,8 @@ def train_one(method: str, args: argparse.Namespace, splits: TokenSplits, vocab_
 
     def save(step: int) -> None:
         try:
-            save_checkpoint(checkpoint, model, optimizer, scheduler, step, args.steps, args.keep_checkpoints)
+            save_checkpoint(checkpoint, model, optimizer, scheduler, step, args.steps, args.keep_checkpoints,
+                            data=data_state)
         except CheckpointError as error:
             raise SystemExit(f"sltrain-train: {method}: {error}") from None
 
@@ -260,15 +285,17 @@ def train_one(method: str, args: argparse.Namespace, splits: TokenSplits, vocab_
             f.write(json.dumps(record) + "\n")
 
     end = args.stop_after or args.steps
-    micro = args.batch_size // args.world_size // args.accumulation
+    share = args.batch_size // args.world_size
+    micro = share // args.accumulation
     tokens_per_step = args.batch_size * args.seq_len
     began = time.perf_counter()
-    bad_steps = 0
+    bad_steps, bpb = 0, None
     progress = tqdm(range(start, end), desc=f"{method:>7}", unit="step", mininterval=1.0, initial=start,
                     total=args.steps, dynamic_ncols=True, disable=not leader)
     for step in progress:
-        batch = batch_at(splits.train, step, args.batch_size, args.seq_len, args.seed)
-        batch = batch.chunk(args.world_size)[args.dist_rank].to(args.device)  # this rank's share
+        batch = train_windows.batch(data_state["next_window"], args.batch_size, args.dist_rank, args.world_size)
+        batch = batch.to(args.device)
+        data_state["next_window"] += args.batch_size
         loss_sum = torch.zeros((), device=args.device)
         for chunk in batch.split(micro):
             loss = loss_of(forward_module, chunk, checkpoint=args.checkpointing)
@@ -304,11 +331,14 @@ def train_one(method: str, args: argparse.Namespace, splits: TokenSplits, vocab_
         rate = (done - start) * tokens_per_step / (time.perf_counter() - began)
         if finite:
             log({"step": done, "loss": loss_sum, "lr": scheduler.get_last_lr()[0], "tokens_per_s": rate})
-        progress.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{rate:,.0f}", mem=f"{memory_gib(args.device):.1f}G")
+        progress.set_postfix(loss=f"{loss_sum:.3f}", **({"val_bpb": f"{bpb:.3f}"} if bpb is not None else {}),
+                             tok_s=f"{rate:,.0f}", mem=f"{memory_gib(args.device):.1f}G")
         if done % args.eval_every == 0 or done == args.steps:
-            val_loss = evaluate(model, splits.validation, args)
-            log({"step": done, "val_loss": val_loss, "val_ppl": perplexity(val_loss)})
-            progress.write(f"{method} step {done}: held-out loss {val_loss:.4f}, perplexity {perplexity(val_loss):.3f}")
+            val_loss = evaluate(model, held_out, args)
+            bpb = corpus.bits_per_byte(val_loss)
+            log({"step": done, "val_loss": val_loss, "val_ppl": perplexity(val_loss), "val_bpb": bpb})
+            progress.write(f"{method} step {done}: held-out loss {val_loss:.4f}, perplexity {perplexity(val_loss):.3f}, "
+                           f"{bpb:.4f} bits per byte")
         checkpointed = done % args.save_every == 0 or done == end
         if checkpointed:
             save(done)
@@ -332,11 +362,13 @@ def train_one(method: str, args: argparse.Namespace, splits: TokenSplits, vocab_
     steps = [r for r in records if "tokens_per_s" in r]
     return {"method": method, "parameters": parameters, "steps": end,
             "val_ppl": evaluations[-1]["val_ppl"] if evaluations else None,
+            "val_bpb": evaluations[-1]["val_bpb"] if evaluations else None,
             "tokens_per_s": steps[-1]["tokens_per_s"] if steps else None,
             "seconds": time.perf_counter() - began, "folder": str(folder)}
 
 
-def plot(results: list[dict[str, Any]], path: Path) -> Path | None:
+def plot(results: list[dict[str, Any]], corpus: PreparedCorpus, path: Path) -> Path | None:
+    """Training and held-out loss in bits per byte, so runs with different tokenizers compare."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -346,16 +378,16 @@ def plot(results: list[dict[str, Any]], path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for i, result in enumerate(results):
         records = [json.loads(line) for line in (Path(result["folder"]) / "metrics.jsonl").read_text().splitlines()]
-        train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+        train = [(r["step"], corpus.bits_per_byte(r["loss"], "train")) for r in records if "loss" in r]
         window = max(1, len(train) // 50)
         smooth = [sum(loss for _, loss in train[max(0, j - window + 1): j + 1]) / len(train[max(0, j - window + 1): j + 1])
                   for j in range(len(train))]
         color = f"C{i}"
         ax.plot([s for s, _ in train], smooth, color=color, alpha=0.6, label=f"{result['method']} train")
-        val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+        val = [(r["step"], r["val_bpb"]) for r in records if "val_bpb" in r]
         ax.plot([s for s, _ in val], [v for _, v in val], "o-", color=color, label=f"{result['method']} held-out")
     ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats/byte)")
+    ax.set_ylabel("cross-entropy (bits per byte)")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -378,31 +410,31 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace, argv: list[str] | None) -> list[dict[str, Any]]:
+    leader = args.dist_rank == 0
+    args.out.mkdir(parents=True, exist_ok=True)
     try:
-        documents = load_documents(args.data)
+        corpus = training_corpus(args.data, args.out, args.tokenizer, args.vocab_size, leader)
     except ValueError as error:
         raise SystemExit(f"sltrain-train: {error}") from None
-    tokenizer = ByteTokenizer()
-    splits = tokenize_splits(documents, tokenizer)
-    leader = args.dist_rank == 0
     if leader:
-        print(f"data: {args.data}, {splits.train.numel():,} training and {splits.validation.numel():,} held-out "
-              f"tokens (bytes); LLaMA-{args.config} on {args.device} in {str(args.dtype).removeprefix('torch.')}"
-              + (f", {args.world_size} processes" if args.world_size > 1 else ""))
-    args.out.mkdir(parents=True, exist_ok=True)
+        print(f"data: {corpus.folder}, {corpus.train.tokens:,} training and {corpus.validation.tokens:,} held-out "
+              f"tokens (vocabulary {corpus.tokenizer.vocab_size:,}); LLaMA-{args.config} on {args.device} in "
+              f"{str(args.dtype).removeprefix('torch.')}" + (f", {args.world_size} processes" if args.world_size > 1 else ""))
     with StopOnSignal() as stop:
-        results = [train_one(method, args, splits, tokenizer.vocab_size, stop) for method in args.methods]
+        results = [train_one(method, args, corpus, stop) for method in args.methods]
     if not leader:
         return results
     finished = all(r["steps"] == args.steps for r in results)
-    print(f"\n{'method':<8} {'parameters':>12} {'held-out ppl':>13} {'tokens/s':>10} {'time':>8}")
+    print(f"\n{'method':<8} {'parameters':>12} {'held-out ppl':>13} {'bits/byte':>10} {'tokens/s':>10} {'time':>8}")
     for r in results:
         ppl = f"{r['val_ppl']:.3f}" if r["val_ppl"] is not None else "-"
-        print(f"{r['method']:<8} {r['parameters']:>12,} {ppl:>13} {r['tokens_per_s']:>10,.0f} {r['seconds']:>7.1f}s")
+        bpb = f"{r['val_bpb']:.4f}" if r["val_bpb"] is not None else "-"
+        print(f"{r['method']:<8} {r['parameters']:>12,} {ppl:>13} {bpb:>10} {r['tokens_per_s']:>10,.0f} "
+              f"{r['seconds']:>7.1f}s")
     (args.out / "summary.json").write_text(json.dumps(
         {"command": " ".join(["sltrain-train", *(sys.argv[1:] if argv is None else argv)]), "results": results},
         indent=2) + "\n")
-    chart = plot(results, args.out / "loss_curves.png")
+    chart = plot(results, corpus, args.out / "loss_curves.png")
     print(f"summary: {args.out / 'summary.json'}" + (f"; loss curves: {chart}" if chart else ""))
     if not finished:
         print(f"stopped at step {args.stop_after} of {args.steps}: run again with --resume to continue")

@@ -1,0 +1,93 @@
+"""Tokenize a corpus on local disk into token shards: ``sltrain-prepare``.
+
+    sltrain-prepare --input c4/en --out data/c4 --tokenizer t5/spiece.model
+    sltrain-prepare --input books.jsonl --out data/books --vocab-size 32000   # trains a byte-level BPE
+    sltrain-train --data data/c4 --config 60m ...
+
+Inputs: .txt (a document per file), .jsonl and C4's .json.gz (a "text" field
+per line), .parquet (a "text" column), folders of them, or `builtin`. Every
+--validation-every-th document is held out of training. Running the command
+again continues an unfinished preparation and does nothing for a finished one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from . import shards
+from .corpus import BUILTIN, BUILTIN_CORPUS_VERSION, cache_dir
+from .shards import INDEX, PreparedCorpus, open_prepared
+from .tokenization import load_tokenizer
+
+__all__ = ["training_corpus", "main", "cli"]
+
+BUILTIN_VOCAB = 1024  # what a 2 MB corpus supports; real corpora default to 32000
+
+
+def training_corpus(data: str, out: Path, tokenizer: str | None, vocab_size: int | None,
+                    leader: bool) -> PreparedCorpus:
+    """What ``sltrain-train --data`` names, prepared: the built-in corpus
+    (cached once per tokenizer), a folder of shards, or raw files (prepared
+    into ``out/data`` on first use). Only the leader of a multi-process job
+    prepares; the others wait for it."""
+    if data == BUILTIN:
+        tag = f"bpe{vocab_size or BUILTIN_VOCAB}" if tokenizer is None else load_tokenizer(tokenizer).sha256[:16]
+        folder = cache_dir() / f"builtin_v{BUILTIN_CORPUS_VERSION}_py{sys.version_info.major}{sys.version_info.minor}_{tag}"
+        inputs, workers = [BUILTIN], 1  # 2 MB: one process, the tokenizer's own threads
+    elif (Path(data) / INDEX).is_file():
+        folder, inputs, workers = Path(data), None, None
+    else:
+        folder, inputs, workers = out / "data", [data], None
+    if inputs is not None and leader:
+        shards.prepare(inputs, folder, tokenizer=tokenizer, vocab_size=vocab_size or
+                       (BUILTIN_VOCAB if data == BUILTIN else 32000), workers=workers)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return open_prepared(folder, tokenizer=tokenizer if inputs is None else None)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="sltrain-prepare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", nargs="+", required=True,
+                        help="corpus files or folders (.txt, .jsonl, .json.gz, .parquet), or 'builtin'")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the shards, index.json and tokenizer")
+    parser.add_argument("--tokenizer", help="a tokenizer.json, a SentencePiece .model, or 'byte' "
+                                            "(default: train a byte-level BPE on the corpus)")
+    parser.add_argument("--vocab-size", type=int, default=32000,
+                        help="vocabulary of the BPE trained when no --tokenizer is given (default 32000)")
+    parser.add_argument("--tokenizer-train-mb", type=float, default=256,
+                        help="text the BPE is trained on, from the start of the corpus (default 256 MB)")
+    parser.add_argument("--shard-tokens", type=int, default=1 << 25, help="tokens per shard (default 2**25)")
+    parser.add_argument("--validation-every", type=int, default=20,
+                        help="hold out every N-th document for evaluation (default 20)")
+    parser.add_argument("--workers", type=int, help="tokenizing processes (default: one per core)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    try:
+        index = shards.prepare(args.input, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                               shard_tokens=args.shard_tokens, validation_every=args.validation_every,
+                               workers=args.workers, tokenizer_train_bytes=int(args.tokenizer_train_mb * 1e6))
+    except ValueError as error:
+        raise SystemExit(f"sltrain-prepare: {error}") from None
+    for name, split in index["splits"].items():
+        print(f"{name:>10}: {split['documents']:,} documents, {split['tokens']:,} tokens "
+              f"({split['bytes'] / max(1, split['tokens']):.2f} bytes a token) in {len(split['shards'])} shards")
+    print(f"{args.out / INDEX}: vocabulary {index['tokenizer']['vocab_size']:,} ({index['dtype']})")
+    return index
+
+
+def cli() -> None:
+    """The ``sltrain-prepare`` console script (exit status 0 on success)."""
+    main()
+
+
+if __name__ == "__main__":
+    cli()
