@@ -201,17 +201,18 @@ def _settings(files: Sequence[Path], tokenizer: Tokenizer, tokenizer_file: str, 
 
 def _trained_tokenizer(out: Path, files: Sequence[Path], vocab_size: int, validation_every: int,
                        train_bytes: int, progress: bool) -> Tokenizer:
-    """The BPE trained in ``out`` before, or a new one trained on the first
-    ``train_bytes`` of the training documents (never the held-out ones)."""
-    trained = out / "tokenizer.json"
+    """The BPE trained in ``out`` before with the same recipe, or a new one
+    trained on the first ``train_bytes`` of the training documents (never
+    the held-out ones). The recipe is written first, the tokenizer atomically
+    after it, so a tokenizer file always has its recipe beside it."""
+    trained, recipe_path = out / "tokenizer.json", out / "tokenizer_training.json"
+    recipe = {"vocab_size": vocab_size, "train_bytes": train_bytes, "validation_every": validation_every,
+              "sources": [{"path": str(p.resolve()), "bytes": p.stat().st_size} for p in files]}
     if trained.exists():
-        tokenizer = load_tokenizer(trained)
-        # Fewer tokens than asked for means training ran out of pairs to merge,
-        # and would again: it is the tokenizer this --vocab-size gives.
-        if tokenizer.vocab_size > vocab_size:
-            raise ValueError(f"{trained} has a vocabulary of {tokenizer.vocab_size}, not --vocab-size {vocab_size}; "
-                             "use another --out, or delete it to train a new one")
-        return tokenizer
+        if recipe_path.exists() and json.loads(recipe_path.read_text()) == recipe:
+            return load_tokenizer(trained)
+        raise ValueError(f"{trained} was trained with another --vocab-size, --tokenizer-train-mb or other inputs "
+                         f"(see {recipe_path.name}); use another --out, or delete it to train a new one")
 
     def sample() -> Iterator[str]:
         seen = 0
@@ -225,6 +226,7 @@ def _trained_tokenizer(out: Path, files: Sequence[Path], vocab_size: int, valida
     if progress:
         print(f"training a byte-level BPE of {vocab_size} tokens on up to {train_bytes / 1e6:,.0f} MB of text",
               flush=True)
+    _write_json(recipe_path, recipe)
     tokenizer = train_bpe(sample(), vocab_size, trained)
     if tokenizer.vocab_size < vocab_size and progress:
         print(f"the corpus supports only {tokenizer.vocab_size} tokens (no pairs left to merge)", flush=True)

@@ -337,6 +337,9 @@ def test_a_different_tokenizer_or_settings_never_overwrite_a_prepared_folder(tmp
     with pytest.raises(ValueError, match="already holds shards"):
         shards.prepare([corpus], tmp_path / "out", tokenizer=bpe.spec, shard_tokens=99, progress=False)
     assert folder_bytes(tmp_path / "out") == before
+    shards.prepare([corpus], tmp_path / "bpe", vocab_size=280, progress=False)
+    with pytest.raises(ValueError, match="tokenizer.json was trained with another --vocab-size"):
+        shards.prepare([corpus], tmp_path / "bpe", vocab_size=290, progress=False)
 
 
 def test_the_prepare_console_script_exits_0(tmp_path):
