@@ -277,7 +277,7 @@ c10::SymInt check_transpose_support(const at::Tensor& row_ptr, const at::Tensor&
   return m;
 }
 
-void check_random_support_fill(const at::Tensor& row_ptr, const at::Tensor& col_idx) {
+void check_random_support_fill(const at::Tensor& row_ptr, const at::Tensor& col_idx, int64_t n) {
   constexpr const char* op = "_random_support_fill";
   check_int32_vector(op, "row_ptr", row_ptr);
   check_int32_vector(op, "col_idx", col_idx);
@@ -286,6 +286,13 @@ void check_random_support_fill(const at::Tensor& row_ptr, const at::Tensor& col_
                     ": `row_ptr` and `col_idx` must be contiguous (they are written in place)");
   TORCH_CHECK_VALUE(col_idx.device() == row_ptr.device(), op, ": `col_idx` is on ",
                     col_idx.device(), " but `row_ptr` is on ", row_ptr.device());
+  TORCH_CHECK_VALUE(n >= 0 && n <= std::numeric_limits<int32_t>::max(), op,
+                    ": `n` must be in [0, 2^31 - 1], got ", n);
+  const c10::SymInt m = row_ptr.sym_size(0) - 1, nnz = col_idx.sym_size(0);
+  TORCH_CHECK_VALUE(!exceeds_sym_product(nnz, m, n), op, ": `col_idx` has ", nnz,
+                    " entries, more than the m * n = ", m, " * ", n, " positions to draw from");
+  TORCH_CHECK_VALUE(nnz <= std::numeric_limits<int32_t>::max(), op, ": `col_idx` has ", nnz,
+                    " entries; int32 `row_ptr` holds at most 2^31 - 1");
 }
 
 void check_fused_adam(const char* op, at::TensorList params, at::TensorList grads,

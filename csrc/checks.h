@@ -68,9 +68,10 @@ void check_support(const char* op, const at::Tensor& row_ptr, const at::Tensor& 
 c10::SymInt check_transpose_support(const at::Tensor& row_ptr, const at::Tensor& col_idx,
                                     int64_t n);
 
-// _random_support_fill's outputs: contiguous int32 row_ptr [m + 1 >= 1] and
-// col_idx on one device.
-void check_random_support_fill(const at::Tensor& row_ptr, const at::Tensor& col_idx);
+// _random_support_fill's arguments: contiguous int32 row_ptr [m + 1 >= 1] and
+// col_idx [nnz] on one device, n an int32 index bound, nnz <= m * n positions
+// to draw (more would never be found) and nnz <= 2^31 - 1 (int32 row_ptr).
+void check_random_support_fill(const at::Tensor& row_ptr, const at::Tensor& col_idx, int64_t n);
 
 // Every list and hyper-parameter of fused_adam_ / fused_adam8bit_: equal list
 // lengths, params contiguous on `device` with grads of their dtype and shape,

@@ -46,8 +46,8 @@ Tensor densify_meta(const Tensor& A, const Tensor& B, const Tensor& values, cons
   return at::empty_symint({dims.m, dims.n}, A.options());
 }
 
-void random_support_fill_meta(const Tensor& row_ptr, const Tensor& col_idx, int64_t, int64_t) {
-  check_random_support_fill(row_ptr, col_idx);
+void random_support_fill_meta(const Tensor& row_ptr, const Tensor& col_idx, int64_t n, int64_t) {
+  check_random_support_fill(row_ptr, col_idx, n);
 }
 
 void validate_support_meta(const Tensor& row_ptr, const Tensor& col_idx, int64_t m, int64_t n) {

@@ -52,6 +52,9 @@ std::string matmul_path(int64_t b, int64_t m, int64_t n, int64_t r, int64_t nnz,
                         c10::Device device) {
   TORCH_CHECK_NOT_IMPLEMENTED(device.is_cpu() || device.is_cuda(), "matmul_path: no cost model for ",
                               device);
+  for (const auto& [name, size] : {std::pair{"b", b}, {"m", m}, {"n", n}, {"r", r}, {"nnz", nnz}}) {
+    TORCH_CHECK_VALUE(size >= 0, "matmul_path: `", name, "` must be non-negative, got ", size);
+  }
   return path_name(
       resolve_matmul_path(b, m, n, r, nnz, device.is_cuda() ? kCudaPathCosts : kCpuPathCosts));
 }

@@ -178,8 +178,9 @@ class SLLinear(_FactoredLinear):
             col_idx = incoming.get("col_idx", self.col_idx)
             try:
                 validate_support(row_ptr, col_idx, self.out_features, self.in_features)
-            except ValueError as error:
-                raise ValueError(f"{prefix or 'SLLinear.'}: invalid support in state_dict: {error}") from None
+            except (ValueError, TypeError) as error:
+                raise type(error)(f"{prefix}row_ptr and {prefix}col_idx: invalid support in state_dict: "
+                                  f"{error}") from None
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 

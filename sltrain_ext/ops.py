@@ -139,8 +139,8 @@ def fused_adam_(
     float32 (float64 for float64 params); params may be float32, bfloat16,
     float16 or float64, and each grad has its param's dtype.
     """
-    if len(params) == 0:
-        return
+    if not any((params, grads, exp_avgs, exp_avg_sqs)):
+        return  # nothing to update, and no tensor for the dispatcher to pick a device by
     _ops.fused_adam_(
         list(params), list(grads), list(exp_avgs), list(exp_avg_sqs),
         lr, beta1, beta2, eps, weight_decay, step, decoupled,
@@ -171,8 +171,8 @@ def fused_adam8bit_(
     ``csrc/common/quant8.h``). Zeros are the initial state. Params are float32,
     bfloat16 or float16.
     """
-    if len(params) == 0:
-        return
+    if not any((params, grads, exp_avgs, exp_avg_absmaxes, sqrt_exp_avg_sqs, sqrt_exp_avg_sq_absmaxes)):
+        return  # nothing to update, and no tensor for the dispatcher to pick a device by
     _ops.fused_adam8bit_(
         list(params), list(grads), list(exp_avgs), list(exp_avg_absmaxes), list(sqrt_exp_avg_sqs),
         list(sqrt_exp_avg_sq_absmaxes), lr, beta1, beta2, eps, weight_decay, step, decoupled,

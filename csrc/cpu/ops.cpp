@@ -240,7 +240,7 @@ Tensor densify_cpu(const Tensor& A, const Tensor& B, const Tensor& values, const
 
 void random_support_fill_cpu(const Tensor& row_ptr, const Tensor& col_idx, int64_t n,
                              int64_t seed) {
-  check_random_support_fill(row_ptr, col_idx);
+  check_random_support_fill(row_ptr, col_idx, n);
   cpu::random_support(row_ptr.numel() - 1, n, col_idx.numel(), uint64_t(seed),
                       row_ptr.data_ptr<int32_t>(), col_idx.data_ptr<int32_t>());
 }

@@ -32,7 +32,7 @@ struct TemporaryMemory {
 };
 
 void random_support_fill_cuda(const Tensor& row_ptr, const Tensor& col_idx, int64_t n, int64_t seed) {
-  check_random_support_fill(row_ptr, col_idx);
+  check_random_support_fill(row_ptr, col_idx, n);
   const c10::cuda::CUDAGuard guard(row_ptr.device());
   TemporaryMemory temporary{row_ptr.device(), {}};
   C10_CUDA_CHECK(cuda::random_support(row_ptr.numel() - 1, n, col_idx.numel(), uint64_t(seed),
