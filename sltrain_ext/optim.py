@@ -53,6 +53,16 @@ class SLAdamW(torch.optim.Optimizer):
             each rank's shard once the gradient is reduce-scattered; under
             ``DistributedDataParallel`` it would run before the all-reduce, on
             this rank's gradient alone, so do not combine the two.
+
+            A non-finite gradient is found before it is used: each update
+            first checks its own gradient (on a GPU, one synchronisation per
+            parameter), and from the first non-finite one on no parameter of
+            that optimizer step is updated. Parameters updated earlier in
+            the same backward keep their update: ``updated_in_step`` and
+            ``skipped_nonfinite`` tell the caller (``sltrain-train`` then
+            goes back to its newest checkpoint and replays the steps since
+            without the bad one), and ``discard_step()`` ends such a step;
+            until then no parameter is updated and ``step()`` raises.
         max_grad_norm: clip each parameter's gradient to this L2 norm before
             its update (per parameter, in both modes: per-layer updates never
             see a global norm). ``None`` disables clipping.
@@ -100,6 +110,10 @@ class SLAdamW(torch.optim.Optimizer):
         self.min_8bit_numel = min_8bit_numel
         self._group_of: dict[Tensor, dict[str, Any]] = {}
         self._hooks: list[Any] = []
+        # per_layer, for the optimizer step in progress: parameters updated,
+        # and parameters not updated because a gradient of the step was non-finite.
+        self.updated_in_step = 0
+        self.skipped_nonfinite = 0
         defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay, "state_bits": state_bits}
         super().__init__(params, defaults)
 
@@ -167,8 +181,27 @@ class SLAdamW(torch.optim.Optimizer):
         if state["pending_backwards"] < self.accumulation_steps:
             return
         state["pending_backwards"] = 0
-        self._update(group, [param])
+        # Checked before anything is written (the local shard: no collective
+        # inside a hook). Once one gradient of the step is non-finite, the
+        # step is lost: no later parameter is updated either.
+        if self.skipped_nonfinite or not bool(torch.isfinite(_local(param.grad)).all()):
+            self.skipped_nonfinite += 1
+        else:
+            self._update(group, [param])
+            self.updated_in_step += 1
         param.grad = None
+
+    def discard_step(self) -> None:
+        """Ends an optimizer step without updating anything more: frees every
+        gradient and forgets the backward passes accumulated so far. With
+        ``per_layer``, parameters updated in backward before this call keep
+        their update (``updated_in_step`` counts them)."""
+        for group in self.param_groups:
+            for param in group["params"]:
+                param.grad = None
+                if "pending_backwards" in self.state.get(param, {}):
+                    self.state[param]["pending_backwards"] = 0
+        self.updated_in_step = self.skipped_nonfinite = 0
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -180,8 +213,12 @@ class SLAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self.skipped_nonfinite:
+            raise RuntimeError(f"SLAdamW.step: {self.skipped_nonfinite} parameters of this step had a non-finite "
+                               "gradient or followed one in backward and were not updated; call discard_step()")
         for group in self.param_groups:
             self._update(group, [p for p in group["params"] if p.grad is not None])
+        self.updated_in_step = 0
         return loss
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -197,3 +197,25 @@ def test_lr_scheduler_and_closure():
 def test_rejects_bad_hyper_parameters(kwargs, message):
     with pytest.raises(ValueError, match=message):
         sl.SLAdamW([nn.Parameter(torch.zeros(2))], **kwargs)
+
+
+def test_per_layer_updates_nothing_from_the_first_non_finite_gradient_on():
+    model = make_model()
+    optimizer = sl.SLAdamW(model.parameters(), per_layer=True)
+    before = [p.detach().clone() for p in model.parameters()]
+    x, target = batches(1)[0]
+    hidden = model[0](x)
+    hidden.register_hook(lambda grad: torch.full_like(grad, float("nan")))  # only model[0]'s gradients
+    nn.functional.mse_loss(model[4](model[3](model[2](model[1](hidden)))), target).backward()
+    first = len(list(model[0].parameters()))
+    assert optimizer.skipped_nonfinite == first  # backward reaches them last
+    assert optimizer.updated_in_step == len(before) - first
+    for i, (param, old) in enumerate(zip(model.parameters(), before)):
+        assert torch.equal(param, old) == (i < first) and param.grad is None
+    with pytest.raises(RuntimeError, match="not updated; call discard_step"):
+        optimizer.step()
+    optimizer.discard_step()
+    assert optimizer.skipped_nonfinite == optimizer.updated_in_step == 0
+    nn.functional.mse_loss(model(x), target).backward()  # the next step updates everything again
+    assert optimizer.updated_in_step == len(before) and torch.isfinite(model[0].A).all()
+    assert not torch.equal(model[0].A, before[0])

@@ -302,9 +302,3 @@ def test_too_many_bad_steps_stop_with_the_last_good_checkpoint(tmp_path, monkeyp
     with pytest.raises(SystemExit, match="2 consecutive steps up to step 6 had a non-finite loss"):
         train.main(argv)
     assert checkpoint_step(tmp_path / "full") == 4
-
-
-def test_per_layer_stops_on_a_non_finite_loss(tmp_path, monkeypatch):
-    poison_losses(monkeypatch, {2})
-    with pytest.raises(SystemExit, match="step 2 has a non-finite loss .* --per-layer has already applied"):
-        train.main(SMALL + ["--steps", "4", "--method", "sltrain", "--per-layer", "--out", str(tmp_path)])
