@@ -16,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import re
 import shutil
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,6 +98,17 @@ def damage(folder: Path) -> str | None:
     return None
 
 
+def _test_hold(staging: Path, step: int) -> None:
+    """A test hook: with SLTRAIN_TEST_HOLD_SAVE=<step>, the leader's save of
+    that step stops once the shards are written, before the manifest, creates
+    `held` in the staging folder and waits there for ever, so that
+    tests/test_fault_tolerance.py can SIGKILL it in the middle of a save."""
+    if os.environ.get("SLTRAIN_TEST_HOLD_SAVE") == str(step):
+        (staging / "held").touch()
+        while True:
+            time.sleep(1)
+
+
 def _steps(root: Path) -> list[tuple[int, Path]]:
     """The complete (renamed) checkpoint folders under root, newest first."""
     found = []
@@ -128,6 +141,7 @@ def save_checkpoint(root: Path, model: nn.Module, optimizer: SLAdamW,
                      checkpoint_id=staging)
         _barrier()
         if _is_leader():
+            _test_hold(staging, step)
             _write_manifest(staging, step)
             shutil.rmtree(final, ignore_errors=True)
             staging.rename(final)

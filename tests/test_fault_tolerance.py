@@ -1,0 +1,187 @@
+"""Faults of a training run: non-finite gradients under --per-layer, a SIGKILL
+in the middle of a save, and SIGTERM reaching one rank of two."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sltrain_ext import train
+from sltrain_ext.preemption import PREEMPTED_EXIT_STATUS
+from test_train import SMALL, NanGradient, checkpoint_step, metrics, poison_losses
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def final_model(out, method="sltrain"):
+    return load_file(out / method / "model" / "model.safetensors")
+
+
+def assert_same_models(a, b):
+    assert a.keys() == b.keys()
+    for name, tensor in a.items():
+        assert torch.equal(tensor, b[name]), name
+
+
+def without_rates(records):
+    return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in records]
+
+
+# ---- non-finite gradients under --per-layer ------------------------------------------
+
+
+def poison_embedding_gradient(monkeypatch, calls_to_poison):
+    """On the given training calls, a NaN in the embedding's gradient alone:
+    the loss is finite and backward reaches the embedding last, so with
+    --per-layer every other parameter has been updated when the NaN shows."""
+    calls = {"n": 0}
+    real = train.causal_lm_loss
+
+    def causal_lm_loss(model, tokens, **kwargs):
+        calls["n"] += 1
+        if calls["n"] not in calls_to_poison:
+            return real(model, tokens, **kwargs)
+        embedding = model.model.embed_tokens
+        hook = embedding.register_forward_hook(lambda module, args, out: out + NanGradient.apply(out))
+        try:
+            return real(model, tokens, **kwargs)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(train, "causal_lm_loss", causal_lm_loss)
+
+
+@pytest.mark.parametrize("save_every", ["2", "100"], ids=["from-a-checkpoint", "from-step-0"])
+def test_per_layer_replays_without_a_step_whose_gradient_turned_non_finite(tmp_path, monkeypatch, capsys,
+                                                                           save_every):
+    """The state after the bad step equals that of a run that skipped it
+    before any update (the default mode, which checks every gradient first)."""
+    common = SMALL + ["--steps", "5", "--method", "sltrain", "--max-grad-norm", "0", "--save-every", save_every]
+    poison_embedding_gradient(monkeypatch, {3})
+    train.main(common + ["--per-layer", "--out", str(tmp_path / "per_layer")])
+    out = capsys.readouterr().out
+    assert "step 3: a non-finite gradient after --per-layer had updated" in out
+    assert "replay without step 3" in out
+    monkeypatch.undo()
+    poison_embedding_gradient(monkeypatch, {3})
+    train.main(common + ["--out", str(tmp_path / "default")])
+    records = metrics(tmp_path / "per_layer" / "sltrain")
+    assert [r["step"] for r in records if "skipped" in r] == [3]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 4, 5]
+    assert without_rates(records) == without_rates(metrics(tmp_path / "default" / "sltrain"))
+    assert_same_models(final_model(tmp_path / "per_layer"), final_model(tmp_path / "default"))
+
+
+def test_per_layer_skips_a_non_finite_loss_or_gradients_before_any_update(tmp_path, monkeypatch, capsys):
+    """A non-finite loss is seen before its backward, and a gradient that is
+    non-finite from the first parameter on stops every update: no replay."""
+    common = SMALL + ["--steps", "5", "--method", "sltrain", "--max-grad-norm", "0"]
+    for folder, extra in (("per_layer", ["--per-layer"]), ("default", [])):
+        monkeypatch.undo()
+        poison_losses(monkeypatch, {2})
+        poison_losses(monkeypatch, {4}, gradients_only=True)
+        train.main(common + extra + ["--out", str(tmp_path / folder)])
+    assert "replay" not in capsys.readouterr().out
+    records = metrics(tmp_path / "per_layer" / "sltrain")
+    assert [r["step"] for r in records if "skipped" in r] == [2, 4]
+    assert without_rates(records) == without_rates(metrics(tmp_path / "default" / "sltrain"))
+    assert_same_models(final_model(tmp_path / "per_layer"), final_model(tmp_path / "default"))
+
+
+def test_per_layer_stops_after_too_many_bad_steps_with_the_last_good_checkpoint(tmp_path, monkeypatch):
+    argv = SMALL + ["--steps", "8", "--method", "sltrain", "--per-layer", "--save-every", "2", "--max-bad-steps", "2",
+                    "--out", str(tmp_path)]
+    poison_losses(monkeypatch, {5, 6, 7, 8})
+    with pytest.raises(SystemExit, match="2 consecutive steps up to step 6 had a non-finite loss"):
+        train.main(argv)
+    assert checkpoint_step(tmp_path / "sltrain") == 4
+
+
+# ---- SIGKILL in the middle of a save ---------------------------------------------------
+
+
+def wait_for(path, process, timeout=300):
+    """Waits until `path` exists; fails if the process ends first."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def test_sigkill_mid_save_resumes_from_the_previous_checkpoint_exactly(tmp_path):
+    """A real process is killed while saving its step-6 checkpoint, its shards
+    written but not its manifest: --resume continues from step 3 and ends
+    where an uninterrupted run ends, bitwise."""
+    common = SMALL + ["--steps", "8", "--method", "sltrain", "--save-every", "3"]
+    killed = tmp_path / "killed"
+    # The test hook of sltrain_ext/checkpointing.py holds the save of step 6 midway.
+    env = dict(os.environ, SLTRAIN_TEST_HOLD_SAVE="6", PYTHONPATH=str(ROOT))
+    process = subprocess.Popen([sys.executable, "-m", "sltrain_ext.train", *common, "--out", str(killed)],
+                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    staging = killed / "sltrain" / "checkpoints" / "step_00000006.partial"
+    try:
+        wait_for(staging / "held", process)
+    finally:
+        process.kill()
+        process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    assert (staging / "__0_0.distcp").exists() and not (staging / "manifest.json").exists()
+    assert checkpoint_step(killed / "sltrain") == 3
+
+    train.main(common + ["--out", str(killed), "--resume"])
+    assert checkpoint_step(killed / "sltrain") == 8
+    assert not list((killed / "sltrain" / "checkpoints").glob("*.partial"))
+    train.main(common + ["--out", str(tmp_path / "straight")])
+    assert without_rates(metrics(killed / "sltrain")) == without_rates(metrics(tmp_path / "straight" / "sltrain"))
+    assert_same_models(final_model(killed), final_model(tmp_path / "straight"))
+
+
+# ---- SIGTERM to one rank of two ---------------------------------------------------------
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_sigterm_to_one_rank_stops_every_rank_at_one_step_with_a_checkpoint(tmp_path):
+    """Two CPU processes (gloo), started with the environment torchrun gives
+    its workers; only rank 1 gets SIGTERM. Both stop after the same step,
+    write one checkpoint together and exit with status 75; it resumes."""
+    argv = SMALL + ["--steps", "30", "--method", "sltrain", "--save-every", "1000", "--dist", "ddp",
+                    "--out", str(tmp_path)]
+    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2",
+                  "LOCAL_WORLD_SIZE": "2", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    ranks = [subprocess.Popen([sys.executable, "-m", "sltrain_ext.train", *argv], cwd=ROOT,
+                              env=dict(os.environ, **rendezvous, RANK=str(rank), LOCAL_RANK=str(rank)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in range(2)]
+    try:
+        log = tmp_path / "sltrain" / "metrics.jsonl"
+        deadline = time.monotonic() + 300
+        while not (log.exists() and len(log.read_text().splitlines()) >= 3):
+            assert all(rank.poll() is None for rank in ranks), ranks[0].communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.02)
+        ranks[1].send_signal(signal.SIGTERM)
+        outputs = [rank.communicate(timeout=300) for rank in ranks]
+    finally:
+        for rank in ranks:
+            rank.kill()
+    assert [rank.returncode for rank in ranks] == [PREEMPTED_EXIT_STATUS] * 2, outputs[0][1][-3000:]
+    step = checkpoint_step(tmp_path / "sltrain")
+    assert 3 <= step < 30
+    assert f"stopped by a signal on another rank after step {step} of 30" in outputs[0][0]
+    assert [r["step"] for r in metrics(tmp_path / "sltrain") if "loss" in r] == list(range(1, step + 1))
+    single = [a for a in argv if a not in ("--dist", "ddp")]
+    train.main(single + ["--resume"])  # the world-size-2 checkpoint continues in one process
+    assert checkpoint_step(tmp_path / "sltrain") == 30
