@@ -147,6 +147,9 @@ def test_fake_backward_and_adam_raise_what_the_real_kernels_raise():
         (sl.transpose_support, (p.row_ptr, p.col_idx.float(), 8), {}),
         (ops.validate_support, (p.row_ptr, p.col_idx, 5, 8), {}),
         (ops._random_support_fill, (torch.empty(7, dtype=torch.int32), torch.empty(12), 8, 0), {}),
+        (ops._random_support_fill, (torch.empty(3, dtype=torch.int32), torch.empty(9, dtype=torch.int32), 4, 0), {}),
+        (ops.random_support, (4, 4, 17, 0), {}),
+        (ops.random_support, (-1, 4, 0, 0), {}),
     ]
     aliased = torch.zeros(4)
     calls += [
