@@ -200,17 +200,32 @@ def evaluate(model: nn.Module, held_out: WindowSampler, args: argparse.Namespace
     return sum(losses) / len(losses)
 
 
+def on_every_rank(flag: torch.Tensor | bool, device: torch.device) -> bool:
+    """Whether a flag holds on every rank (a collective under torch.distributed)."""
+    flag = torch.as_tensor(flag).to(device=device, dtype=torch.int32).reshape(1)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item())
+
+
 def gradients_finite(model: nn.Module, device: torch.device) -> bool:
     """Whether every gradient of the model is finite, agreed across ranks
     (FSDP2 shards the gradients, so each rank sees only its own)."""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     grads = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
     norms = torch._foreach_norm(grads) if grads else []
-    finite = torch.stack(norms).isfinite().all() if norms else torch.tensor(True, device=device)
-    flag = finite.to(device=device, dtype=torch.int32).reshape(1)
-    if torch.distributed.is_initialized():
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-    return bool(flag.item())
+    return on_every_rank(torch.stack(norms).isfinite().all() if norms else True, device)
+
+
+class ReplayWithout(Exception):
+    """--per-layer: step `step` updated some parameters inside backward before
+    a non-finite gradient showed. The run goes back to its newest checkpoint
+    (or to step 0) and replays the steps since, skipping this one, which
+    leaves the state a skipped step leaves."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(step)
+        self.step = step
 
 
 def memory_gib(device: torch.device) -> float:
@@ -219,7 +234,9 @@ def memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def train_one(method: str, args: argparse.Namespace, corpus: PreparedCorpus, stop: StopOnSignal) -> dict[str, Any]:
+def train_one(method: str, args: argparse.Namespace, corpus: PreparedCorpus, stop: StopOnSignal,
+              skip: frozenset[int] = frozenset()) -> dict[str, Any]:
+    """Trains one method; steps in `skip` are skipped as bad (see ReplayWithout)."""
     folder = args.out / method
     folder.mkdir(parents=True, exist_ok=True)
     vocab_size = padded_vocab_size(corpus.tokenizer.vocab_size)
@@ -297,21 +314,34 @@ def train_one(method: str, args: argparse.Namespace, corpus: PreparedCorpus, sto
         batch = batch.to(args.device)
         data_state["next_window"] += args.batch_size
         loss_sum = torch.zeros((), device=args.device)
-        for chunk in batch.split(micro):
+        replayed_bad = step + 1 in skip
+        for chunk in () if replayed_bad else batch.split(micro):
             loss = loss_of(forward_module, chunk, checkpoint=args.checkpointing)
-            (loss / args.accumulation).backward()
             loss_sum += loss.detach() / args.accumulation
+            if args.per_layer and not on_every_rank(loss.detach().isfinite(), args.device):
+                break  # its backward would update parameters inside the hooks
+            (loss / args.accumulation).backward()
         if args.dist != "none":
             torch.distributed.all_reduce(loss_sum)
             loss_sum /= args.world_size
         loss_sum = loss_sum.item()
         done = step + 1
-        if args.per_layer and not math.isfinite(loss_sum):
-            # The update already ran inside backward: it cannot be skipped any more.
-            raise SystemExit(f"sltrain-train: {method}: step {done} has a non-finite loss ({loss_sum}) and "
-                             "--per-layer has already applied its update; stopped without saving, so "
-                             f"{checkpoint} still holds the last good state (--resume continues from it)")
-        finite = args.per_layer or (math.isfinite(loss_sum) and gradients_finite(model, args.device))
+        if args.per_layer:
+            # SLAdamW checked each gradient inside backward before using it,
+            # and updated nothing from the first non-finite one on.
+            finite = (not replayed_bad and math.isfinite(loss_sum)
+                      and on_every_rank(optimizer.skipped_nonfinite == 0, args.device))
+            if not finite and not on_every_rank(optimizer.updated_in_step == 0, args.device):
+                progress.close()
+                if leader:
+                    print(f"{method} step {done}: a non-finite gradient after --per-layer had updated "
+                          f"{optimizer.updated_in_step} parameters in backward; going back to the newest checkpoint "
+                          f"(or step 0) to replay without step {done}", flush=True)
+                raise ReplayWithout(done)
+            if not finite:
+                optimizer.discard_step()
+        else:
+            finite = math.isfinite(loss_sum) and gradients_finite(model, args.device)
         if finite:
             bad_steps = 0
             if clip and not args.per_layer:
@@ -365,6 +395,19 @@ def train_one(method: str, args: argparse.Namespace, corpus: PreparedCorpus, sto
             "val_bpb": evaluations[-1]["val_bpb"] if evaluations else None,
             "tokens_per_s": steps[-1]["tokens_per_s"] if steps else None,
             "seconds": time.perf_counter() - began, "folder": str(folder)}
+
+
+def train_with_replays(method: str, args: argparse.Namespace, corpus: PreparedCorpus,
+                       stop: StopOnSignal) -> dict[str, Any]:
+    """train_one, started again from the newest checkpoint (or step 0) after a
+    ReplayWithout, as many times as it takes."""
+    skip: set[int] = set()
+    while True:
+        try:
+            return train_one(method, args, corpus, stop, frozenset(skip))
+        except ReplayWithout as replay:
+            skip.add(replay.step)
+        args = argparse.Namespace(**{**vars(args), "resume": args.resume or "if-exists"})
 
 
 def plot(results: list[dict[str, Any]], corpus: PreparedCorpus, path: Path) -> Path | None:
@@ -421,7 +464,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> list[dict[str, Any]
               f"tokens (vocabulary {corpus.tokenizer.vocab_size:,}); LLaMA-{args.config} on {args.device} in "
               f"{str(args.dtype).removeprefix('torch.')}" + (f", {args.world_size} processes" if args.world_size > 1 else ""))
     with StopOnSignal() as stop:
-        results = [train_one(method, args, corpus, stop) for method in args.methods]
+        results = [train_with_replays(method, args, corpus, stop) for method in args.methods]
     if not leader:
         return results
     finished = all(r["steps"] == args.steps for r in results)
