@@ -445,6 +445,21 @@ class PreparedCorpus:
         """Names this corpus in checkpoints: the SHA-256 of its index."""
         return hashlib.sha256((self.folder / INDEX).read_bytes()).hexdigest()
 
+    def position(self, seq_len: int, seed: int, next_window: int = 0) -> dict[str, Any]:
+        """The data position that checkpoints store: the training windows
+        consumed so far over all ranks, and what gives them their meaning."""
+        return {"corpus": self.fingerprint, "seq_len": seq_len, "seed": seed, "next_window": next_window}
+
+    def continue_from(self, saved: dict[str, Any], seq_len: int, seed: int) -> dict[str, Any]:
+        """The saved position, if it was taken on this corpus with this
+        --seq-len and --seed; else a ValueError naming what differs."""
+        current = self.position(seq_len, seed, saved.get("next_window", 0))
+        for key, flag in (("corpus", "--data"), ("seq_len", "--seq-len"), ("seed", "--seed")):
+            if saved.get(key) != current[key]:
+                raise ValueError(f"trained with another {flag} ({saved.get(key)!r}, now {current[key]!r}); "
+                                 "it cannot continue on this data")
+        return current
+
     def bits_per_byte(self, loss: float, split: str = "validation") -> float:
         """Mean cross-entropy per token (nats) as bits per UTF-8 byte of text."""
         shards = self.validation if split == "validation" else self.train

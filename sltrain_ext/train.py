@@ -44,6 +44,7 @@ from .checkpointing import CheckpointError, find_checkpoint, load_checkpoint, sa
 from .convert import convert
 from .corpus import BUILTIN
 from .llama import LlamaForCausalLM, causal_lm_loss, perplexity
+from .nonfinite import ReplayWithout, gradients_finite, on_every_rank
 from .optim import SLAdamW
 from .preemption import PREEMPTED_EXIT_STATUS, StopOnSignal
 from .prepare import training_corpus
@@ -200,34 +201,6 @@ def evaluate(model: nn.Module, held_out: WindowSampler, args: argparse.Namespace
     return sum(losses) / len(losses)
 
 
-def on_every_rank(flag: torch.Tensor | bool, device: torch.device) -> bool:
-    """Whether a flag holds on every rank (a collective under torch.distributed)."""
-    flag = torch.as_tensor(flag).to(device=device, dtype=torch.int32).reshape(1)
-    if torch.distributed.is_initialized():
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-    return bool(flag.item())
-
-
-def gradients_finite(model: nn.Module, device: torch.device) -> bool:
-    """Whether every gradient of the model is finite, agreed across ranks
-    (FSDP2 shards the gradients, so each rank sees only its own)."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    grads = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
-    norms = torch._foreach_norm(grads) if grads else []
-    return on_every_rank(torch.stack(norms).isfinite().all() if norms else True, device)
-
-
-class ReplayWithout(Exception):
-    """--per-layer: step `step` updated some parameters inside backward before
-    a non-finite gradient showed. The run goes back to its newest checkpoint
-    (or to step 0) and replays the steps since, skipping this one, which
-    leaves the state a skipped step leaves."""
-
-    def __init__(self, step: int) -> None:
-        super().__init__(step)
-        self.step = step
-
-
 def memory_gib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
@@ -243,8 +216,7 @@ def train_one(method: str, args: argparse.Namespace, corpus: PreparedCorpus, sto
     model, parameters = build_model(args, method, vocab_size)
     train_windows = WindowSampler(corpus.train, args.seq_len, args.seed, vocab_size)
     held_out = WindowSampler(corpus.validation, args.seq_len, 10_000 + args.seed, vocab_size)
-    # The data position: windows of the training split consumed so far, over all ranks.
-    data_state = {"corpus": corpus.fingerprint, "seq_len": args.seq_len, "seed": args.seed, "next_window": 0}
+    data_state = corpus.position(args.seq_len, args.seed)
     forward_module: nn.Module = model
     if args.dist == "ddp":
         # Gradients as views of the all-reduce buckets: one copy of them, not two.
@@ -267,12 +239,10 @@ def train_one(method: str, args: argparse.Namespace, corpus: PreparedCorpus, sto
         print(f"{method}: {line}; falling back to an older checkpoint", flush=True)
     if saved is not None:
         start, saved_data = load_checkpoint(saved, model, optimizer, scheduler, args.steps)
-        for key in ("corpus", "seq_len", "seed"):
-            if saved_data.get(key) != data_state[key]:
-                raise SystemExit(f"sltrain-train: --resume: {saved} was trained with another "
-                                 f"{'--data' if key == 'corpus' else '--' + key.replace('_', '-')} "
-                                 f"({saved_data.get(key)!r}, now {data_state[key]!r}); it cannot continue on this data")
-        data_state["next_window"] = saved_data["next_window"]
+        try:
+            data_state = corpus.continue_from(saved_data, args.seq_len, args.seed)
+        except ValueError as error:
+            raise SystemExit(f"sltrain-train: --resume: {saved}: {error}") from None
         if leader:
             kept = [line for line in metrics_path.read_text().splitlines() if json.loads(line)["step"] <= start]
             metrics_path.write_text("".join(line + "\n" for line in kept))
