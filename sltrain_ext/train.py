@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     model.add_argument("--density", type=float, help="sparse density (default: the config's)")
     model.add_argument("--alpha", type=float, help="low-rank scale numerator, s = alpha / r (default: the config's)")
     train = parser.add_argument_group("training")
-    train.add_argument("--steps", type=int, default=600, help="optimizer steps (default 600)")
+    train.add_argument("--steps", type=int, default=300, help="optimizer steps (default 300: the main job)")
     train.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this step; --resume continues")
     train.add_argument("--batch-size", type=int, default=16, help="sequences per optimizer step (default 16)")
     train.add_argument("--accumulation", type=int, default=1, help="micro-batches per step (default 1)")
