@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     model.add_argument("--density", type=float, help="sparse density (default: the config's)")
     model.add_argument("--alpha", type=float, help="low-rank scale numerator, s = alpha / r (default: the config's)")
     train = parser.add_argument_group("training")
-    train.add_argument("--steps", type=int, default=300, help="optimizer steps (default 300: the main job)")
+    train.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200: the main job)")
     train.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this step; --resume continues")
     train.add_argument("--batch-size", type=int, default=16, help="sequences per optimizer step (default 16)")
     train.add_argument("--accumulation", type=int, default=1, help="micro-batches per step (default 1)")
@@ -95,7 +95,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--tokenizer", help="for raw --data: a tokenizer.json, a SentencePiece .model or 'byte' "
                                          "(default: a byte-level BPE trained on the corpus)")
     run.add_argument("--vocab-size", type=int, help="vocabulary of that BPE (default 1024 for builtin, else 32000)")
-    run.add_argument("--eval-every", type=int, default=100, help="held-out evaluation period in steps (default 100)")
+    run.add_argument("--eval-every", type=int, default=50, help="held-out evaluation period in steps (default 50)")
     run.add_argument("--eval-batches", type=int, default=8, help="held-out batches per evaluation (default 8)")
     run.add_argument("--save-every", type=int, default=200, help="checkpoint period in steps (default 200)")
     run.add_argument("--keep-checkpoints", type=int, default=2,
