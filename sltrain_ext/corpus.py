@@ -23,6 +23,8 @@ import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from .files import write_atomically
+
 __all__ = ["BUILTIN", "builtin_documents", "cache_dir", "corpus_files", "read_documents"]
 
 BUILTIN = "builtin"
@@ -68,9 +70,7 @@ def builtin_path() -> Path:
 
     documents = [topics[key] for key in sorted(topics)] + _stdlib_docstrings(6_000_000)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    temporary = cache.with_suffix(f".{os.getpid()}.tmp")  # ranks of one job may build it at once
-    temporary.write_text("".join(json.dumps({"text": d}) + "\n" for d in documents), encoding="utf-8")
-    temporary.replace(cache)
+    write_atomically(cache, "".join(json.dumps({"text": d}) + "\n" for d in documents).encode("utf-8"))
     return cache
 
 

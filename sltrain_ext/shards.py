@@ -41,7 +41,8 @@ import torch
 from tqdm import tqdm
 
 from .corpus import corpus_files, read_documents
-from .tokenization import Tokenizer, file_sha256, load_tokenizer, train_bpe
+from .files import file_sha256, write_atomically
+from .tokenization import Tokenizer, load_tokenizer, train_bpe
 
 __all__ = ["prepare", "TokenShards", "WindowSampler", "open_prepared", "INDEX", "SPLITS"]
 
@@ -53,18 +54,8 @@ SPLITS = ("train", "validation")
 _CHUNK_BYTES = 1 << 20  # text per tokenization task
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """A reader (or a re-run after a crash) sees the old file or the new one, never half."""
-    temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    temporary.replace(path)
-
-
 def _write_json(path: Path, value: Any) -> None:
-    _write_atomically(path, (json.dumps(value, indent=1) + "\n").encode())
+    write_atomically(path, (json.dumps(value, indent=1) + "\n").encode())
 
 
 @dataclass
@@ -100,7 +91,7 @@ class _SplitWriter:
         """Writes the unfinished shard's tokens aside; returns the state to
         continue from when the next document to read is ``document``."""
         pending = self.folder / f"{self.name}.pending.{document}"
-        _write_atomically(pending, self._tokens().tobytes())
+        write_atomically(pending, self._tokens().tobytes())
         return {"shards": self.shards, "documents": self.documents, "bytes": self.bytes, "pending": pending.name}
 
     @classmethod
@@ -122,10 +113,11 @@ class _SplitWriter:
 
     def _flush(self) -> None:
         tokens = self._tokens()
+        data = tokens.tobytes()
         path = self.folder / f"{self.name}_{len(self.shards):06d}.bin"
-        _write_atomically(path, tokens.tobytes())
+        write_atomically(path, data)
         self.shards.append({"file": path.name, "tokens": int(tokens.size),
-                            "sha256": hashlib.sha256(tokens.tobytes()).hexdigest(), "max_id": int(tokens.max())})
+                            "sha256": hashlib.sha256(data).hexdigest(), "max_id": int(tokens.max())})
         self._buffer, self._buffered = [], 0
 
 
@@ -189,6 +181,10 @@ def _is_held_out(document: int, validation_every: int) -> bool:
     return document % validation_every == validation_every - 1
 
 
+def _sources(files: Sequence[Path]) -> list[dict[str, Any]]:
+    return [{"path": str(p.resolve()), "bytes": p.stat().st_size} for p in files]
+
+
 def _settings(files: Sequence[Path], tokenizer: Tokenizer, tokenizer_file: str, shard_tokens: int,
               validation_every: int) -> dict[str, Any]:
     return {"format": FORMAT, "version": VERSION,
@@ -196,7 +192,7 @@ def _settings(files: Sequence[Path], tokenizer: Tokenizer, tokenizer_file: str, 
                           "separator": tokenizer.separator},
             "dtype": "uint16" if tokenizer.vocab_size <= 1 << 16 else "uint32",
             "shard_tokens": shard_tokens, "validation_every": validation_every,
-            "sources": [{"path": str(p.resolve()), "bytes": p.stat().st_size} for p in files]}
+            "sources": _sources(files)}
 
 
 def _trained_tokenizer(out: Path, files: Sequence[Path], vocab_size: int, validation_every: int,
@@ -207,7 +203,7 @@ def _trained_tokenizer(out: Path, files: Sequence[Path], vocab_size: int, valida
     after it, so a tokenizer file always has its recipe beside it."""
     trained, recipe_path = out / "tokenizer.json", out / "tokenizer_training.json"
     recipe = {"vocab_size": vocab_size, "train_bytes": train_bytes, "validation_every": validation_every,
-              "sources": [{"path": str(p.resolve()), "bytes": p.stat().st_size} for p in files]}
+              "sources": _sources(files)}
     if trained.exists():
         if recipe_path.exists() and json.loads(recipe_path.read_text()) == recipe:
             return load_tokenizer(trained)
@@ -439,11 +435,7 @@ class PreparedCorpus:
     tokenizer: Tokenizer
     train: TokenShards
     validation: TokenShards
-
-    @property
-    def fingerprint(self) -> str:
-        """Names this corpus in checkpoints: the SHA-256 of its index."""
-        return hashlib.sha256((self.folder / INDEX).read_bytes()).hexdigest()
+    fingerprint: str  # names this corpus in checkpoints: the SHA-256 of its index
 
     def position(self, seq_len: int, seed: int, next_window: int = 0) -> dict[str, Any]:
         """The data position that checkpoints store: the training windows
@@ -479,4 +471,4 @@ def open_prepared(folder: Path, tokenizer: str | None = None) -> PreparedCorpus:
         raise ValueError(f"--tokenizer {tokenizer}: the shards in {folder} were made with another tokenizer "
                          f"({tok.spec})")
     return PreparedCorpus(folder, index, tok, TokenShards(folder, "train", index),
-                          TokenShards(folder, "validation", index))
+                          TokenShards(folder, "validation", index), file_sha256(folder / INDEX))

@@ -8,11 +8,12 @@ shards record, so shards are never read back with another tokenizer.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from .files import file_sha256
 
 __all__ = ["Tokenizer", "ByteTokenizer", "HFTokenizer", "SentencePieceTokenizer", "load_tokenizer", "train_bpe",
            "padded_vocab_size", "END_OF_TEXT"]
@@ -26,14 +27,6 @@ _VOCAB_MULTIPLE = 64  # embedding and head rows padded to this: whole tiles for 
 def padded_vocab_size(vocab_size: int) -> int:
     """The model's vocabulary: the tokenizer's rounded up to a multiple of 64."""
     return -(-vocab_size // _VOCAB_MULTIPLE) * _VOCAB_MULTIPLE
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Tokenizer:
