@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .files import write_atomically
 
-__all__ = ["BUILTIN", "builtin_documents", "cache_dir", "corpus_files", "read_documents"]
+__all__ = ["BUILTIN", "builtin_documents", "builtin_tag", "cache_dir", "corpus_files", "read_documents"]
 
 BUILTIN = "builtin"
 # Part of the cache's name: bump it whenever builtin_documents would return other text.
@@ -60,10 +60,15 @@ def _stdlib_docstrings(max_chars: int) -> list[str]:
     return documents
 
 
+def builtin_tag() -> str:
+    """Names what is cached of the built-in corpus: its version and the Python
+    whose documentation it is (the text differs between Python versions)."""
+    return f"v{BUILTIN_CORPUS_VERSION}_py{sys.version_info.major}{sys.version_info.minor}"
+
+
 def builtin_path() -> Path:
     """The built-in corpus as a JSON-lines file, ``{"text": ...}`` per line (written on first use)."""
-    python = f"py{sys.version_info.major}{sys.version_info.minor}"
-    cache = cache_dir() / f"builtin_corpus_v{BUILTIN_CORPUS_VERSION}_{python}.jsonl"
+    cache = cache_dir() / f"builtin_corpus_{builtin_tag()}.jsonl"
     if cache.exists():
         return cache
     from pydoc_data.topics import topics

@@ -13,13 +13,12 @@ again continues an unfinished preparation and does nothing for a finished one.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
 from . import shards
-from .corpus import BUILTIN, BUILTIN_CORPUS_VERSION, cache_dir
+from .corpus import BUILTIN, builtin_tag, cache_dir
 from .shards import INDEX, PreparedCorpus, open_prepared
 from .tokenization import load_tokenizer
 
@@ -36,7 +35,7 @@ def training_corpus(data: str, out: Path, tokenizer: str | None, vocab_size: int
     prepares; the others wait for it."""
     if data == BUILTIN:
         tag = f"bpe{vocab_size or BUILTIN_VOCAB}" if tokenizer is None else load_tokenizer(tokenizer).sha256[:16]
-        folder = cache_dir() / f"builtin_v{BUILTIN_CORPUS_VERSION}_py{sys.version_info.major}{sys.version_info.minor}_{tag}"
+        folder = cache_dir() / f"builtin_{builtin_tag()}_{tag}"
         inputs, workers = [BUILTIN], 1  # 2 MB: one process, the tokenizer's own threads
     elif (Path(data) / INDEX).is_file():
         folder, inputs, workers = Path(data), None, None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import file_sha256
+from .files import file_sha256, write_atomically
 
 __all__ = ["Tokenizer", "ByteTokenizer", "HFTokenizer", "SentencePieceTokenizer", "load_tokenizer", "train_bpe",
            "padded_vocab_size", "END_OF_TEXT"]
@@ -143,7 +143,5 @@ def train_bpe(texts: Iterable[str], vocab_size: int, path: Path) -> HFTokenizer:
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     backend.train_from_iterator(texts, trainer=trainer)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    backend.save(str(temporary))
-    temporary.replace(path)
+    write_atomically(path, backend.to_str(pretty=True).encode("utf-8"))  # the bytes Tokenizer.save writes
     return HFTokenizer(path)
