@@ -5,7 +5,6 @@
 // without a host synchronisation (so CUDA graphs can capture it).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -18,6 +17,7 @@
 #include "../config.h"
 #include "../no_autocast.h"
 #include "adam.cuh"
+#include "bindings.h"
 #include "csr.cuh"
 
 namespace sltrain {
@@ -155,11 +155,8 @@ Tensor sl_matmul_cuda(const Tensor& x, const Tensor& A, const Tensor& B, const T
 
 Tensor transposed_or_build(const std::optional<Tensor>& transposed_support, const Tensor& row_ptr,
                            const Tensor& col_idx, int64_t n) {
-  if (transposed_support.has_value()) return transposed_support->contiguous();
-  static const auto transpose = c10::Dispatcher::singleton()
-                                    .findSchemaOrThrow("sltrain::transpose_support", "")
-                                    .typed<Tensor(const Tensor&, const Tensor&, int64_t)>();
-  return transpose.call(row_ptr, col_idx, n);
+  return transposed_support.has_value() ? transposed_support->contiguous()
+                                        : transpose_support_cuda(row_ptr, col_idx, n);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cuda(
@@ -278,9 +275,9 @@ Tensor densify_cuda(const Tensor& A, const Tensor& B, const Tensor& values, cons
 
 // ---- Adam -------------------------------------------------------------------------
 
-c10::Device cuda_device_of(const char* op, at::TensorList params) {
-  TORCH_CHECK_VALUE(params.empty() || params[0].is_cuda(), op, ": `params`[0] is on ",
-                    params[0].device(), " but another tensor of the call is on a CUDA device");
+// The device of a call's tensors, taken from params[0]: the shared checks then
+// name any tensor on another device (CUDA, or CPU in the emulated build).
+c10::Device device_of(at::TensorList params) {
   return params.empty() ? c10::Device(c10::kCUDA) : params[0].device();
 }
 
@@ -320,7 +317,7 @@ void fused_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList
                      at::TensorList exp_avg_sqs, double lr, double beta1, double beta2, double eps,
                      double weight_decay, int64_t step, bool decoupled) {
   constexpr const char* op = "fused_adam_";
-  const c10::Device device = cuda_device_of(op, params);
+  const c10::Device device = device_of(params);
   check_fused_adam(op, params, grads, exp_avgs, exp_avg_sqs, lr, beta1, beta2, eps, weight_decay,
                    step, device);
   const c10::cuda::CUDAGuard guard(device);
@@ -338,7 +335,7 @@ void fused_adam8bit_cuda(at::TensorList params, at::TensorList grads, at::Tensor
                          double beta2, double eps, double weight_decay, int64_t step,
                          bool decoupled) {
   constexpr const char* op = "fused_adam8bit_";
-  const c10::Device device = cuda_device_of(op, params);
+  const c10::Device device = device_of(params);
   check_fused_adam8bit(op, params, grads, exp_avgs, exp_avg_absmaxes, sqrt_exp_avg_sqs,
                        sqrt_exp_avg_sq_absmaxes, lr, beta1, beta2, eps, weight_decay, step, device);
   const c10::cuda::CUDAGuard guard(device);
@@ -353,7 +350,7 @@ void fused_adam8bit_cuda(at::TensorList params, at::TensorList grads, at::Tensor
 }  // namespace
 }  // namespace sltrain
 
-TORCH_LIBRARY_IMPL(sltrain, CUDA, m) {
+TORCH_LIBRARY_IMPL(SLTRAIN_CUDA_LIBRARY, SLTRAIN_CUDA_DISPATCH_KEY, m) {
   m.impl("sl_matmul", &sltrain::sl_matmul_cuda);
   m.impl("sl_matmul_backward", &sltrain::sl_matmul_backward_cuda);
   m.impl("densify", &sltrain::densify_cuda);

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "bindings.h"
 #include "support.cuh"
 
 namespace sltrain {
@@ -40,6 +41,8 @@ void random_support_fill_cuda(const Tensor& row_ptr, const Tensor& col_idx, int6
                                       temporary, at::cuda::getCurrentCUDAStream()));
 }
 
+}  // namespace
+
 // No O(nnz) validation here (it would copy the support to the host): a CUDA
 // support was validated where it was created or loaded.
 Tensor transpose_support_cuda(const Tensor& row_ptr, const Tensor& col_idx, int64_t n) {
@@ -56,10 +59,9 @@ Tensor transpose_support_cuda(const Tensor& row_ptr, const Tensor& col_idx, int6
   return packed;
 }
 
-}  // namespace
 }  // namespace sltrain
 
-TORCH_LIBRARY_IMPL(sltrain, CUDA, m) {
+TORCH_LIBRARY_IMPL(SLTRAIN_CUDA_LIBRARY, SLTRAIN_CUDA_DISPATCH_KEY, m) {
   m.impl("_random_support_fill", &sltrain::random_support_fill_cuda);
   m.impl("transpose_support", &sltrain::transpose_support_cuda);
 }

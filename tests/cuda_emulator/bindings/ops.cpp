@@ -1,0 +1,3 @@
+// The extension's CUDA bindings, compiled unchanged by g++ against the
+// emulator (see runtime.cpp).
+#include "cuda/ops.cu"

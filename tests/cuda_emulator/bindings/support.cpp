@@ -1,0 +1,3 @@
+// The extension's CUDA support bindings, compiled unchanged by g++ against
+// the emulator (see runtime.cpp).
+#include "cuda/support.cu"

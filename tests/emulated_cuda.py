@@ -1,0 +1,62 @@
+"""The CUDA bindings on the CPU: csrc/cuda/ops.cu and support.cu compiled by
+g++ against the project's CUDA emulator into a test-only extension
+(tests/cuda_emulator/bindings), whose ops run on CPU tensors as
+``torch.ops.sltrain_emulated_cuda.*``. Built once per checkout into
+build/emulated_cuda (about a minute on 2 cores), then reused."""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from pathlib import Path
+
+import torch
+
+import sltrain_ext  # noqa: F401  (registers the sltrain library, whose schemas the build copies)
+
+ROOT = Path(__file__).resolve().parent.parent
+EMULATOR = ROOT / "tests" / "cuda_emulator"
+
+
+@cache
+def load():
+    """The built test extension (a Python module with ``ledger_start`` and
+    ``ledger_stop``); its ops are registered as a side effect."""
+    from torch.utils.cpp_extension import load as build_and_load
+
+    build_directory = ROOT / "build" / "emulated_cuda"
+    build_directory.mkdir(parents=True, exist_ok=True)
+    return build_and_load(
+        name="sltrain_emulated_cuda",
+        sources=[str(EMULATOR / "bindings" / name) for name in ("runtime.cpp", "ops.cpp", "support.cpp")]
+        + [str(ROOT / "csrc" / "checks.cpp")],
+        # The shims first, so <ATen/cuda/CUDAContext.h> and friends resolve to them.
+        extra_include_paths=[str(EMULATOR / "aten_shim"), str(EMULATOR), str(ROOT / "csrc")],
+        extra_cflags=["-O2", "-DSLTRAIN_CUDA_EMULATOR", "-DSLTRAIN_CUDA_LIBRARY=sltrain_emulated_cuda",
+                      "-DSLTRAIN_CUDA_DISPATCH_KEY=CPU"],
+        build_directory=str(build_directory),
+        verbose=os.environ.get("SLTRAIN_EMULATED_BUILD_VERBOSE") == "1",
+    )
+
+
+def ops():
+    load()
+    return torch.ops.sltrain_emulated_cuda
+
+
+class Ledger:
+    """Every allocation and free the bindings make inside the ``with`` block:
+    ``events`` (+bytes, -bytes in order), ``peak`` (the most bytes live at
+    once, counted from the block's start) and ``live`` (still live at its end)."""
+
+    def __enter__(self) -> "Ledger":
+        load().ledger_start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.events = load().ledger_stop()
+        live = peak = 0
+        for event in self.events:
+            live += event
+            peak = max(peak, live)
+        self.peak, self.live = peak, live
