@@ -1,0 +1,204 @@
+"""The CUDA bindings (csrc/cuda/ops.cu, support.cu) run on the CPU through the
+emulated build (tests/emulated_cuda.py): every op against the CPU ops and a
+float64 reference, on both paths, many row chunks, widths that need padding,
+bias, every output mask, strided and offset inputs, every dtype, empty sizes,
+and the Adam groups with mixed dtypes. What the real GPU adds (cuBLAS,
+timing, concurrency) is tests/test_gpu.py's."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+import torch
+
+import emulated_cuda
+import sltrain_ext as sl
+from helpers import DTYPES, assert_close, make_problem, reference_forward_backward
+
+PATHS = ["factored", "materialized"]
+MASKS = list(itertools.product([False, True], repeat=4))
+
+
+@pytest.fixture(scope="module")
+def cuda_ops():
+    return emulated_cuda.ops()
+
+
+@pytest.fixture(params=PATHS)
+def path(request):
+    # 4 KiB of workspace: the materialised path runs a row chunk per 8 rows or so.
+    with sl.matmul_config(request.param, workspace_bytes=4096):
+        yield request.param
+
+
+def run_and_check(cuda_ops, p, x, dtype, masks=(True,) * 4, transposed=None):
+    """Forward and backward of the emulated bindings against the float64
+    reference; the masked-off gradients must come back empty."""
+    y = cuda_ops.sl_matmul(x, *p.operands(), p.bias, transposed)
+    grad_y = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(dtype)
+    expected = reference_forward_backward(p, x, grad_y)
+    assert y.dtype == dtype and y.shape == (*x.shape[:-1], p.m)
+    assert_close(y, expected[0], dtype, "y")
+    grads = cuda_ops.sl_matmul_backward(grad_y, x, *p.operands(), list(masks), transposed)
+    for name, wanted, grad, ref in zip(("dx", "dA", "dB", "dvalues"), masks, grads, expected[1:5]):
+        if wanted:
+            assert grad.dtype == dtype
+            assert_close(grad, ref, dtype, name)
+        else:
+            assert grad.numel() == 0, f"{name} was masked off but computed"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("seed", range(3))
+def test_random_shapes_against_float64(cuda_ops, seed, dtype, path):
+    rng = random.Random(seed)
+    m, n, r = rng.randint(1, 70), rng.randint(1, 70), rng.randint(1, 12)
+    lead = [rng.randint(1, 6) for _ in range(rng.randint(1, 3))]
+    p = make_problem(m, n, r, rng.randint(0, m * n), dtype, seed=seed, bias=bool(seed % 2))
+    x = torch.randn(*lead, n, dtype=torch.float64).to(dtype)
+    run_and_check(cuda_ops, p, x, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "b,m,n,r,nnz",
+    [
+        (0, 5, 7, 2, 9),  # no tokens
+        (4, 0, 7, 2, 0),  # no outputs
+        (3, 4, 0, 2, 0),  # no inputs: y is the bias
+        (4, 1, 9, 1, 3),  # m = 1
+        (4, 9, 1, 3, 4),  # n = 1
+        (3, 6, 8, 2, 0),  # empty support
+        (3, 6, 8, 2, 48),  # density 1
+        (2, 3, 5461, 4, 1500),  # LLaMA-1B's odd width as the input: padded leading dimensions
+        (2, 5461, 3, 4, 1500),  # and as the output
+        (3, 13, 21, 3, 60),  # odd on both sides
+        (1, 300, 40, 8, 1200),  # one token: the SpMV
+    ],
+)
+def test_edge_shapes_against_float64(cuda_ops, b, m, n, r, nnz, dtype, path):
+    p = make_problem(m, n, r, nnz, dtype, seed=b + m + n)
+    x = torch.randn(b, n, dtype=torch.float64).to(dtype)
+    run_and_check(cuda_ops, p, x, dtype)
+
+
+@pytest.mark.parametrize("masks", MASKS, ids=lambda masks: "".join("1" if k else "0" for k in masks))
+def test_every_output_mask(cuda_ops, masks, path):
+    p = make_problem(23, 19, 4, 90, seed=5)
+    x = torch.randn(6, 19, dtype=torch.float64).float()
+    run_and_check(cuda_ops, p, x, torch.float32, masks)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_strided_and_offset_inputs(cuda_ops, dtype, path):
+    p = make_problem(17, 11, 3, 50, dtype, seed=2)
+    base = torch.randn(40, 30, dtype=torch.float64).to(dtype)
+    x = base[3:15:2, 5:16]  # an offset, strided view of 6 tokens x 11 features
+    assert not x.is_contiguous() and x.storage_offset() > 0
+    p.bias = torch.randn(34, dtype=torch.float64).to(dtype)[::2]  # a strided bias
+    p.A = p.A.t().contiguous().t()  # column-major factor
+    run_and_check(cuda_ops, p, x, dtype)
+
+
+def test_both_paths_agree_with_the_cpu_ops(cuda_ops):
+    p = make_problem(45, 38, 6, 400, seed=9)
+    x = torch.randn(12, 38, dtype=torch.float64).float()
+    grad_y = torch.randn(12, 45, dtype=torch.float64).float()
+    cpu = (torch.ops.sltrain.sl_matmul(x, *p.operands(), p.bias),
+           *torch.ops.sltrain.sl_matmul_backward(grad_y, x, *p.operands(), [True] * 4))
+    for path in PATHS:
+        with sl.matmul_config(path, workspace_bytes=2048):
+            emulated = (cuda_ops.sl_matmul(x, *p.operands(), p.bias),
+                        *cuda_ops.sl_matmul_backward(grad_y, x, *p.operands(), [True] * 4))
+        for name, a, b in zip(("y", "dx", "dA", "dB", "dvalues"), emulated, cpu):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"{path}: {name}")
+
+
+def test_transposed_support_given_or_built_gives_the_same_gradients(cuda_ops):
+    p = make_problem(31, 27, 4, 200, seed=4)
+    x = torch.randn(5, 27)
+    grad_y = torch.randn(5, 31)
+    transposed = cuda_ops.transpose_support(p.row_ptr, p.col_idx, p.n)
+    assert torch.equal(transposed, torch.ops.sltrain.transpose_support(p.row_ptr, p.col_idx, p.n))
+    with sl.matmul_config("factored"):
+        given = cuda_ops.sl_matmul_backward(grad_y, x, *p.operands(), [True] * 4, transposed)
+        built = cuda_ops.sl_matmul_backward(grad_y, x, *p.operands(), [True] * 4)
+    for a, b in zip(given, built):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,nnz", [(0, 5, 0), (7, 5461, 900), (40, 33, 1320), (3, 4, 0)])
+def test_densify_against_float64(cuda_ops, m, n, nnz, dtype):
+    p = make_problem(m, n, 3, nnz, dtype, seed=m)
+    expected = torch.ops.sltrain.densify(*(t.double() if t.is_floating_point() else t
+                                           for t in p.operands()[:5]), p.scale)
+    assert_close(cuda_ops.densify(*p.operands()), expected, dtype, "W")
+
+
+@pytest.mark.parametrize("m,n,nnz,seed", [(1, 1, 1, 0), (37, 53, 500, 3), (200, 7, 1400, 2**63 - 1), (5, 5461, 8000, 11)])
+def test_random_support_fill_equals_cpu(cuda_ops, m, n, nnz, seed):
+    expected = torch.ops.sltrain.random_support(m, n, nnz, seed)
+    row_ptr = torch.full((m + 1,), -1, dtype=torch.int32)
+    col_idx = torch.full((nnz,), -1, dtype=torch.int32)
+    cuda_ops._random_support_fill(row_ptr, col_idx, n, seed)
+    assert torch.equal(row_ptr, expected[0]) and torch.equal(col_idx, expected[1])
+
+
+def adam_lists(dtypes, sizes, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    lists = [[], [], [], []]
+    for dtype, size in zip(dtypes, sizes):
+        state = torch.float64 if dtype == torch.float64 else torch.float32
+        lists[0].append(torch.randn(size, generator=gen).to(dtype))
+        lists[1].append(torch.randn(size, generator=gen).to(dtype))
+        lists[2].append(torch.randn(size, generator=gen).to(state) * 0.1)
+        lists[3].append(torch.rand(size, generator=gen).to(state))
+    return lists
+
+
+def test_fused_adam_groups_of_mixed_dtypes_match_the_cpu(cuda_ops):
+    # Every dtype interleaved in one call, every vector tail, a tensor past one chunk.
+    sizes = list(range(0, 10)) + [5461, 65536 + 3] + [17] * 40
+    dtypes = [DTYPES[i % len(DTYPES)] for i in range(len(sizes))]
+    hyper = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1, step=3, decoupled=True)
+    cpu, emulated = adam_lists(dtypes, sizes), adam_lists(dtypes, sizes)
+    torch.ops.sltrain.fused_adam_(*cpu, **hyper)
+    cuda_ops.fused_adam_(*emulated, **hyper)
+    for name, a, b in zip(("params", "grads", "exp_avgs", "exp_avg_sqs"), cpu, emulated):
+        for i, (expected, actual) in enumerate(zip(a, b)):
+            tolerance = {torch.float64: 1e-12, torch.float32: 1e-6}.get(actual.dtype, 1e-2)
+            torch.testing.assert_close(actual, expected, rtol=tolerance, atol=tolerance, msg=f"{name}[{i}]")
+
+
+def test_fused_adam8bit_groups_of_mixed_dtypes_within_one_code_of_the_cpu(cuda_ops):
+    sizes = [1, 255, 256, 257, 5461, 16 * 256 + 100]
+    dtypes = [torch.float32, torch.bfloat16, torch.float16] * 2
+    results = []
+    for op in (torch.ops.sltrain.fused_adam8bit_, cuda_ops.fused_adam8bit_):
+        gen = torch.Generator().manual_seed(1)
+        params = [torch.randn(s, generator=gen).to(d) for s, d in zip(sizes, dtypes)]
+        codes = [[torch.zeros(s, dtype=t) for s in sizes] for t in (torch.int8, torch.uint8)]
+        absmax = [[torch.zeros((s + 255) // 256) for s in sizes] for _ in range(2)]
+        for step in (1, 2, 3):
+            grads = [torch.randn(s, generator=gen).to(d) for s, d in zip(sizes, dtypes)]
+            op(params, grads, codes[0], absmax[0], codes[1], absmax[1], 1e-2, 0.9, 0.999, 1e-8, 0.0, step, True)
+        results.append((params, codes, absmax))
+    (p_cpu, c_cpu, a_cpu), (p_emu, c_emu, a_emu) = results
+    for a, b in zip(p_cpu, p_emu):
+        torch.testing.assert_close(b, a, rtol=2e-2, atol=1e-3)
+    for a, b in zip(sum(c_cpu, []), sum(c_emu, [])):
+        assert (a.int() - b.int()).abs().max().item() <= 1
+    for a, b in zip(sum(a_cpu, []), sum(a_emu, [])):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=0)
+
+
+def test_argument_errors_name_the_argument(cuda_ops):
+    p = make_problem(8, 6, 2, 10, seed=0)
+    with pytest.raises(ValueError, match="x"):
+        cuda_ops.sl_matmul(torch.randn(3, 5), *p.operands(), None)
+    with pytest.raises((ValueError, RuntimeError), match="transposed_support"):
+        cuda_ops.sl_matmul_backward(torch.randn(3, 8), torch.randn(3, 6), *p.operands(), [True] * 4,
+                                    torch.zeros(3, dtype=torch.int32))
