@@ -51,9 +51,9 @@ int main() {
     T* out = bench::device_array<T>(nnz);
     const double chunk_bytes = double(row_ptr[rows]) * (sizeof(int32_t) + 3 * sizeof(T));
     const std::string what = std::string(s.name) + " rows=" + std::to_string(rows);
-    bench::report("csr_scatter_add_rows", what, bench::median_ms([&] {
-                    SLTRAIN_CHECK_CUDA(sltrain::cuda::csr_scatter_add_rows(0, rows, s.n, nnz, d_row_ptr, d_col_idx, values,
-                                                                  w, ld, nullptr));
+    bench::report("csr_scatter_add_block", what, bench::median_ms([&] {
+                    SLTRAIN_CHECK_CUDA(sltrain::cuda::csr_scatter_add_block(0, rows, 0, s.n, s.n, nnz, d_row_ptr,
+                                                                            d_col_idx, values, w, ld, nullptr));
                   }),
                   chunk_bytes);
     bench::report("csr_gather_rows", what, bench::median_ms([&] {

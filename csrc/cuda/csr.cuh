@@ -32,22 +32,27 @@ __device__ __forceinline__ int64_t warp_row() {
 
 // ---- materialised W: scatter the values in, gather dvalues out ---------------
 
-// w[r, col_idx[k]] += values[k] for the entries of rows row_begin + r, r < rows.
+// w[r, c - col_begin] += values[k] for the entries (row_begin + r, c) of S
+// with r < rows and col_begin <= c < col_end: a block of W that is whole rows
+// (the forward's and dW's row chunks) or a window of columns of them (the
+// backward's column chunks, whose dx slices never overlap). The launcher keeps
+// the window inside [0, cols), so out-of-range columns are skipped here too.
 template <class T>
 __global__ void __launch_bounds__(kCsrWarpsPerBlock * kWarp)
-    csr_scatter_add_rows_kernel(int64_t row_begin, int64_t rows, int64_t cols, int64_t nnz,
-                                const int32_t* __restrict__ row_ptr,
-                                const int32_t* __restrict__ col_idx, const T* __restrict__ values,
-                                T* __restrict__ w, int64_t ld_w) {
+    csr_scatter_add_block_kernel(int64_t row_begin, int64_t rows, int64_t col_begin, int64_t col_end,
+                                 int64_t nnz, const int32_t* __restrict__ row_ptr,
+                                 const int32_t* __restrict__ col_idx, const T* __restrict__ values,
+                                 T* __restrict__ w, int64_t ld_w) {
   const int64_t r = warp_row();
   if (r >= rows) return;
   int64_t begin, end;
   row_range(row_ptr, row_begin + r, nnz, begin, end);
-  T* w_row = w + r * ld_w;
+  T* w_row = w + r * ld_w - col_begin;
   // Columns of one row are distinct, so the lanes never write the same element.
   for (int64_t k = begin + threadIdx.x % kWarp; k < end; k += kWarp) {
     const int32_t column = col_idx[k];
-    if (column >= 0 && column < cols) w_row[column] = narrow<T>(widen(w_row[column]) + widen(values[k]));
+    if (column >= col_begin && column < col_end)
+      w_row[column] = narrow<T>(widen(w_row[column]) + widen(values[k]));
   }
 }
 
@@ -169,13 +174,17 @@ inline dim3 row_warps_grid(int64_t rows) {
   return dim3(unsigned(ceil_div(rows, kCsrWarpsPerBlock)));
 }
 
+// Rows [row_begin, row_begin + rows) and columns [col_begin, col_end) of S
+// added into w [rows, col_end - col_begin] (leading dimension ld_w).
 template <class T>
-cudaError_t csr_scatter_add_rows(int64_t row_begin, int64_t rows, int64_t cols, int64_t nnz,
-                                 const int32_t* row_ptr, const int32_t* col_idx, const T* values,
-                                 T* w, int64_t ld_w, cudaStream_t stream) {
-  if (rows <= 0) return cudaSuccess;
-  SLTRAIN_LAUNCH(csr_scatter_add_rows_kernel<T>, row_warps_grid(rows), kCsrWarpsPerBlock * kWarp, 0,
-                 stream)(row_begin, rows, cols, nnz, row_ptr, col_idx, values, w, ld_w);
+cudaError_t csr_scatter_add_block(int64_t row_begin, int64_t rows, int64_t col_begin, int64_t col_end,
+                                  int64_t cols, int64_t nnz, const int32_t* row_ptr, const int32_t* col_idx,
+                                  const T* values, T* w, int64_t ld_w, cudaStream_t stream) {
+  col_begin = std::max<int64_t>(col_begin, 0);
+  col_end = std::min(col_end, cols);
+  if (rows <= 0 || col_end <= col_begin) return cudaSuccess;
+  SLTRAIN_LAUNCH(csr_scatter_add_block_kernel<T>, row_warps_grid(rows), kCsrWarpsPerBlock * kWarp, 0,
+                 stream)(row_begin, rows, col_begin, col_end, nnz, row_ptr, col_idx, values, w, ld_w);
   return cudaGetLastError();
 }
 

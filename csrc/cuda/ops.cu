@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <map>
 #include <vector>
 
@@ -42,29 +43,57 @@ cudaStream_t stream() { return at::cuda::getCurrentCUDAStream(); }
 
 // ---- the materialised path ----------------------------------------------------
 
-// cuBLAS takes its fast kernels only when leading dimensions are multiples of
-// 8 elements (16 bytes in bf16): LLaMA-1B's 5461 is 5-8x slower unpadded.
-// Operands whose row length is not such a multiple get a zero-padded copy;
-// the zero columns add nothing to any product.
+// cuBLAS keeps its fast kernels only when every matrix starts 16-byte aligned
+// and every leading dimension is a multiple of 8 elements (16 bytes in bf16):
+// LLaMA-1B's 5461 is 5-8x slower otherwise. Nothing here is zero-padded: the
+// reduction length stays the true width; only row strides are rounded up.
 int64_t padded(int64_t cols) { return (cols + 7) / 8 * 8; }
 
-Tensor pad_columns(const Tensor& t) {
-  if (t.size(1) % 8 == 0) return t;
-  Tensor out = at::zeros({t.size(0), padded(t.size(1))}, t.options());
-  out.narrow(1, 0, t.size(1)).copy_(t);
-  return out;
+bool has_aligned_rows(const Tensor& t) {
+  return t.stride(0) % 8 == 0 && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
 }
 
-Tensor unpad_columns(const Tensor& t, int64_t cols) {
-  return t.size(1) == cols ? t : t.narrow(1, 0, cols).contiguous();
+// Bytes the materialised path may hold besides its inputs and outputs: the
+// configured workspace, and never more than the layer saves over dense
+// nn.Linear, whose backward holds an m x n dW where this one holds dA, dB and
+// dvalues. So no call peaks above dense's forward+backward. A single chunk
+// of 8 rows is always granted, so every shape runs.
+class Workspace {
+ public:
+  Workspace(const FactorDims& d, int64_t element_size)
+      : left_(std::min(matmul_workspace_bytes(),
+                       (d.m * d.n - d.r * (d.m + d.n) - d.nnz) * element_size)) {}
+
+  // Takes `bytes` if they fit.
+  bool take(int64_t bytes) {
+    if (bytes > left_) return false;
+    left_ -= bytes;
+    return true;
+  }
+
+  // Rows (a multiple of 8) of a [rows, width] buffer that fit what is left.
+  int64_t rows(int64_t count, int64_t width, int64_t element_size) const {
+    const int64_t fit = left_ / std::max<int64_t>(1, width * element_size) / 8 * 8;
+    return std::min(std::max<int64_t>(8, fit), std::max<int64_t>(8, padded(count)));
+  }
+
+ private:
+  int64_t left_;
+};
+
+// t [rows, cols] (unit column stride) as cuBLAS wants it: t itself when its
+// rows are aligned, else a copy with a padded row stride if the workspace
+// holds one, else t as it is (slower, but within dense's memory).
+Tensor aligned_rows(const Tensor& t, Workspace& workspace) {
+  if (has_aligned_rows(t) || t.size(0) <= 1 ||
+      !workspace.take(t.size(0) * padded(t.size(1)) * t.element_size()))
+    return t;
+  return at::empty({t.size(0), padded(t.size(1))}, t.options()).narrow(1, 0, t.size(1)).copy_(t);
 }
 
-// Rows of W per chunk so that `copies` padded row chunks fit the workspace;
-// a multiple of 8 so that every chunk of a padded output stays aligned.
-int64_t rows_per_chunk(int64_t m, int64_t padded_n, int64_t copies, const Tensor& like) {
-  const int64_t row_bytes = std::max<int64_t>(1, padded_n * like.element_size() * copies);
-  const int64_t rows = std::max<int64_t>(8, matmul_workspace_bytes() / row_bytes / 8 * 8);
-  return std::min(rows, std::max<int64_t>(m, 1));
+// A [rows, cols] view of `buffer` with a row stride of padded(cols).
+Tensor block_view(const Tensor& buffer, int64_t rows, int64_t cols) {
+  return buffer.narrow(0, 0, rows * padded(cols)).view({rows, padded(cols)}).narrow(1, 0, cols);
 }
 
 struct Support {
@@ -72,15 +101,17 @@ struct Support {
   int64_t m, n, nnz;
 };
 
-// w [rows, padded n] = scale * B[row_begin:row_begin + rows] @ a_padded + S[rows].
-void materialize_rows(const Tensor& a_padded, const Tensor& B, const Support& s, double scale,
-                      int64_t row_begin, Tensor& w) {
-  const int64_t rows = w.size(0);
-  at::addmm_out(w, w, B.narrow(0, row_begin, rows), a_padded, /*beta=*/0, /*alpha=*/scale);
-  SLTRAIN_DISPATCH_FLOATS(w.scalar_type(), "materialize_rows", [&] {
-    C10_CUDA_CHECK(cuda::csr_scatter_add_rows(row_begin, rows, s.n, s.nnz, s.row_ptr.data_ptr<int32_t>(),
-                                              s.col_idx.data_ptr<int32_t>(), ptr<scalar_t>(s.values),
-                                              ptr<scalar_t>(w), w.stride(0), stream()));
+// w = scale * B[rows] @ A[:, cols] + S[rows, cols]: a block of W, whole rows
+// (cols = [0, n)) or a window of columns.
+void materialize_block(const Tensor& a, const Tensor& B, const Support& s, double scale,
+                       int64_t row_begin, int64_t col_begin, Tensor& w) {
+  const int64_t rows = w.size(0), cols = w.size(1);
+  at::addmm_out(w, w, B.narrow(0, row_begin, rows), a.narrow(1, col_begin, cols), /*beta=*/0,
+                /*alpha=*/scale);
+  SLTRAIN_DISPATCH_FLOATS(w.scalar_type(), "materialize_block", [&] {
+    C10_CUDA_CHECK(cuda::csr_scatter_add_block(
+        row_begin, rows, col_begin, col_begin + cols, s.n, s.nnz, s.row_ptr.data_ptr<int32_t>(),
+        s.col_idx.data_ptr<int32_t>(), ptr<scalar_t>(s.values), ptr<scalar_t>(w), w.stride(0), stream()));
   });
 }
 
@@ -135,20 +166,24 @@ Tensor sl_matmul_cuda(const Tensor& x, const Tensor& A, const Tensor& B, const T
     y = at::mm(at::mm(x2, a.t()).mul_(scale), b_factor.t());
     spmm(rows, cols, nullptr, vals, dims.m, dims.n, x2, y, bias, /*accumulate=*/true);
   } else {
+    // Row chunks of W, one buffer, each chunk's output columns written by one
+    // GEMM with the bias as its addend.
     const Support support{rows, cols, vals, dims.m, dims.n, dims.nnz};
-    const Tensor x_padded = pad_columns(x2), a_padded = pad_columns(a);
-    Tensor y_padded = at::empty({batch, padded(dims.m)}, x2.options());
-    const int64_t chunk = rows_per_chunk(dims.m, a_padded.size(1), 1, x2);
-    Tensor workspace = at::empty({chunk, a_padded.size(1)}, x2.options());
+    Workspace workspace(dims, x2.element_size());
+    const Tensor a_aligned = aligned_rows(a, workspace), x_aligned = aligned_rows(x2, workspace);
+    y = at::empty({batch, dims.m}, x2.options());
+    const int64_t chunk = workspace.rows(dims.m, dims.n, x2.element_size());
+    const Tensor buffer = at::empty({chunk * padded(dims.n)}, x2.options());
     for (int64_t row = 0; row < dims.m; row += chunk) {
       const int64_t count = std::min(chunk, dims.m - row);
-      Tensor w = workspace.narrow(0, 0, count);
-      materialize_rows(a_padded, b_factor, support, scale, row, w);
-      Tensor y_chunk = y_padded.narrow(1, row, count);
-      at::mm_out(y_chunk, x_padded, w.t());
+      Tensor w = block_view(buffer, count, dims.n);
+      materialize_block(a_aligned, b_factor, support, scale, row, 0, w);
+      Tensor y_chunk = y.narrow(1, row, count);
+      if (bias.has_value())
+        at::addmm_out(y_chunk, bias->narrow(0, row, count), x_aligned, w.t());
+      else
+        at::mm_out(y_chunk, x_aligned, w.t());
     }
-    y = unpad_columns(y_padded, dims.m);
-    if (bias.has_value()) y.add_(*bias);
   }
   return y.view(out_sizes);
 }
@@ -205,52 +240,73 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cuda(
       });
     }
   } else {
-    // Row chunks of W and dW = g^T x, never either whole. dA and dB come from
-    // the dW chunks or from the factored formulas, whichever is cheaper.
+    // One buffer serves W, then dW = g^T x, in blocks; neither is ever whole.
+    // dx takes column windows of W, so each dx column is one GEMM's output
+    // (nothing re-rounded). dA and dB come from the dW row chunks or from the
+    // factored formulas, whichever is cheaper; dA, summed over the chunks,
+    // accumulates in float32 where the workspace holds that.
     const Support support{rows, cols, vals, dims.m, dims.n, dims.nnz};
+    const int64_t element = x2.element_size();
     const bool factors_from_dW = factor_grads_from_dW(batch, dims.m, dims.n);
     if (!factors_from_dW) {
       if (need_dA) dA = at::mm(at::mm(g2, b_factor).t(), x2).mul_(scale);
       if (need_dB) dB = at::mm(g2.t(), at::mm(x2, a.t()).mul_(scale));
     }
     const bool need_dW = need_dvalues || (factors_from_dW && (need_dA || need_dB));
-    const Tensor g_padded = pad_columns(g2), x_padded = pad_columns(x2), a_padded = pad_columns(a);
-    const int64_t padded_n = a_padded.size(1);
-    Tensor dx_padded = need_dx ? at::empty({batch, padded_n}, options) : Tensor();
-    Tensor dA_padded = need_dA && factors_from_dW ? at::empty({dims.r, padded_n}, options) : Tensor();
-    if (need_dB && factors_from_dW) dB = at::empty({dims.m, dims.r}, options);
-    if (need_dvalues) dvalues = at::empty({dims.nnz}, options);
-    const int64_t chunk = rows_per_chunk(dims.m, padded_n, 2, x2);
-    Tensor w_workspace = need_dx ? at::empty({chunk, padded_n}, options) : Tensor();
-    Tensor dW_workspace = need_dW ? at::empty({chunk, padded_n}, options) : Tensor();
-    for (int64_t row = 0; row < dims.m && (need_dx || need_dW); row += chunk) {
-      const int64_t count = std::min(chunk, dims.m - row);
-      const double first = row == 0 ? 0.0 : 1.0;  // the first chunk writes, later ones add
-      const Tensor g_chunk = g_padded.narrow(1, row, count);
-      if (need_dx) {
-        Tensor w = w_workspace.narrow(0, 0, count);
-        materialize_rows(a_padded, b_factor, support, scale, row, w);
-        at::addmm_out(dx_padded, dx_padded, g_chunk, w, first, 1.0);
+    Workspace workspace(dims, element);
+    const bool widen_dA = need_dA && factors_from_dW && element < 4 &&
+                          workspace.take(dims.r * dims.n * int64_t(sizeof(float)));
+    const Tensor g_aligned = aligned_rows(g2, workspace), x_aligned = aligned_rows(x2, workspace);
+    const Tensor a_aligned = need_dx ? aligned_rows(a, workspace) : a;
+    const int64_t rows_per_chunk = workspace.rows(dims.m, dims.n, element);
+    const int64_t cols_per_chunk = workspace.rows(dims.n, dims.m, element);
+    const Tensor buffer = at::empty(
+        {std::max(need_dx ? dims.m * padded(std::min(cols_per_chunk, dims.n)) : 0,
+                  need_dW ? rows_per_chunk * padded(dims.n) : 0)},
+        options);
+
+    if (need_dx) {
+      dx = at::empty({batch, dims.n}, options);
+      for (int64_t col = 0; col < dims.n; col += cols_per_chunk) {
+        const int64_t count = std::min(cols_per_chunk, dims.n - col);
+        Tensor w = block_view(buffer, dims.m, count);
+        materialize_block(a_aligned, b_factor, support, scale, 0, col, w);
+        Tensor dx_chunk = dx.narrow(1, col, count);
+        at::mm_out(dx_chunk, g_aligned, w);
       }
-      if (!need_dW) continue;
-      Tensor dW = dW_workspace.narrow(0, 0, count);
-      at::mm_out(dW, g_chunk.t(), x_padded);
-      if (need_dvalues) {
-        SLTRAIN_DISPATCH_FLOATS(options.dtype().toScalarType(), "sl_gather", [&] {
-          C10_CUDA_CHECK(cuda::csr_gather_rows(row, count, dims.n, dims.nnz, rows.data_ptr<int32_t>(),
-                                               cols.data_ptr<int32_t>(), ptr<scalar_t>(dW), dW.stride(0),
-                                               ptr<scalar_t>(dvalues), stream()));
-        });
-      }
-      if (need_dB && factors_from_dW) {
-        Tensor dB_chunk = dB.narrow(0, row, count);
-        at::addmm_out(dB_chunk, dB_chunk, dW, a_padded.t(), 0.0, scale);
-      }
-      if (need_dA && factors_from_dW)
-        at::addmm_out(dA_padded, dA_padded, b_factor.narrow(0, row, count).t(), dW, first, scale);
     }
-    if (need_dx) dx = unpad_columns(dx_padded, dims.n);
-    if (need_dA && factors_from_dW) dA = unpad_columns(dA_padded, dims.n);
+    if (need_dW) {
+      if (need_dvalues) dvalues = at::empty({dims.nnz}, options);
+      if (need_dB && factors_from_dW) dB = at::empty({dims.m, dims.r}, options);
+      Tensor dA_sum;  // dA's running sum: float32 for 16-bit dtypes where it fits
+      if (need_dA && factors_from_dW)
+        dA_sum = at::empty({dims.r, dims.n}, widen_dA ? options.dtype(at::kFloat) : options);
+      for (int64_t row = 0; row < dims.m; row += rows_per_chunk) {
+        const int64_t count = std::min(rows_per_chunk, dims.m - row);
+        Tensor dW = block_view(buffer, count, dims.n);
+        at::mm_out(dW, g_aligned.narrow(1, row, count).t(), x_aligned);
+        if (need_dvalues) {
+          SLTRAIN_DISPATCH_FLOATS(options.dtype().toScalarType(), "sl_gather", [&] {
+            C10_CUDA_CHECK(cuda::csr_gather_rows(row, count, dims.n, dims.nnz, rows.data_ptr<int32_t>(),
+                                                 cols.data_ptr<int32_t>(), ptr<scalar_t>(dW), dW.stride(0),
+                                                 ptr<scalar_t>(dvalues), stream()));
+          });
+        }
+        if (need_dB && factors_from_dW) {
+          Tensor dB_chunk = dB.narrow(0, row, count);
+          at::addmm_out(dB_chunk, dB_chunk, dW, a.t(), 0.0, scale);
+        }
+        if (dA_sum.defined()) {
+          const double first = row == 0 ? 0.0 : 1.0;  // the first chunk writes, later ones add
+          const Tensor b_rows = b_factor.narrow(0, row, count).t();
+          if (widen_dA)
+            at::addmm_out(dA_sum, dA_sum, b_rows, dW, at::kFloat, first, scale);
+          else
+            at::addmm_out(dA_sum, dA_sum, b_rows, dW, first, scale);
+        }
+      }
+      if (dA_sum.defined()) dA = widen_dA ? dA_sum.to(options.dtype()) : dA_sum;
+    }
   }
 
   const auto finish = [&](const Tensor& t, bool needed, const Tensor& like) {
@@ -268,8 +324,8 @@ Tensor densify_cuda(const Tensor& A, const Tensor& B, const Tensor& values, cons
   Tensor w = at::zeros({dims.m, dims.n}, A.options());
   if (w.numel() == 0) return w;
   const Tensor vals = values.contiguous(), rows = row_ptr.contiguous(), cols = col_idx.contiguous();
-  materialize_rows(A.contiguous(), B.contiguous(), Support{rows, cols, vals, dims.m, dims.n, dims.nnz},
-                   scale, 0, w);
+  materialize_block(A.contiguous(), B.contiguous(), Support{rows, cols, vals, dims.m, dims.n, dims.nnz},
+                    scale, 0, 0, w);
   return w;
 }
 

@@ -165,7 +165,36 @@ void test_transpose_support(int64_t m, int64_t n, int64_t nnz) {
          "transpose_support equals the CPU's bit for bit, " + shape(s));
 }
 
-// ---- scatter / gather into row chunks of W --------------------------------------
+// ---- scatter / gather into row chunks and column windows of W ---------------------
+
+// The block of rows [row_begin, +rows) and columns [col_begin, col_end) of S
+// added into w0 [rows, ld] by the kernel, against the same sums on the host,
+// each rounded once to T as the kernel does; returns the kernel's block.
+template <class T>
+std::vector<T> check_scatter_block(const Support& s, int64_t n, const std::vector<T>& values,
+                                   const std::vector<T>& w0, int64_t ld, int64_t row_begin, int64_t rows,
+                                   int64_t col_begin, int64_t col_end) {
+  using R = cuda::Acc<T>;
+  DeviceArray<int32_t> row_ptr(s.row_ptr), col_idx(s.col_idx);
+  DeviceArray<T> d_values(values), w(w0);
+  const int64_t nnz = int64_t(values.size());
+  expect(cuda::csr_scatter_add_block(row_begin, rows, col_begin, col_end, n, nnz, row_ptr.data, col_idx.data,
+                                     d_values.data, w.data, ld, nullptr) == cudaSuccess,
+         "scatter launch");
+  std::vector<T> want = w0;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = s.row_ptr[row_begin + r]; k < s.row_ptr[row_begin + r + 1]; ++k)
+      if (s.col_idx[k] >= col_begin && s.col_idx[k] < col_end) {
+        T& target = want[r * ld + s.col_idx[k] - col_begin];
+        target = Traits<T>::from(R(Traits<T>::value(target)) + R(Traits<T>::value(values[k])));
+      }
+  const std::vector<T> got = w.host();
+  expect(std::memcmp(got.data(), want.data(), got.size() * sizeof(T)) == 0,
+         std::string("scatter_add_block of rows ") + std::to_string(row_begin) + "+" + std::to_string(rows) +
+             ", columns [" + std::to_string(col_begin) + ", " + std::to_string(col_end) + "), " +
+             Traits<T>::kName + " " + shape(s));
+  return got;
+}
 
 template <class T>
 void test_scatter_gather(int64_t m, int64_t n, int64_t nnz, int64_t row_begin, int64_t rows) {
@@ -173,27 +202,28 @@ void test_scatter_gather(int64_t m, int64_t n, int64_t nnz, int64_t row_begin, i
   const Support s = make_support(m, n, nnz, 5);
   const int64_t ld = n + 3;  // a padded leading dimension
   const std::vector<T> values = random_values<T>(nnz, gen), w0 = random_values<T>(rows * ld, gen);
-  DeviceArray<int32_t> row_ptr(s.row_ptr), col_idx(s.col_idx);
-  DeviceArray<T> d_values(values), w(w0);
-  expect(cuda::csr_scatter_add_rows(row_begin, rows, n, nnz, row_ptr.data, col_idx.data, d_values.data, w.data,
-                                    ld, nullptr) == cudaSuccess,
-         "scatter launch");
-  // The CPU kernel on copies in the accumulation type, each sum rounded once
-  // to T as the kernel does.
+  // Whole rows, as the CPU kernel adds them.
   using R = cuda::Acc<T>;
   std::vector<R> w_ref(w0.size()), values_r(nnz);
   for (size_t i = 0; i < w0.size(); ++i) w_ref[i] = R(Traits<T>::value(w0[i]));
   for (int64_t k = 0; k < nnz; ++k) values_r[k] = R(Traits<T>::value(values[k]));
   const bool in_range = cpu::csr_scatter_add_rows(row_begin, row_begin + rows, n, s.row_ptr.data(),
                                                   s.col_idx.data(), values_r.data(), w_ref.data(), ld);
-  const std::vector<T> got = w.host();
+  const std::vector<T> got = check_scatter_block(s, n, values, w0, ld, row_begin, rows, 0, n);
   bool equal = in_range;
   for (size_t i = 0; i < got.size(); ++i) {
     const T want = Traits<T>::from(w_ref[i]);
     equal = equal && std::memcmp(&got[i], &want, sizeof(T)) == 0;
   }
-  expect(equal, std::string("scatter_add_rows equals the CPU's, ") + Traits<T>::kName + " " + shape(s));
+  expect(equal, std::string("scatter_add_block of whole rows equals the CPU's, ") + Traits<T>::kName + " " +
+                    shape(s));
+  // Column windows: a leading one, an inner odd one, one past the end (clipped), an empty one.
+  for (const auto& [first, last] : {std::pair<int64_t, int64_t>{0, (n + 1) / 2}, {n / 3, n / 3 + 7},
+                                    {n / 2, n + 40}, {n / 4, n / 4}})
+    check_scatter_block(s, n, values, w0, ld, row_begin, rows, first, last);
 
+  DeviceArray<T> w(got);
+  DeviceArray<int32_t> row_ptr(s.row_ptr), col_idx(s.col_idx);
   DeviceArray<T> out(nnz);
   const std::vector<T> before = out.host();
   expect(cuda::csr_gather_rows(row_begin, rows, n, nnz, row_ptr.data, col_idx.data, w.data, ld, out.data,

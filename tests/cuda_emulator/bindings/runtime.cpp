@@ -13,7 +13,9 @@
 //   * the matmul configuration, read through `sltrain::get_matmul_config`, so
 //     `sltrain_ext.matmul_config` steers both libraries;
 //   * an allocation ledger: every CPU allocation and free while recording, so
-//     tests and benchmarks measure the bindings' transient memory.
+//     tests and benchmarks measure the bindings' transient memory;
+//   * the one cuBLAS product ATen offers only on CUDA: addmm.dtype_out (16-bit
+//     inputs, float32 output), as a plain loop that allocates nothing.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/CPUAllocator.h>
 #include <torch/extension.h>
@@ -139,6 +141,36 @@ std::vector<int64_t> ledger_stop() {
   ledger().recording = false;
   return std::move(ledger().events);
 }
+
+// ---- addmm.dtype_out on CPU tensors --------------------------------------------------
+
+// out = beta * self + alpha * mat1 @ mat2 with float32 out and float sums, as
+// cuBLAS computes it for bf16/fp16 inputs. Strided operands; beta = 0 ignores self.
+at::Tensor& addmm_dtype_out(const at::Tensor& self, const at::Tensor& mat1, const at::Tensor& mat2,
+                            at::ScalarType out_dtype, const at::Scalar& beta, const at::Scalar& alpha,
+                            at::Tensor& out) {
+  TORCH_CHECK(out_dtype == at::kFloat && out.scalar_type() == at::kFloat && self.scalar_type() == at::kFloat,
+              "emulated addmm.dtype_out: float32 self and out only");
+  const int64_t rows = mat1.size(0), inner = mat1.size(1), cols = mat2.size(1);
+  const float beta_f = beta.toFloat(), alpha_f = alpha.toFloat();
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(mat1.scalar_type(), "emulated addmm.dtype_out", [&] {
+    const scalar_t* a = mat1.data_ptr<scalar_t>();
+    const scalar_t* b = mat2.data_ptr<scalar_t>();
+    const float* c = self.data_ptr<float>();
+    float* o = out.data_ptr<float>();
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < cols; ++j) {
+        float sum = 0;
+        for (int64_t k = 0; k < inner; ++k)
+          sum += float(a[i * mat1.stride(0) + k * mat1.stride(1)]) * float(b[k * mat2.stride(0) + j * mat2.stride(1)]);
+        const float addend = beta_f == 0 ? 0.f : beta_f * c[i * self.stride(0) + j * self.stride(1)];
+        o[i * out.stride(0) + j * out.stride(1)] = addend + alpha_f * sum;
+      }
+  });
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(aten, CPU, m) { m.impl("addmm.dtype_out", &addmm_dtype_out); }
 
 }  // namespace
 
