@@ -44,10 +44,16 @@ def ops():
     return torch.ops.sltrain_emulated_cuda
 
 
+# ATen wraps a Python number in a 0-dim CPU tensor (at most 8 bytes), also
+# for CUDA calls: not device memory, so the ledger's sums leave those out.
+SCALAR_BYTES = 8
+
+
 class Ledger:
     """Every allocation and free the bindings make inside the ``with`` block:
     ``events`` (+bytes, -bytes in order), ``peak`` (the most bytes live at
-    once, counted from the block's start) and ``live`` (still live at its end)."""
+    once, counted from the block's start) and ``live`` (still live at its end),
+    both without the scalar wrappers of SCALAR_BYTES or less."""
 
     def __enter__(self) -> "Ledger":
         load().ledger_start()
@@ -57,6 +63,8 @@ class Ledger:
         self.events = load().ledger_stop()
         live = peak = 0
         for event in self.events:
+            if abs(event) <= SCALAR_BYTES:
+                continue
             live += event
             peak = max(peak, live)
         self.peak, self.live = peak, live

@@ -172,7 +172,7 @@ Tensor sl_matmul_cuda(const Tensor& x, const Tensor& A, const Tensor& B, const T
     Workspace workspace(dims, x2.element_size());
     const Tensor a_aligned = aligned_rows(a, workspace), x_aligned = aligned_rows(x2, workspace);
     y = at::empty({batch, dims.m}, x2.options());
-    const int64_t chunk = workspace.rows(dims.m, dims.n, x2.element_size());
+    const int64_t chunk = workspace.rows(dims.m, padded(dims.n), x2.element_size());
     const Tensor buffer = at::empty({chunk * padded(dims.n)}, x2.options());
     for (int64_t row = 0; row < dims.m; row += chunk) {
       const int64_t count = std::min(chunk, dims.m - row);
@@ -258,7 +258,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cuda(
                           workspace.take(dims.r * dims.n * int64_t(sizeof(float)));
     const Tensor g_aligned = aligned_rows(g2, workspace), x_aligned = aligned_rows(x2, workspace);
     const Tensor a_aligned = need_dx ? aligned_rows(a, workspace) : a;
-    const int64_t rows_per_chunk = workspace.rows(dims.m, dims.n, element);
+    const int64_t rows_per_chunk = workspace.rows(dims.m, padded(dims.n), element);
     const int64_t cols_per_chunk = workspace.rows(dims.n, dims.m, element);
     const Tensor buffer = at::empty(
         {std::max(need_dx ? dims.m * padded(std::min(cols_per_chunk, dims.n)) : 0,

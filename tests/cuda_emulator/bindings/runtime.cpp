@@ -22,6 +22,7 @@
 #include <torch/library.h>
 
 #include <atomic>
+#include <unordered_map>
 #include <mutex>
 #include <sstream>
 #include <string>
@@ -92,21 +93,28 @@ Ledger& ledger() {
   return instance;
 }
 
-// Wraps torch's CPU allocator; allocations made while recording carry their
-// size to their deleter. Outside a recording it adds nothing.
+// Wraps torch's CPU allocator. An allocation made while recording is
+// registered by its address (so, as torch's raw_allocate requires, its context
+// is its data pointer) and records its size again when freed. Outside a
+// recording the wrapper hands out the base allocator's memory untouched.
 class LedgerAllocator final : public c10::Allocator {
  public:
-  explicit LedgerAllocator(c10::Allocator* base) : base_(base) {}
+  explicit LedgerAllocator(c10::Allocator* base) { base_allocator() = base; }
 
   c10::DataPtr allocate(size_t bytes) override {
-    c10::DataPtr inner = base_->allocate(bytes);
+    c10::DataPtr inner = base_allocator()->allocate(bytes);
     if (!ledger().recording) return inner;
+    void* data = inner.get();
+    const c10::Device device = inner.device();
+    {
+      const std::lock_guard<std::mutex> lock(table_mutex());
+      table()[data] = Tracked{std::move(inner), int64_t(bytes)};
+    }
     ledger().record(int64_t(bytes));
-    auto* tracked = new Tracked{std::move(inner), int64_t(bytes)};
-    void* data = tracked->inner.get();
-    const c10::Device device = tracked->inner.device();
-    return {data, tracked, &release, device};
+    return {data, data, &release, device};
   }
+
+  c10::DeleterFnPtr raw_deleter() const override { return &release; }
 
   void copy_data(void* dest, const void* src, size_t count) const override {
     default_copy_data(dest, src, count);
@@ -118,13 +126,35 @@ class LedgerAllocator final : public c10::Allocator {
     int64_t bytes;
   };
 
-  static void release(void* context) {
-    auto* tracked = static_cast<Tracked*>(context);
-    ledger().record(-tracked->bytes);
-    delete tracked;
+  static std::unordered_map<void*, Tracked>& table() {
+    static std::unordered_map<void*, Tracked> instance;
+    return instance;
+  }
+  static std::mutex& table_mutex() {
+    static std::mutex instance;
+    return instance;
+  }
+  static c10::Allocator*& base_allocator() {
+    static c10::Allocator* instance = nullptr;
+    return instance;
   }
 
-  c10::Allocator* base_;
+  // Frees a tracked allocation (recording its size), or hands an untracked
+  // raw one back to the base allocator.
+  static void release(void* data) {
+    Tracked tracked;
+    {
+      const std::lock_guard<std::mutex> lock(table_mutex());
+      const auto found = table().find(data);
+      if (found == table().end()) {
+        base_allocator()->raw_deleter()(data);
+        return;
+      }
+      tracked = std::move(found->second);
+      table().erase(found);
+    }
+    ledger().record(-tracked.bytes);
+  }  // tracked.inner frees the memory here
 };
 
 void ledger_start() {

@@ -1,0 +1,205 @@
+"""What the CUDA bindings of sl_matmul (csrc/cuda/ops.cu) allocate, compute and
+move for one layer call, as formulas: the allocation plan of the materialised
+path mirrored step by step (tests/test_cuda_memory.py checks these peaks
+against the allocation ledger of the emulated bindings at scaled-down shapes),
+the GEMM flops and DRAM bytes of ours and of dense nn.Linear, and the time
+both would take at an H100's measured ceilings (DESIGN.md). Every time here
+is a PREDICTION until the GPU issue measures it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GEMM_FLOPS = 709e12  # bf16 dense GEMM, H100, measured (DESIGN.md)
+COPY_BYTES = 3.0e12  # device-to-device copy, H100, measured (DESIGN.md)
+# cuBLAS at a leading dimension that is not a multiple of 8 (LLaMA-1B's 5461):
+# DESIGN.md measured dense nn.Linear at 1.97 and 1.45 ms against a 0.26 ms
+# floor; the smaller slowdown is taken for any GEMM with an unaligned operand.
+UNALIGNED_SLOWDOWN = 5.6
+DEFAULT_WORKSPACE = 64 << 20
+
+
+def padded(cols: int) -> int:
+    return (cols + 7) // 8 * 8
+
+
+@dataclass(frozen=True)
+class Layer:
+    b: int  # tokens
+    m: int  # out features
+    n: int  # in features
+    r: int
+    nnz: int
+    element: int = 2  # bytes per element (bf16)
+    workspace: int = DEFAULT_WORKSPACE  # set_matmul_config's workspace_bytes
+
+    @property
+    def factors_from_dW(self) -> bool:  # csrc/common/cost_model.h
+        return self.b * (self.m + self.n) >= self.m * self.n
+
+
+class Workspace:
+    """ops.cu's Workspace: the configured bytes, capped by what the layer saves
+    over dense nn.Linear's backward."""
+
+    def __init__(self, layer: Layer) -> None:
+        saved = layer.m * layer.n - layer.r * (layer.m + layer.n) - layer.nnz
+        self.left = min(layer.workspace, saved * layer.element)
+
+    def take(self, nbytes: int) -> bool:
+        if nbytes > self.left:
+            return False
+        self.left -= nbytes
+        return True
+
+    def rows(self, count: int, width: int, element: int) -> int:
+        fit = self.left // max(1, width * element) // 8 * 8 if self.left > 0 else 0
+        return min(max(8, fit), max(8, padded(count)))
+
+
+class Plan:
+    """Allocations in order; `peak` is the most bytes live at once."""
+
+    def __init__(self) -> None:
+        self.live = self.peak = 0
+
+    def alloc(self, nbytes: int) -> int:
+        self.live += nbytes
+        self.peak = max(self.peak, self.live)
+        return nbytes
+
+    def free(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+
+def aligned_copy(plan: Plan, workspace: Workspace, rows: int, cols: int, element: int) -> int:
+    """ops.cu's aligned_rows for a contiguous [rows, cols] operand: bytes of the copy (or 0)."""
+    if cols % 8 == 0 or rows <= 1 or not workspace.take(rows * padded(cols) * element):
+        return 0
+    return plan.alloc(rows * padded(cols) * element)
+
+
+def materialized_forward_peak(layer: Layer) -> int:
+    """Peak bytes the materialised forward allocates (y included) for contiguous inputs."""
+    L, e, plan = layer, layer.element, Plan()
+    workspace = Workspace(L)
+    aligned_copy(plan, workspace, L.r, L.n, e)
+    aligned_copy(plan, workspace, L.b, L.n, e)
+    plan.alloc(L.b * L.m * e)  # y
+    chunk = workspace.rows(L.m, padded(L.n), e)
+    plan.alloc(chunk * padded(L.n) * e)
+    return plan.peak
+
+
+def materialized_backward_peak(layer: Layer, mask=(True, True, True, True)) -> int:
+    """Peak bytes the materialised backward allocates (its outputs included)."""
+    L, e, plan = layer, layer.element, Plan()
+    need_dx, need_dA, need_dB, need_dvalues = mask
+    if not L.factors_from_dW:
+        if need_dA:
+            t = plan.alloc(L.b * L.r * e)  # g @ B
+            plan.alloc(L.r * L.n * e)  # dA
+            plan.free(t)
+        if need_dB:
+            t = plan.alloc(L.b * L.r * e)  # x @ A^T
+            plan.alloc(L.m * L.r * e)  # dB
+            plan.free(t)
+    need_dW = need_dvalues or (L.factors_from_dW and (need_dA or need_dB))
+    workspace = Workspace(L)
+    widen_dA = need_dA and L.factors_from_dW and e < 4 and workspace.take(L.r * L.n * 4)
+    aligned_copy(plan, workspace, L.b, L.m, e)  # g
+    aligned_copy(plan, workspace, L.b, L.n, e)  # x
+    if need_dx:
+        aligned_copy(plan, workspace, L.r, L.n, e)  # A
+    rows_per_chunk = workspace.rows(L.m, padded(L.n), e)
+    cols_per_chunk = workspace.rows(L.n, L.m, e)
+    plan.alloc(max(L.m * padded(min(cols_per_chunk, L.n)) if need_dx else 0,
+                   rows_per_chunk * padded(L.n) if need_dW else 0) * e)
+    if need_dx:
+        plan.alloc(L.b * L.n * e)
+    if need_dW:
+        if need_dvalues:
+            plan.alloc(L.nnz * e)
+        if need_dB and L.factors_from_dW:
+            plan.alloc(L.m * L.r * e)
+        if need_dA and L.factors_from_dW:
+            dA_sum = plan.alloc(L.r * L.n * (4 if widen_dA else e))
+            if widen_dA:
+                plan.alloc(L.r * L.n * e)  # dA, converted
+                plan.free(dA_sum)
+    return plan.peak
+
+
+def materialized_peak(layer: Layer) -> int:
+    """Peak bytes of a forward+backward as a network runs it: y stays alive
+    (the next layer holds it) while the backward runs."""
+    return max(materialized_forward_peak(layer), layer.b * layer.m * layer.element
+               + materialized_backward_peak(layer))
+
+
+def dense_peak(layer: Layer) -> int:
+    """nn.Linear: y, then dx and dW in the backward (the bias gradient is m elements)."""
+    L = layer
+    return (L.b * L.m + L.b * L.n + L.m * L.n + L.m) * L.element
+
+
+# ---- flops, DRAM bytes and predicted time ------------------------------------------
+
+
+@dataclass
+class Cost:
+    gemm_flops: float = 0.0
+    gemm_seconds: float = 0.0  # at GEMM_FLOPS, slowed where an operand is unaligned
+    bytes: float = 0.0  # DRAM bytes of every pass (GEMM operands and results included)
+    pass_seconds: float = 0.0  # memory-bound passes at COPY_BYTES
+
+    def gemm(self, rows: int, inner: int, cols: int, element: int, aligned: bool = True, accumulate=False):
+        flops = 2.0 * rows * inner * cols
+        self.gemm_flops += flops
+        self.gemm_seconds += flops / GEMM_FLOPS * (1 if aligned else UNALIGNED_SLOWDOWN)
+        self.bytes += (rows * inner + inner * cols + rows * cols * (2 if accumulate else 1)) * element
+
+    def stream(self, nbytes: float):
+        self.bytes += nbytes
+        self.pass_seconds += nbytes / COPY_BYTES
+
+    @property
+    def seconds(self) -> float:
+        return self.gemm_seconds + self.pass_seconds
+
+
+def materialized_cost(layer: Layer) -> Cost:
+    """The materialised forward+backward: W built twice (once per pass), the
+    three b x m x n GEMMs, dA and dB from dW or from the factored formulas."""
+    L, e, cost = layer, layer.element, Cost()
+    scatter = L.nnz * (4 + 4 + 2 * e)  # indices, values, the W element read and written
+    aligned_n, aligned_m = L.n % 8 == 0, L.m % 8 == 0
+    # forward: W = s B A + S, y = x W^T + bias
+    cost.gemm(L.m, L.r, L.n, e)
+    cost.stream(scatter)
+    cost.gemm(L.b, L.n, L.m, e, aligned=aligned_n and aligned_m)
+    # backward: W again (column windows), dx = g W, dW = g^T x row chunks
+    cost.gemm(L.m, L.r, L.n, e)
+    cost.stream(scatter)
+    cost.gemm(L.b, L.m, L.n, e, aligned=aligned_n and aligned_m)
+    cost.gemm(L.m, L.b, L.n, e, aligned=aligned_n and aligned_m)
+    cost.stream(L.nnz * (4 + 4 + 2 * e))  # gather dvalues
+    if L.factors_from_dW:
+        cost.gemm(L.m, L.n, L.r, e)  # dB = s dW A^T
+        cost.gemm(L.r, L.m, L.n, e)  # dA = s B^T dW
+    else:
+        cost.gemm(L.b, L.m, L.r, e)  # g B
+        cost.gemm(L.r, L.b, L.n, e)  # (g B)^T x
+        cost.gemm(L.b, L.n, L.r, e)  # x A^T
+        cost.gemm(L.m, L.b, L.r, e)  # g^T (x A^T)
+    return cost
+
+
+def dense_cost(layer: Layer) -> Cost:
+    L, e, cost = layer, layer.element, Cost()
+    aligned = L.n % 8 == 0 and L.m % 8 == 0
+    cost.gemm(L.b, L.n, L.m, e, aligned)  # y
+    cost.gemm(L.b, L.m, L.n, e, aligned)  # dx
+    cost.gemm(L.m, L.b, L.n, e, aligned)  # dW
+    return cost

@@ -1,0 +1,91 @@
+"""The CUDA bindings' transient memory, measured: the allocation ledger of the
+emulated build (tests/emulated_cuda.py) records every allocation and free of
+a materialised forward and backward, and must equal the allocation plan of
+benchmarks/cuda_layer_model.py, which predicts the peaks at the real
+training shapes (benchmarks/bench_cuda_memory.py). bfloat16 is left out:
+ATen's CPU bf16 GEMM allocates conversion buffers of its own, which cuBLAS
+does not; float16 takes the same 16-bit branches (the float32 dA sum)."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import emulated_cuda
+import sltrain_ext as sl
+from helpers import make_problem
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from cuda_layer_model import (Layer, dense_peak, materialized_backward_peak,  # noqa: E402
+                              materialized_forward_peak)
+
+MASKS = list(itertools.product([False, True], repeat=4))
+# b, m, n, r, nnz, workspace bytes: both sides of factor_grads_from_dW, odd
+# widths (aligned copies, if the workspace holds them), workspaces that are
+# the configured budget or the layer's saving over dense, one or many chunks.
+LAYERS = [
+    (40, 64, 48, 4, 100, 1 << 20),
+    (40, 64, 48, 4, 100, 3000),
+    (9, 61, 45, 3, 90, 1 << 20),
+    (200, 37, 29, 5, 60, 4000),
+    (5, 64, 64, 4, 50, 1 << 20),
+    (64, 16, 61, 2, 40, 1 << 20),
+    (3, 8, 8, 8, 64, 1 << 20),  # no saving at all: a single 8-row chunk still runs
+]
+
+
+def measured_peaks(layer: Layer, dtype, mask=(True,) * 4):
+    cuda_ops = emulated_cuda.ops()
+    p = make_problem(layer.m, layer.n, layer.r, layer.nnz, dtype, seed=layer.b)
+    x = torch.randn(layer.b, layer.n, dtype=torch.float64).to(dtype)
+    grad_y = torch.randn(layer.b, layer.m, dtype=torch.float64).to(dtype)
+    with sl.matmul_config("materialized", workspace_bytes=layer.workspace):
+        with emulated_cuda.Ledger() as forward:
+            y = cuda_ops.sl_matmul(x, *p.operands(), p.bias)  # noqa: F841  (kept alive, as the caller would)
+        with emulated_cuda.Ledger() as backward:
+            grads = cuda_ops.sl_matmul_backward(grad_y, x, *p.operands(), list(mask))  # noqa: F841
+    return forward, backward
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+@pytest.mark.parametrize("b,m,n,r,nnz,workspace", LAYERS)
+def test_ledger_equals_the_allocation_plan(b, m, n, r, nnz, workspace, dtype):
+    layer = Layer(b, m, n, r, nnz, element=dtype.itemsize, workspace=workspace)
+    forward, backward = measured_peaks(layer, dtype)
+    assert forward.peak == materialized_forward_peak(layer)
+    assert forward.live == b * m * dtype.itemsize  # only y survives the call
+    assert backward.peak == materialized_backward_peak(layer)
+
+
+@pytest.mark.parametrize("mask", MASKS, ids=lambda mask: "".join("1" if k else "0" for k in mask))
+@pytest.mark.parametrize("b", [40, 9])  # dA and dB from dW, and from the factored formulas
+def test_ledger_equals_the_plan_for_every_output_mask(b, mask):
+    layer = Layer(b, 64, 48, 4, 100, element=2, workspace=3000)
+    _, backward = measured_peaks(layer, torch.float16, mask)
+    assert backward.peak == materialized_backward_peak(layer, mask)
+
+
+# DESIGN.md's seven H100 training shapes (b, n -> m, r, density), scaled down
+# by 16 in every dimension (density kept).
+SCALED_TRAINING_SHAPES = [
+    ("350M-attn", 2048, 64, 64, 16, 0.03),
+    ("1B-attn", 512, 128, 128, 32, 0.03),
+    ("1B-up", 512, 128, 341, 32, 0.03),
+    ("1B-down", 512, 341, 128, 32, 0.03),
+    ("7B-attn", 128, 256, 256, 64, 0.05),
+    ("7B-up b=2048", 128, 256, 688, 64, 0.05),
+    ("7B-up b=16384", 1024, 256, 688, 64, 0.05),
+]
+
+
+@pytest.mark.parametrize("name,b,n,m,r,density", SCALED_TRAINING_SHAPES, ids=[s[0] for s in SCALED_TRAINING_SHAPES])
+def test_forward_backward_peak_is_at_most_dense(name, b, n, m, r, density):
+    # As a network runs it: y stays alive through the backward.
+    layer = Layer(b, m, n, r, round(density * m * n), element=4)
+    forward, backward = measured_peaks(layer, torch.float32)
+    peak = max(forward.peak, b * m * 4 + backward.peak)
+    assert peak <= dense_peak(layer), f"{name}: {peak} bytes against dense's {dense_peak(layer)}"
