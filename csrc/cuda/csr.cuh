@@ -96,15 +96,21 @@ struct SpmmArgs {
 // entries (4 at a time with vector loads), each lane keeps kTokens partial
 // sums in registers, and a butterfly reduces them. kTokens = 1 is the
 // decode-time SpMV. With `entry`, the same kernel runs S^T from its CSC copy.
-// The second launch bound lets ptxas use more than 64 registers: the partial
-// sums and the 4-entry vectors then stay out of local memory.
+// The second launch bound (4 blocks of 256 threads per SM) caps ptxas at 64
+// registers, so 32 warps per SM keep this latency-bound gather's loads in
+// flight; 32-bit entry counters keep it there without spilling (nvcc 13.0,
+// sm_90: 52-60 registers, no spills).
 template <class T, int kTokens>
-__global__ void __launch_bounds__(kCsrWarpsPerBlock * kWarp, 2) csr_spmm_kernel(SpmmArgs<T> a) {
+__global__ void __launch_bounds__(kCsrWarpsPerBlock * kWarp, 4) csr_spmm_kernel(SpmmArgs<T> a) {
   const int64_t row = warp_row();
   if (row >= a.rows) return;
   const int lane = threadIdx.x % kWarp;
-  int64_t begin, end;
-  row_range(a.ptr, row, a.nnz, begin, end);
+  int64_t begin64, end64;
+  row_range(a.ptr, row, a.nnz, begin64, end64);
+  // Entry positions are below 2^31 (int32 indices), so unsigned 32-bit loop
+  // counters cannot wrap (k < end + 128): they keep the kernel at 64
+  // registers without spills.
+  const uint32_t begin = uint32_t(begin64), end = uint32_t(end64);
   for (int64_t t0 = int64_t(blockIdx.y) * kTokens; t0 < a.tokens; t0 += int64_t(gridDim.y) * kTokens) {
     const int64_t count = a.tokens - t0 < kTokens ? a.tokens - t0 : kTokens;
     const T* x = a.x + t0 * a.ld_x;
@@ -115,15 +121,15 @@ __global__ void __launch_bounds__(kCsrWarpsPerBlock * kWarp, 2) csr_spmm_kernel(
       for (int t = 0; t < kTokens; ++t)
         if (t < count) sum[t] += value * widen(x[t * a.ld_x + column]);
     };
-    const auto value_of = [&](int64_t k) { return widen(a.values[a.entry ? a.entry[k] : k]); };
-    int64_t scalar_from = begin;
+    const auto value_of = [&](uint32_t k) { return widen(a.values[a.entry ? a.entry[k] : k]); };
+    uint32_t scalar_from = begin;
     if (a.vector_loads) {
       // Entries [head, body_end) go four at a time from 16-byte-aligned
       // addresses; the unaligned head and the tail go one at a time below.
-      const int64_t head = (begin + 3) / 4 * 4 < end ? (begin + 3) / 4 * 4 : end;
-      const int64_t body_end = head + (end - head) / 4 * 4;
-      for (int64_t k = begin + lane; k < head; k += kWarp) visit(a.index[k], value_of(k));
-      for (int64_t k = head + 4 * lane; k < body_end; k += 4 * kWarp) {
+      const uint32_t head = (begin + 3) / 4 * 4 < end ? (begin + 3) / 4 * 4 : end;
+      const uint32_t body_end = head + (end - head) / 4 * 4;
+      for (uint32_t k = begin + lane; k < head; k += kWarp) visit(a.index[k], value_of(k));
+      for (uint32_t k = head + 4 * lane; k < body_end; k += 4 * kWarp) {
         const Vec<int32_t, 4> columns = load_vec<4>(a.index + k);
         if (a.entry) {
           const Vec<int32_t, 4> entries = load_vec<4>(a.entry + k);
@@ -135,7 +141,7 @@ __global__ void __launch_bounds__(kCsrWarpsPerBlock * kWarp, 2) csr_spmm_kernel(
       }
       scalar_from = body_end;
     }
-    for (int64_t k = scalar_from + lane; k < end; k += kWarp) visit(a.index[k], value_of(k));
+    for (uint32_t k = scalar_from + lane; k < end; k += kWarp) visit(a.index[k], value_of(k));
     const Acc<T> bias = a.bias ? widen(a.bias[row]) : Acc<T>(0);
     for (int t = 0; t < kTokens; ++t) {
       const Acc<T> total = warp_sum(sum[t]) + bias;

@@ -1,0 +1,158 @@
+"""Peak transient memory, flops, DRAM bytes and predicted H100 time of the
+CUDA sl_matmul forward+backward at DESIGN.md's seven training shapes,
+against dense nn.Linear and the naive algorithm.
+
+    python benchmarks/bench_cuda_memory.py --out benchmarks/results
+
+No GPU needed: the peaks come from the allocation plan of the CUDA bindings
+(benchmarks/cuda_layer_model.py), which this script first checks against
+the allocation ledger of the emulated bindings (tests/emulated_cuda.py) at
+each shape scaled down by 16; the times are that plan's GEMM flops at the
+H100's measured 709 TFLOP/s and its memory passes at 3.0 TB/s. Every peak at
+the real shapes and every time is a PREDICTION: the GPU issue measures them.
+Dense and naive peaks and times measured on an H100 come from DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+import sltrain_ext as sl  # noqa: E402
+from common import header, pyplot, write_results  # noqa: E402
+from cuda_layer_model import (GEMM_FLOPS, Layer, dense_cost, dense_peak, materialized_backward_peak,  # noqa: E402
+                              materialized_cost, materialized_forward_peak, materialized_peak)
+
+# name, b, n, m, r, density, and DESIGN.md's H100 measurements: dense and
+# naive fwd+bwd ms, dense and naive peak MiB.
+SHAPES = [
+    ("350M-attn", 32768, 1024, 1024, 256, 0.03, 0.361, 0.562, 130, 134),
+    ("1B-attn", 8192, 2048, 2048, 512, 0.03, 0.320, 0.566, 72, 86),
+    ("1B-up", 8192, 2048, 5461, 512, 0.03, 4.511, 4.600, 139, 171),
+    ("1B-down", 8192, 5461, 2048, 512, 0.03, 4.088, 4.549, 139, 173),
+    ("7B-attn", 2048, 4096, 4096, 1024, 0.05, 0.324, 0.602, 64, 122),
+    ("7B-up b=2048", 2048, 4096, 11008, 1024, 0.05, 0.882, 1.579, 145, 273),
+    ("7B-up b=16384", 16384, 4096, 11008, 1024, 0.05, 6.199, 7.438, 558, 686),
+]
+SCALE_DOWN = 16
+MIB = 2**20
+
+
+def measured_scaled_peak(b, n, m, r, density):
+    """(ledger peak, plan peak) in bytes of the emulated bindings at the shape / SCALE_DOWN, float32."""
+    import emulated_cuda
+    from helpers import make_problem
+
+    b, n, m, r = (max(1, v // SCALE_DOWN) for v in (b, n, m, r))
+    layer = Layer(b, m, n, r, round(density * m * n), element=4)
+    cuda_ops = emulated_cuda.ops()
+    p = make_problem(m, n, r, layer.nnz, torch.float32, seed=0)
+    x, grad_y = torch.randn(b, n), torch.randn(b, m)
+    with sl.matmul_config("materialized", workspace_bytes=layer.workspace):
+        with emulated_cuda.Ledger() as forward:
+            y = cuda_ops.sl_matmul(x, *p.operands(), p.bias)
+        with emulated_cuda.Ledger() as backward:
+            cuda_ops.sl_matmul_backward(grad_y, x, *p.operands(), [True] * 4)
+    del y
+    measured = max(forward.peak, b * m * 4 + backward.peak)
+    return measured, materialized_peak(layer), (b, n, m, r)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("bench_out"))
+    args = parser.parse_args()
+    rows = []
+    for name, b, n, m, r, density, dense_ms, naive_ms, dense_mib, naive_mib in SHAPES:
+        layer = Layer(b, m, n, r, round(density * m * n))
+        path = sl.matmul_path(b, m, n, r, layer.nnz, torch.device("cuda"))
+        ours, dense = materialized_cost(layer), dense_cost(layer)
+        measured, planned, scaled = measured_scaled_peak(b, n, m, r, density)
+        if measured != planned:
+            raise SystemExit(f"{name}: the ledger measured {measured} bytes at {scaled}, the plan says {planned}")
+        rows.append({
+            "shape": name, "b": b, "n": n, "m": m, "r": r, "density": density, "path": path,
+            "scaled_shape_b_n_m_r": scaled, "scaled_measured_peak_bytes": measured,
+            "ours_peak_mib": materialized_peak(layer) / MIB,
+            "ours_forward_peak_mib": materialized_forward_peak(layer) / MIB,
+            "ours_backward_peak_mib": materialized_backward_peak(layer) / MIB,
+            "dense_peak_mib": dense_peak(layer) / MIB,
+            "dense_peak_mib_h100": dense_mib, "naive_peak_mib_h100": naive_mib,
+            "ours_gemm_gflop": ours.gemm_flops / 1e9, "dense_gemm_gflop": dense.gemm_flops / 1e9,
+            "ours_dram_gb": ours.bytes / 1e9, "dense_dram_gb": dense.bytes / 1e9,
+            "ours_floor_ms": ours.gemm_flops / GEMM_FLOPS * 1e3, "ours_predicted_ms": ours.seconds * 1e3,
+            "dense_predicted_ms": dense.seconds * 1e3,
+            "dense_ms_h100": dense_ms, "naive_ms_h100": naive_ms,
+            "factors_from_dW": layer.factors_from_dW,
+        })
+        print(f"{name}: peak {rows[-1]['ours_peak_mib']:.1f} MiB (dense {rows[-1]['dense_peak_mib']:.1f}), "
+              f"predicted {rows[-1]['ours_predicted_ms']:.3f} ms (floor {rows[-1]['ours_floor_ms']:.3f})", flush=True)
+    meta = header() | {"note": "peaks at the real shapes and all times are PREDICTIONS (H100: 709 TFLOP/s "
+                                "bf16 GEMM, 3.0 TB/s copy); the scaled-down peaks were measured by the ledger"}
+    name = "bench_cuda_memory"
+    write_results(args.out, name, meta | {"rows": rows}, markdown(meta, rows))
+    plot(args.out / f"{name}.png", rows)
+
+
+def markdown(meta, rows):
+    lines = [
+        f"CUDA sl_matmul forward+backward, bf16, DESIGN.md's training shapes: {meta['note']}. "
+        f"Computed on {meta['machine']}, torch {meta['torch']}, {meta['date']}.",
+        f"Command: `{meta['command']}`", "",
+        "| shape (b, n->m, r, density) | path | ours peak MiB (predicted) | dense peak MiB | ours/dense | "
+        "naive peak MiB (H100) | ledger at 1/16 = plan (bytes) | ours GFLOP | dense GFLOP | ours GB | dense GB | "
+        "ours ms (predicted) | ours floor ms | predicted/floor | dense ms (H100) |",
+        "|" + "---|" * 15,
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['shape']} ({row['b']}, {row['n']}->{row['m']}, {row['r']}, {row['density']}) | {row['path']} | "
+            f"{row['ours_peak_mib']:.1f} | {row['dense_peak_mib']:.1f} | "
+            f"{row['ours_peak_mib'] / row['dense_peak_mib']:.3f}x | {row['naive_peak_mib_h100']} | "
+            f"{row['scaled_measured_peak_bytes']} | {row['ours_gemm_gflop']:.0f} | {row['dense_gemm_gflop']:.0f} | "
+            f"{row['ours_dram_gb']:.2f} | {row['dense_dram_gb']:.2f} | {row['ours_predicted_ms']:.3f} | "
+            f"{row['ours_floor_ms']:.3f} | {row['ours_predicted_ms'] / row['ours_floor_ms']:.2f}x | "
+            f"{row['dense_ms_h100']:.3f} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def plot(path: Path, rows):
+    plt = pyplot()
+    if plt is None:
+        return
+    fig, (memory, time) = plt.subplots(1, 2, figsize=(13, 4.2))
+    names = [row["shape"] for row in rows]
+    width = 0.27
+    for i, (key, label) in enumerate([("ours_peak_mib", "sltrain_ext (predicted)"),
+                                      ("dense_peak_mib_h100", "dense nn.Linear (H100)"),
+                                      ("naive_peak_mib_h100", "naive SLTrain (H100)")]):
+        memory.bar([j + (i - 1) * width for j in range(len(rows))],
+                   [row[key] / row["dense_peak_mib"] for row in rows], width, label=label)
+    memory.axhline(1.0, color="black", linewidth=0.8)
+    memory.set_ylabel("peak transient memory / dense")
+    memory.set_title("forward+backward peak memory", fontsize=10)
+    for i, (key, label) in enumerate([("ours_predicted_ms", "sltrain_ext (predicted)"),
+                                      ("dense_ms_h100", "dense nn.Linear (H100)"),
+                                      ("naive_ms_h100", "naive SLTrain (H100)")]):
+        time.bar([j + (i - 1) * width for j in range(len(rows))],
+                 [row[key] / row["ours_floor_ms"] for row in rows], width, label=label)
+    time.axhline(1.0, color="black", linewidth=0.8)
+    time.set_ylabel("time / our algorithm's GEMM floor")
+    time.set_title("forward+backward time (bf16, H100)", fontsize=10)
+    for ax in (memory, time):
+        ax.set_xticks(range(len(rows)), names, rotation=25, ha="right")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
