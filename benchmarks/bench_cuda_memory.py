@@ -29,16 +29,16 @@ from common import header, pyplot, write_results  # noqa: E402
 from cuda_layer_model import (GEMM_FLOPS, Layer, dense_cost, dense_peak, materialized_backward_peak,  # noqa: E402
                               materialized_cost, materialized_forward_peak, materialized_peak)
 
-# name, b, n, m, r, density, and DESIGN.md's H100 measurements: dense and
-# naive fwd+bwd ms, dense and naive peak MiB.
+# name, b, n, m, r, density, and DESIGN.md's H100 measurements: dense fwd ms,
+# dense and naive fwd+bwd ms, dense and naive peak MiB.
 SHAPES = [
-    ("350M-attn", 32768, 1024, 1024, 256, 0.03, 0.361, 0.562, 130, 134),
-    ("1B-attn", 8192, 2048, 2048, 512, 0.03, 0.320, 0.566, 72, 86),
-    ("1B-up", 8192, 2048, 5461, 512, 0.03, 4.511, 4.600, 139, 171),
-    ("1B-down", 8192, 5461, 2048, 512, 0.03, 4.088, 4.549, 139, 173),
-    ("7B-attn", 2048, 4096, 4096, 1024, 0.05, 0.324, 0.602, 64, 122),
-    ("7B-up b=2048", 2048, 4096, 11008, 1024, 0.05, 0.882, 1.579, 145, 273),
-    ("7B-up b=16384", 16384, 4096, 11008, 1024, 0.05, 6.199, 7.438, 558, 686),
+    ("350M-attn", 32768, 1024, 1024, 256, 0.03, 0.100, 0.361, 0.562, 130, 134),
+    ("1B-attn", 8192, 2048, 2048, 512, 0.03, 0.095, 0.320, 0.566, 72, 86),
+    ("1B-up", 8192, 2048, 5461, 512, 0.03, 1.972, 4.511, 4.600, 139, 171),
+    ("1B-down", 8192, 5461, 2048, 512, 0.03, 1.454, 4.088, 4.549, 139, 173),
+    ("7B-attn", 2048, 4096, 4096, 1024, 0.05, 0.091, 0.324, 0.602, 64, 122),
+    ("7B-up b=2048", 2048, 4096, 11008, 1024, 0.05, 0.264, 0.882, 1.579, 145, 273),
+    ("7B-up b=16384", 16384, 4096, 11008, 1024, 0.05, 2.080, 6.199, 7.438, 558, 686),
 ]
 SCALE_DOWN = 16
 MIB = 2**20
@@ -69,7 +69,7 @@ def main():
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
     args = parser.parse_args()
     rows = []
-    for name, b, n, m, r, density, dense_ms, naive_ms, dense_mib, naive_mib in SHAPES:
+    for name, b, n, m, r, density, dense_fwd_ms, dense_ms, naive_ms, dense_mib, naive_mib in SHAPES:
         layer = Layer(b, m, n, r, round(density * m * n))
         path = sl.matmul_path(b, m, n, r, layer.nnz, torch.device("cuda"))
         ours, dense = materialized_cost(layer), dense_cost(layer)
@@ -87,6 +87,8 @@ def main():
             "ours_gemm_gflop": ours.gemm_flops / 1e9, "dense_gemm_gflop": dense.gemm_flops / 1e9,
             "ours_dram_gb": ours.bytes / 1e9, "dense_dram_gb": dense.bytes / 1e9,
             "ours_floor_ms": ours.gemm_flops / GEMM_FLOPS * 1e3, "ours_predicted_ms": ours.seconds * 1e3,
+            "ours_fwd_predicted_ms": materialized_cost(layer, backward_pass=False).seconds * 1e3,
+            "dense_fwd_ms_h100": dense_fwd_ms,
             "dense_predicted_ms": dense.seconds * 1e3,
             "dense_ms_h100": dense_ms, "naive_ms_h100": naive_ms,
             "factors_from_dW": layer.factors_from_dW,
@@ -107,8 +109,9 @@ def markdown(meta, rows):
         f"Command: `{meta['command']}`", "",
         "| shape (b, n->m, r, density) | path | ours peak MiB (predicted) | dense peak MiB | ours/dense | "
         "naive peak MiB (H100) | ledger at 1/16 = plan (bytes) | ours GFLOP | dense GFLOP | ours GB | dense GB | "
-        "ours ms (predicted) | ours floor ms | predicted/floor | dense ms (H100) |",
-        "|" + "---|" * 15,
+        "ours ms (predicted) | ours floor ms | predicted/floor | dense ms (H100) | ours fwd ms (predicted) | "
+        "dense fwd ms (H100) |",
+        "|" + "---|" * 17,
     ]
     for row in rows:
         lines.append(
@@ -118,7 +121,7 @@ def markdown(meta, rows):
             f"{row['scaled_measured_peak_bytes']} | {row['ours_gemm_gflop']:.0f} | {row['dense_gemm_gflop']:.0f} | "
             f"{row['ours_dram_gb']:.2f} | {row['dense_dram_gb']:.2f} | {row['ours_predicted_ms']:.3f} | "
             f"{row['ours_floor_ms']:.3f} | {row['ours_predicted_ms'] / row['ours_floor_ms']:.2f}x | "
-            f"{row['dense_ms_h100']:.3f} |")
+            f"{row['dense_ms_h100']:.3f} | {row['ours_fwd_predicted_ms']:.3f} | {row['dense_fwd_ms_h100']:.3f} |")
     lines.append("")
     return "\n".join(lines)
 

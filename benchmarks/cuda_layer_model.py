@@ -40,12 +40,11 @@ class Layer:
 
 
 class Workspace:
-    """ops.cu's Workspace: the configured bytes, capped by what the layer saves
-    over dense nn.Linear's backward."""
+    """ops.cu's Workspace: the configured bytes, capped by what dense holds
+    that the pass does not (`spare` elements)."""
 
-    def __init__(self, layer: Layer) -> None:
-        saved = layer.m * layer.n - layer.r * (layer.m + layer.n) - layer.nnz
-        self.left = min(layer.workspace, saved * layer.element)
+    def __init__(self, layer: Layer, spare: int) -> None:
+        self.left = min(layer.workspace, spare * layer.element)
 
     def take(self, nbytes: int) -> bool:
         if nbytes > self.left:
@@ -53,13 +52,25 @@ class Workspace:
         self.left -= nbytes
         return True
 
-    def rows(self, count: int, width: int, element: int) -> int:
-        fit = self.left // max(1, width * element) // 8 * 8 if self.left > 0 else 0
+    def rows(self, count: int, width: int, element: int, share: int = 1) -> int:
+        fit = max(self.left, 0) // share // max(1, width * element) // 8 * 8
         return min(max(8, fit), max(8, padded(count)))
+
+    def elements_left(self, element: int, minimum: int) -> int:
+        return max(max(self.left, 0) // element, minimum)
+
+
+def forward_spare(layer: Layer) -> int:
+    return layer.b * layer.n + layer.m * layer.n
+
+
+def backward_spare(layer: Layer) -> int:
+    return layer.m * layer.n - layer.r * (layer.m + layer.n) - layer.nnz
 
 
 class Plan:
-    """Allocations in order; `peak` is the most bytes live at once."""
+    """Allocations in order; `peak` is the most bytes live at once. The
+    decisions that the cost needs ride along as attributes."""
 
     def __init__(self) -> None:
         self.live = self.peak = 0
@@ -73,27 +84,39 @@ class Plan:
         self.live -= nbytes
 
 
-def aligned_copy(plan: Plan, workspace: Workspace, rows: int, cols: int, element: int) -> int:
-    """ops.cu's aligned_rows for a contiguous [rows, cols] operand: bytes of the copy (or 0)."""
-    if cols % 8 == 0 or rows <= 1 or not workspace.take(rows * padded(cols) * element):
-        return 0
-    return plan.alloc(rows * padded(cols) * element)
+def aligned_copy(plan: Plan, workspace: Workspace, rows: int, cols: int, element: int) -> bool:
+    """ops.cu's aligned_rows for a contiguous [rows, cols] operand: whether its
+    rows are aligned afterwards (allocating the copy, if one was made)."""
+    if cols % 8 == 0:
+        return True
+    if rows <= 1 or not workspace.take(rows * padded(cols) * element):
+        return False
+    plan.alloc(rows * padded(cols) * element)
+    return True
+
+
+def forward_plan(layer: Layer) -> Plan:
+    """The materialised forward's allocations (y included) for contiguous inputs."""
+    L, e, plan = layer, layer.element, Plan()
+    workspace = Workspace(L, forward_spare(L))
+    aligned_copy(plan, workspace, L.r, L.n, e)
+    x_aligned = aligned_copy(plan, workspace, L.b, L.n, e)
+    plan.alloc(L.b * L.m * e)  # y
+    per_token = (0 if x_aligned else padded(L.n)) + (0 if L.m % 8 == 0 else padded(L.m))
+    chunk = workspace.rows(L.m, padded(L.n), e, 2 if per_token else 1)
+    workspace.left -= chunk * padded(L.n) * e
+    staging = workspace.elements_left(e, per_token) if per_token else 0
+    plan.alloc((chunk * padded(L.n) + staging) * e)
+    plan.x_aligned, plan.chunks = x_aligned, -(-L.m // chunk)
+    return plan
 
 
 def materialized_forward_peak(layer: Layer) -> int:
-    """Peak bytes the materialised forward allocates (y included) for contiguous inputs."""
-    L, e, plan = layer, layer.element, Plan()
-    workspace = Workspace(L)
-    aligned_copy(plan, workspace, L.r, L.n, e)
-    aligned_copy(plan, workspace, L.b, L.n, e)
-    plan.alloc(L.b * L.m * e)  # y
-    chunk = workspace.rows(L.m, padded(L.n), e)
-    plan.alloc(chunk * padded(L.n) * e)
-    return plan.peak
+    return forward_plan(layer).peak
 
 
-def materialized_backward_peak(layer: Layer, mask=(True, True, True, True)) -> int:
-    """Peak bytes the materialised backward allocates (its outputs included)."""
+def backward_plan(layer: Layer, mask=(True, True, True, True)) -> Plan:
+    """The materialised backward's allocations (its outputs included)."""
     L, e, plan = layer, layer.element, Plan()
     need_dx, need_dA, need_dB, need_dvalues = mask
     if not L.factors_from_dW:
@@ -106,18 +129,21 @@ def materialized_backward_peak(layer: Layer, mask=(True, True, True, True)) -> i
             plan.alloc(L.m * L.r * e)  # dB
             plan.free(t)
     need_dW = need_dvalues or (L.factors_from_dW and (need_dA or need_dB))
-    workspace = Workspace(L)
-    widen_dA = need_dA and L.factors_from_dW and e < 4 and workspace.take(L.r * L.n * 4)
-    aligned_copy(plan, workspace, L.b, L.m, e)  # g
-    aligned_copy(plan, workspace, L.b, L.n, e)  # x
+    workspace = Workspace(L, backward_spare(L))
+    widen_dA = need_dA and L.factors_from_dW and e < 4
+    if widen_dA:
+        workspace.left -= L.r * L.n * 4
+    g_aligned = aligned_copy(plan, workspace, L.b, L.m, e)
+    x_aligned = aligned_copy(plan, workspace, L.b, L.n, e)
     if need_dx:
         aligned_copy(plan, workspace, L.r, L.n, e)  # A
+        plan.alloc(L.b * L.n * e)  # dx
+    per_token = ((0 if g_aligned else padded(L.m)) + (0 if L.n % 8 == 0 else padded(L.n))) if need_dx else 0
     rows_per_chunk = workspace.rows(L.m, padded(L.n), e)
-    cols_per_chunk = workspace.rows(L.n, L.m, e)
-    plan.alloc(max(L.m * padded(min(cols_per_chunk, L.n)) if need_dx else 0,
-                   rows_per_chunk * padded(L.n) if need_dW else 0) * e)
-    if need_dx:
-        plan.alloc(L.b * L.n * e)
+    cols_per_chunk = workspace.rows(L.n, L.m, e, 2 if per_token else 1)
+    window = L.m * padded(min(cols_per_chunk, L.n))
+    staging = max(workspace.elements_left(e, 0) - window, per_token) if per_token else 0
+    plan.alloc(max(window + staging if need_dx else 0, rows_per_chunk * padded(L.n) if need_dW else 0) * e)
     if need_dW:
         if need_dvalues:
             plan.alloc(L.nnz * e)
@@ -128,7 +154,13 @@ def materialized_backward_peak(layer: Layer, mask=(True, True, True, True)) -> i
             if widen_dA:
                 plan.alloc(L.r * L.n * e)  # dA, converted
                 plan.free(dA_sum)
-    return plan.peak
+    plan.g_aligned, plan.x_aligned = g_aligned, x_aligned
+    plan.windows, plan.chunks = -(-L.n // cols_per_chunk), -(-L.m // rows_per_chunk)
+    return plan
+
+
+def materialized_backward_peak(layer: Layer, mask=(True, True, True, True)) -> int:
+    return backward_plan(layer, mask).peak
 
 
 def materialized_peak(layer: Layer) -> int:
@@ -169,21 +201,32 @@ class Cost:
         return self.gemm_seconds + self.pass_seconds
 
 
-def materialized_cost(layer: Layer) -> Cost:
-    """The materialised forward+backward: W built twice (once per pass), the
-    three b x m x n GEMMs, dA and dB from dW or from the factored formulas."""
+def materialized_cost(layer: Layer, backward_pass: bool = True) -> Cost:
+    """The materialised forward (+backward): W built once per pass, the b x m x n
+    GEMMs (an unaligned operand staged in aligned tiles where ops.cu stages
+    it), dA and dB from dW or from the factored formulas."""
     L, e, cost = layer, layer.element, Cost()
+    forward, backward = forward_plan(L), backward_plan(L)
     scatter = L.nnz * (4 + 4 + 2 * e)  # indices, values, the W element read and written
-    aligned_n, aligned_m = L.n % 8 == 0, L.m % 8 == 0
-    # forward: W = s B A + S, y = x W^T + bias
+    # forward: W = s B A + S in row chunks, y = x W^T + bias
     cost.gemm(L.m, L.r, L.n, e)
     cost.stream(scatter)
-    cost.gemm(L.b, L.n, L.m, e, aligned=aligned_n and aligned_m)
-    # backward: W again (column windows), dx = g W, dW = g^T x row chunks
+    cost.gemm(L.b, L.n, L.m, e)
+    if not forward.x_aligned:
+        cost.stream(forward.chunks * L.b * L.n * 2 * e)  # x staged per chunk
+    if L.m % 8:
+        cost.stream(L.b * L.m * 2 * e)  # y staged, copied out with the bias
+    if not backward_pass:
+        return cost
+    # backward: W again in column windows, dx = g W; dW = g^T x in row chunks
     cost.gemm(L.m, L.r, L.n, e)
     cost.stream(scatter)
-    cost.gemm(L.b, L.m, L.n, e, aligned=aligned_n and aligned_m)
-    cost.gemm(L.m, L.b, L.n, e, aligned=aligned_n and aligned_m)
+    cost.gemm(L.b, L.m, L.n, e)
+    if not backward.g_aligned:
+        cost.stream(backward.windows * L.b * L.m * 2 * e)  # g staged per window
+    if L.n % 8:
+        cost.stream(L.b * L.n * 2 * e)  # dx staged
+    cost.gemm(L.m, L.b, L.n, e, aligned=backward.g_aligned and backward.x_aligned)
     cost.stream(L.nnz * (4 + 4 + 2 * e))  # gather dvalues
     if L.factors_from_dW:
         cost.gemm(L.m, L.n, L.r, e)  # dB = s dW A^T
@@ -196,10 +239,12 @@ def materialized_cost(layer: Layer) -> Cost:
     return cost
 
 
-def dense_cost(layer: Layer) -> Cost:
+def dense_cost(layer: Layer, backward_pass: bool = True) -> Cost:
     L, e, cost = layer, layer.element, Cost()
     aligned = L.n % 8 == 0 and L.m % 8 == 0
     cost.gemm(L.b, L.n, L.m, e, aligned)  # y
+    if not backward_pass:
+        return cost
     cost.gemm(L.b, L.m, L.n, e, aligned)  # dx
     cost.gemm(L.m, L.b, L.n, e, aligned)  # dW
     return cost

@@ -202,3 +202,15 @@ def test_argument_errors_name_the_argument(cuda_ops):
     with pytest.raises((ValueError, RuntimeError), match="transposed_support"):
         cuda_ops.sl_matmul_backward(torch.randn(3, 8), torch.randn(3, 6), *p.operands(), [True] * 4,
                                     torch.zeros(3, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("workspace", [64, 3000, 1 << 20])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("b,m,n", [(37, 29, 43), (50, 5461, 12), (50, 12, 5461), (9, 16, 43)])
+def test_unaligned_widths_through_staging_tiles(cuda_ops, b, m, n, dtype, workspace):
+    # Odd widths make the materialised path stage x, y, g or dx in aligned
+    # tiles; tiny workspaces make the tiles a token or two.
+    p = make_problem(m, n, 3, min(m * n, 300), dtype, seed=m + n)
+    x = torch.randn(b, n, dtype=torch.float64).to(dtype)
+    with sl.matmul_config("materialized", workspace_bytes=workspace):
+        run_and_check(cuda_ops, p, x, dtype)

@@ -53,16 +53,16 @@ bool has_aligned_rows(const Tensor& t) {
   return t.stride(0) % 8 == 0 && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
 }
 
-// Bytes the materialised path may hold besides its inputs and outputs: the
-// configured workspace, and never more than the layer saves over dense
-// nn.Linear, whose backward holds an m x n dW where this one holds dA, dB and
-// dvalues. So no call peaks above dense's forward+backward. A single chunk
-// of 8 rows is always granted, so every shape runs.
+// Bytes the materialised path may hold besides its inputs and outputs, so
+// that no call peaks above dense nn.Linear's forward+backward (y, then dx and
+// an m x n dW): the configured workspace, and never more than what dense
+// holds that this pass does not (`spare` elements: dx and dW for the forward;
+// for the backward, dW against our dA, dB and dvalues). At least one chunk of
+// 8 rows is always granted, so every shape runs.
 class Workspace {
  public:
-  Workspace(const FactorDims& d, int64_t element_size)
-      : left_(std::min(matmul_workspace_bytes(),
-                       (d.m * d.n - d.r * (d.m + d.n) - d.nnz) * element_size)) {}
+  Workspace(int64_t spare, int64_t element_size)
+      : left_(std::min(matmul_workspace_bytes(), spare * element_size)) {}
 
   // Takes `bytes` if they fit.
   bool take(int64_t bytes) {
@@ -71,15 +71,27 @@ class Workspace {
     return true;
   }
 
-  // Rows (a multiple of 8) of a [rows, width] buffer that fit what is left.
-  int64_t rows(int64_t count, int64_t width, int64_t element_size) const {
-    const int64_t fit = left_ / std::max<int64_t>(1, width * element_size) / 8 * 8;
+  // Takes `bytes` even if they do not fit (a granted minimum).
+  void spend(int64_t bytes) { left_ -= bytes; }
+
+  // Rows (a multiple of 8) of a [rows, width] buffer that fit what is left,
+  // divided by `share`.
+  int64_t rows(int64_t count, int64_t width, int64_t element_size, int64_t share = 1) const {
+    const int64_t fit = std::max<int64_t>(left_, 0) / share / std::max<int64_t>(1, width * element_size) / 8 * 8;
     return std::min(std::max<int64_t>(8, fit), std::max<int64_t>(8, padded(count)));
+  }
+
+  // Elements left, at least `minimum`.
+  int64_t elements_left(int64_t element_size, int64_t minimum) const {
+    return std::max(std::max<int64_t>(left_, 0) / element_size, minimum);
   }
 
  private:
   int64_t left_;
 };
+
+int64_t forward_spare(const FactorDims& d, int64_t batch) { return batch * d.n + d.m * d.n; }
+int64_t backward_spare(const FactorDims& d) { return d.m * d.n - d.r * (d.m + d.n) - d.nnz; }
 
 // t [rows, cols] (unit column stride) as cuBLAS wants it: t itself when its
 // rows are aligned, else a copy with a padded row stride if the workspace
@@ -94,6 +106,46 @@ Tensor aligned_rows(const Tensor& t, Workspace& workspace) {
 // A [rows, cols] view of `buffer` with a row stride of padded(cols).
 Tensor block_view(const Tensor& buffer, int64_t rows, int64_t cols) {
   return buffer.narrow(0, 0, rows * padded(cols)).view({rows, padded(cols)}).narrow(1, 0, cols);
+}
+
+// Staging elements per token of gemm_through_staging(lhs [tokens, k], ..., out [tokens, cols]).
+int64_t staging_per_token(const Tensor& lhs, const Tensor& out) {
+  return (has_aligned_rows(lhs) ? 0 : padded(lhs.size(1))) + (has_aligned_rows(out) ? 0 : padded(out.size(1)));
+}
+
+// out = lhs @ rhs (+ bias over rows), rhs aligned. cuBLAS is fast only on
+// aligned rows, so an unaligned lhs is copied tile by tile into `staging`, and
+// an unaligned out is computed tile by tile there and copied out (adding the
+// bias on the way): one extra pass over that operand instead of 5-8x slower
+// GEMMs, in at most staging.numel() elements.
+void gemm_through_staging(const Tensor& lhs, const Tensor& rhs, Tensor out, const std::optional<Tensor>& bias,
+                          const Tensor& staging) {
+  const auto gemm = [&](Tensor& target, const Tensor& left, const std::optional<Tensor>& addend) {
+    if (addend.has_value())
+      at::addmm_out(target, *addend, left, rhs);
+    else
+      at::mm_out(target, left, rhs);
+  };
+  const int64_t per_token = staging_per_token(lhs, out);
+  if (per_token == 0 || lhs.size(0) <= 1) return gemm(out, lhs, bias);
+  const bool stage_lhs = !has_aligned_rows(lhs), stage_out = !has_aligned_rows(out);
+  const int64_t tokens = lhs.size(0), tile = std::max<int64_t>(1, staging.numel() / per_token);
+  for (int64_t t = 0; t < tokens; t += tile) {
+    const int64_t count = std::min(tile, tokens - t);
+    Tensor left = lhs.narrow(0, t, count), target = out.narrow(0, t, count);
+    if (stage_lhs) left = block_view(staging, count, lhs.size(1)).copy_(left);
+    if (!stage_out) {
+      gemm(target, left, bias);
+      continue;
+    }
+    const int64_t offset = stage_lhs ? count * padded(lhs.size(1)) : 0;
+    Tensor product = block_view(staging.narrow(0, offset, staging.numel() - offset), count, out.size(1));
+    gemm(product, left, std::nullopt);
+    if (bias.has_value())
+      at::add_out(target, product, *bias);
+    else
+      target.copy_(product);
+  }
 }
 
 struct Support {
@@ -166,23 +218,26 @@ Tensor sl_matmul_cuda(const Tensor& x, const Tensor& A, const Tensor& B, const T
     y = at::mm(at::mm(x2, a.t()).mul_(scale), b_factor.t());
     spmm(rows, cols, nullptr, vals, dims.m, dims.n, x2, y, bias, /*accumulate=*/true);
   } else {
-    // Row chunks of W, one buffer, each chunk's output columns written by one
-    // GEMM with the bias as its addend.
+    // Row chunks of W in one buffer; each chunk's output columns come from one
+    // GEMM (through staging tiles where x or y has unaligned rows), the bias
+    // its addend.
     const Support support{rows, cols, vals, dims.m, dims.n, dims.nnz};
-    Workspace workspace(dims, x2.element_size());
+    const int64_t element = x2.element_size();
+    Workspace workspace(forward_spare(dims, batch), element);
     const Tensor a_aligned = aligned_rows(a, workspace), x_aligned = aligned_rows(x2, workspace);
     y = at::empty({batch, dims.m}, x2.options());
-    const int64_t chunk = workspace.rows(dims.m, padded(dims.n), x2.element_size());
-    const Tensor buffer = at::empty({chunk * padded(dims.n)}, x2.options());
+    const int64_t per_token = staging_per_token(x_aligned, y);
+    const int64_t chunk = workspace.rows(dims.m, padded(dims.n), element, per_token ? 2 : 1);
+    workspace.spend(chunk * padded(dims.n) * element);
+    const int64_t staging = per_token ? workspace.elements_left(element, per_token) : 0;
+    const Tensor buffer = at::empty({chunk * padded(dims.n) + staging}, x2.options());
+    const Tensor staging_tiles = buffer.narrow(0, chunk * padded(dims.n), staging);
     for (int64_t row = 0; row < dims.m; row += chunk) {
       const int64_t count = std::min(chunk, dims.m - row);
       Tensor w = block_view(buffer, count, dims.n);
       materialize_block(a_aligned, b_factor, support, scale, row, 0, w);
-      Tensor y_chunk = y.narrow(1, row, count);
-      if (bias.has_value())
-        at::addmm_out(y_chunk, bias->narrow(0, row, count), x_aligned, w.t());
-      else
-        at::mm_out(y_chunk, x_aligned, w.t());
+      const auto bias_rows = bias.has_value() ? std::optional<Tensor>(bias->narrow(0, row, count)) : std::nullopt;
+      gemm_through_staging(x_aligned, w.t(), y.narrow(1, row, count), bias_rows, staging_tiles);
     }
   }
   return y.view(out_sizes);
@@ -244,7 +299,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cuda(
     // dx takes column windows of W, so each dx column is one GEMM's output
     // (nothing re-rounded). dA and dB come from the dW row chunks or from the
     // factored formulas, whichever is cheaper; dA, summed over the chunks,
-    // accumulates in float32 where the workspace holds that.
+    // accumulates in float32 for 16-bit dtypes.
     const Support support{rows, cols, vals, dims.m, dims.n, dims.nnz};
     const int64_t element = x2.element_size();
     const bool factors_from_dW = factor_grads_from_dW(batch, dims.m, dims.n);
@@ -253,32 +308,37 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cuda(
       if (need_dB) dB = at::mm(g2.t(), at::mm(x2, a.t()).mul_(scale));
     }
     const bool need_dW = need_dvalues || (factors_from_dW && (need_dA || need_dB));
-    Workspace workspace(dims, element);
-    const bool widen_dA = need_dA && factors_from_dW && element < 4 &&
-                          workspace.take(dims.r * dims.n * int64_t(sizeof(float)));
+    Workspace workspace(backward_spare(dims), element);
+    // A 16-bit dA summed over hundreds of chunks would lose its low bits:
+    // its running sum is float32 whatever the workspace (a granted minimum).
+    const bool widen_dA = need_dA && factors_from_dW && element < 4;
+    if (widen_dA) workspace.spend(dims.r * dims.n * int64_t(sizeof(float)));
     const Tensor g_aligned = aligned_rows(g2, workspace), x_aligned = aligned_rows(x2, workspace);
     const Tensor a_aligned = need_dx ? aligned_rows(a, workspace) : a;
+    if (need_dx) dx = at::empty({batch, dims.n}, options);
+    // One buffer: W column windows (and staging tiles for an unaligned g or
+    // dx) for dx, then dW row chunks.
+    const int64_t per_token = need_dx ? staging_per_token(g_aligned, dx) : 0;
     const int64_t rows_per_chunk = workspace.rows(dims.m, padded(dims.n), element);
-    const int64_t cols_per_chunk = workspace.rows(dims.n, dims.m, element);
+    const int64_t cols_per_chunk = workspace.rows(dims.n, dims.m, element, per_token ? 2 : 1);
+    const int64_t window = dims.m * padded(std::min(cols_per_chunk, dims.n));
+    const int64_t staging = per_token ? std::max(workspace.elements_left(element, 0) - window, per_token) : 0;
     const Tensor buffer = at::empty(
-        {std::max(need_dx ? dims.m * padded(std::min(cols_per_chunk, dims.n)) : 0,
-                  need_dW ? rows_per_chunk * padded(dims.n) : 0)},
-        options);
+        {std::max(need_dx ? window + staging : 0, need_dW ? rows_per_chunk * padded(dims.n) : 0)}, options);
 
     if (need_dx) {
-      dx = at::empty({batch, dims.n}, options);
+      const Tensor staging_tiles = buffer.narrow(0, window, staging);
       for (int64_t col = 0; col < dims.n; col += cols_per_chunk) {
         const int64_t count = std::min(cols_per_chunk, dims.n - col);
         Tensor w = block_view(buffer, dims.m, count);
         materialize_block(a_aligned, b_factor, support, scale, 0, col, w);
-        Tensor dx_chunk = dx.narrow(1, col, count);
-        at::mm_out(dx_chunk, g_aligned, w);
+        gemm_through_staging(g_aligned, w, dx.narrow(1, col, count), std::nullopt, staging_tiles);
       }
     }
     if (need_dW) {
       if (need_dvalues) dvalues = at::empty({dims.nnz}, options);
       if (need_dB && factors_from_dW) dB = at::empty({dims.m, dims.r}, options);
-      Tensor dA_sum;  // dA's running sum: float32 for 16-bit dtypes where it fits
+      Tensor dA_sum;  // dA's running sum: float32 for 16-bit dtypes
       if (need_dA && factors_from_dW)
         dA_sum = at::empty({dims.r, dims.n}, widen_dA ? options.dtype(at::kFloat) : options);
       for (int64_t row = 0; row < dims.m; row += rows_per_chunk) {

@@ -48,8 +48,10 @@
 //     ASan sees any access past its end; the other builds keep a canary
 //     behind it and stop when a block wrote past the end. Static __shared__
 //     variables are function-local statics (real arrays: UBSan's bounds check
-//     and ASan's global redzones see overruns); they keep their values from
-//     the previous block, as shared memory is not cleared on a GPU either.
+//     sees overruns) placed in one ELF section, cuda_emu_shared, which is
+//     filled with 0xFF bytes at the start of every block too: a read before
+//     the block's first write sees garbage (NaN as float), as on a GPU, never
+//     a lucky zero or the previous block's value.
 //   * cudaMalloc'd memory is 256-byte aligned, exact-size (ASan sees
 //     overruns, LSan leaks) and filled with 0xFF bytes (NaN as float), as
 //     unset device memory holds garbage. __ldg and the other cache-hinted
@@ -78,8 +80,14 @@
 //
 // What it cannot see: timing and performance; lockstep hazards that depend
 // on how the lanes of a warp interleave inside one instruction; concurrency
-// between blocks (races between blocks, inter-block communication; a spin-wait
-// on another thread never yields here and hangs); memory-model subtleties
+// between blocks: blocks run one at a time, each to completion, so two blocks
+// that write the same global element, or one that reads what another writes
+// (a scatter whose rows collide, a reduction across blocks without atomics or
+// a second pass, a flag another block sets), give the result of one block
+// order; the random schedule shuffles that order, which catches a result that
+// depends on it, never a torn or lost update between simultaneous blocks (a
+// spin-wait on another block never yields here and hangs); TSan sees only
+// races between the threads of one block; memory-model subtleties
 // (atomics are sequentially consistent, __threadfence is a no-op); tensor
 // cores, inline PTX and other architecture-specific instructions; the
 // rounding of fast-math intrinsics (__expf is expf). Those wait for a GPU
@@ -222,7 +230,8 @@ extern "C" void __tsan_ignore_thread_end(void);
 #define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)
-#define __shared__ static
+// Static shared memory: one section, poisoned at every block start (run_one_block).
+#define __shared__ __attribute__((section("cuda_emu_shared"))) static
 #define __constant__ static
 
 // ---- vector types (CUDA's sizes and alignments) ---------------------------------
@@ -1378,6 +1387,16 @@ CUDA_EMU_NO_TSAN inline void run_block() {
 
 // ---- launches ---------------------------------------------------------------------
 
+// The linker's bounds of the static __shared__ section (null where a program has none).
+extern "C" unsigned char __start_cuda_emu_shared[] __attribute__((weak, visibility("hidden")));
+extern "C" unsigned char __stop_cuda_emu_shared[] __attribute__((weak, visibility("hidden")));
+
+// Byte by byte and unsanitised: the section's variables are real globals to the
+// sanitizers, and this is the hardware's garbage, not an access of the program.
+CUDA_EMU_NO_TSAN CUDA_EMU_NO_ASAN inline void poison_static_shared() {
+  for (volatile unsigned char* p = __start_cuda_emu_shared; p < __stop_cuda_emu_shared; ++p) *p = 0xFF;
+}
+
 constexpr size_t kCanaryBytes = CUDA_EMU_ASAN ? 0 : 64;
 constexpr unsigned char kCanary = 0xA5;
 
@@ -1391,6 +1410,7 @@ inline void run_one_block(size_t shared_bytes) {
   if (kCanaryBytes) std::memset(static_cast<unsigned char*>(shared) + shared_bytes, kCanary, kCanaryBytes);
   E.dyn_shared = static_cast<unsigned char*>(shared);
   E.dyn_bytes = shared_bytes;
+  poison_static_shared();
 #if CUDA_EMU_TSAN
   __tsan_release(&E.block_start_sync);
 #endif

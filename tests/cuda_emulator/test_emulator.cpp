@@ -466,6 +466,41 @@ bool run_static_oob() {
   return same(out.get(), want, "neighbour sums");
 }
 
+// ---- static shared memory read before it is written ----------------------------------
+
+constexpr int kPartialWarps = 8;
+
+// Sums in[0, n) with one block of 256 threads: each warp's shuffle sum goes to
+// a static shared slot, thread 0 adds the slots. Only warps that hold
+// elements write theirs; the correct kernel zeroes every slot first, the
+// planted bug assumes unwritten slots read as zero (as the emulator's zero-
+// initialised statics used to make them).
+__global__ void sum_through_static_slots(int n, const int* in, int* out, bool zero_slots) {
+  __shared__ int partial[kPartialWarps];
+  const int thread = int(threadIdx.x), warp = thread / 32;
+  if (zero_slots && thread < kPartialWarps) partial[thread] = 0;
+  __syncthreads();
+  int value = thread < n ? in[thread] : 0;
+  for (int offset = 16; offset > 0; offset /= 2) value += __shfl_down_sync(0xffffffffu, value, offset);
+  if (thread % 32 == 0 && warp * 32 < n) partial[warp] = value;
+  __syncthreads();
+  if (thread == 0) {
+    int total = 0;
+    for (int w = 0; w < kPartialWarps; ++w) total += partial[w];
+    *out = total;
+  }
+}
+
+bool run_static_slots(bool bug) {
+  const int n = 100;  // four of the eight warps hold elements
+  const std::vector<int> in = random_ints(size_t(n), 1, 1000, 23);
+  Device<int> d_in(in), out(size_t(1));
+  SLTRAIN_LAUNCH(sum_through_static_slots, 1, 32 * kPartialWarps, 0, 0)(n, d_in.ptr, out.ptr, !bug);
+  int want = 0;
+  for (int v : in) want += v;
+  return same(out.get(), std::vector<int>{want}, "sum through static shared slots");
+}
+
 // ---- dynamic shared memory ------------------------------------------------------------
 
 // Reverses each segment of per_thread * blockDim.x elements through dynamic shared memory.
@@ -838,6 +873,7 @@ const Case kCases[] = {
     {"half_conversions", run_halves, true},
     {"cub_sort", run_cub_sort, true},
     {"many_threads", run_many_threads, true},
+    {"static_shared_slots", [] { return run_static_slots(false); }, true},
     // Planted bugs, numbered as in CMakeLists.txt.
     {"bug_csr_past_row_end", [] { return run_csr(true); }, false},                  // 1
     {"bug_shuffle_skips_step", [] { return run_warp_sums(1); }, false},             // 2
@@ -849,6 +885,7 @@ const Case kCases[] = {
     {"bug_dynamic_shared_oob", [] { return run_dynamic_shared(true); }, false},     // 8
     {"bug_float4_without_tail", [] { return run_axpy4(1); }, false},                // 9
     {"bug_misaligned_float4", [] { return run_axpy4(2); }, false},                  // 10
+    {"bug_static_shared_read_before_write", [] { return run_static_slots(true); }, false},  // 11
 };
 
 const char* const kDiagnostics[] = {"diag_block_too_large",    "diag_shared_over_limit",  "diag_divergent_barriers",
