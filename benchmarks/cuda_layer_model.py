@@ -130,20 +130,26 @@ def backward_plan(layer: Layer, mask=(True, True, True, True)) -> Plan:
             plan.free(t)
     need_dW = need_dvalues or (L.factors_from_dW and (need_dA or need_dB))
     workspace = Workspace(L, backward_spare(L))
-    widen_dA = need_dA and L.factors_from_dW and e < 4
-    if widen_dA:
-        workspace.left -= L.r * L.n * 4
+    widen_dA = False
+    if need_dA and L.factors_from_dW and e < 4:  # ops.cu's widen_dA, kNarrowSums = 4
+        chunk_rows = workspace.rows(L.m, padded(L.n), e)
+        widen_dA = workspace.take(L.r * L.n * 4)
+        if not widen_dA and -(-L.m // chunk_rows) > 4:
+            widen_dA = True
+            workspace.left -= L.r * L.n * 4
     g_aligned = aligned_copy(plan, workspace, L.b, L.m, e)
     x_aligned = aligned_copy(plan, workspace, L.b, L.n, e)
     if need_dx:
         aligned_copy(plan, workspace, L.r, L.n, e)  # A
         plan.alloc(L.b * L.n * e)  # dx
     per_token = ((0 if g_aligned else padded(L.m)) + (0 if L.n % 8 == 0 else padded(L.n))) if need_dx else 0
-    rows_per_chunk = workspace.rows(L.m, padded(L.n), e)
+    stage_g_columns = need_dW and not g_aligned and L.b > 1
+    dW_width = padded(L.n) + (L.b if stage_g_columns else 0)
+    rows_per_chunk = workspace.rows(L.m, dW_width, e)
     cols_per_chunk = workspace.rows(L.n, L.m, e, 2 if per_token else 1)
     window = L.m * padded(min(cols_per_chunk, L.n))
     staging = max(workspace.elements_left(e, 0) - window, per_token) if per_token else 0
-    plan.alloc(max(window + staging if need_dx else 0, rows_per_chunk * padded(L.n) if need_dW else 0) * e)
+    plan.alloc(max(window + staging if need_dx else 0, rows_per_chunk * dW_width if need_dW else 0) * e)
     if need_dW:
         if need_dvalues:
             plan.alloc(L.nnz * e)
@@ -154,7 +160,7 @@ def backward_plan(layer: Layer, mask=(True, True, True, True)) -> Plan:
             if widen_dA:
                 plan.alloc(L.r * L.n * e)  # dA, converted
                 plan.free(dA_sum)
-    plan.g_aligned, plan.x_aligned = g_aligned, x_aligned
+    plan.g_aligned, plan.x_aligned, plan.g_columns_staged = g_aligned, x_aligned, stage_g_columns
     plan.windows, plan.chunks = -(-L.n // cols_per_chunk), -(-L.m // rows_per_chunk)
     return plan
 
@@ -226,7 +232,9 @@ def materialized_cost(layer: Layer, backward_pass: bool = True) -> Cost:
         cost.stream(backward.windows * L.b * L.m * 2 * e)  # g staged per window
     if L.n % 8:
         cost.stream(L.b * L.n * 2 * e)  # dx staged
-    cost.gemm(L.m, L.b, L.n, e, aligned=backward.g_aligned and backward.x_aligned)
+    if backward.g_columns_staged:
+        cost.stream(L.b * L.m * 2 * e)  # g's columns copied, one chunk at a time
+    cost.gemm(L.m, L.b, L.n, e, aligned=(backward.g_aligned or backward.g_columns_staged) and backward.x_aligned)
     cost.stream(L.nnz * (4 + 4 + 2 * e))  # gather dvalues
     if L.factors_from_dW:
         cost.gemm(L.m, L.n, L.r, e)  # dB = s dW A^T

@@ -298,8 +298,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cuda(
     // One buffer serves W, then dW = g^T x, in blocks; neither is ever whole.
     // dx takes column windows of W, so each dx column is one GEMM's output
     // (nothing re-rounded). dA and dB come from the dW row chunks or from the
-    // factored formulas, whichever is cheaper; dA, summed over the chunks,
-    // accumulates in float32 for 16-bit dtypes.
+    // factored formulas, whichever is cheaper; a 16-bit dA sums its chunks in
+    // float32 (see widen_dA).
     const Support support{rows, cols, vals, dims.m, dims.n, dims.nnz};
     const int64_t element = x2.element_size();
     const bool factors_from_dW = factor_grads_from_dW(batch, dims.m, dims.n);
@@ -309,22 +309,37 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cuda(
     }
     const bool need_dW = need_dvalues || (factors_from_dW && (need_dA || need_dB));
     Workspace workspace(backward_spare(dims), element);
-    // A 16-bit dA summed over hundreds of chunks would lose its low bits:
-    // its running sum is float32 whatever the workspace (a granted minimum).
-    const bool widen_dA = need_dA && factors_from_dW && element < 4;
-    if (widen_dA) workspace.spend(dims.r * dims.n * int64_t(sizeof(float)));
+    // A 16-bit dA sums its chunks in float32 where the workspace holds that;
+    // where it does not, a sum of at most kNarrowSums chunks stays 16-bit (a
+    // few roundings more), and a longer one is float32 anyway (a granted
+    // minimum: precision before the memory bound).
+    constexpr int64_t kNarrowSums = 4;
+    bool widen_dA = false;
+    if (need_dA && factors_from_dW && element < 4) {
+      const int64_t sum_bytes = dims.r * dims.n * int64_t(sizeof(float));
+      const int64_t chunk_rows = workspace.rows(dims.m, padded(dims.n), element);
+      widen_dA = workspace.take(sum_bytes);
+      if (!widen_dA && (dims.m + chunk_rows - 1) / chunk_rows > kNarrowSums) {
+        widen_dA = true;
+        workspace.spend(sum_bytes);
+      }
+    }
     const Tensor g_aligned = aligned_rows(g2, workspace), x_aligned = aligned_rows(x2, workspace);
     const Tensor a_aligned = need_dx ? aligned_rows(a, workspace) : a;
     if (need_dx) dx = at::empty({batch, dims.n}, options);
     // One buffer: W column windows (and staging tiles for an unaligned g or
     // dx) for dx, then dW row chunks.
     const int64_t per_token = need_dx ? staging_per_token(g_aligned, dx) : 0;
-    const int64_t rows_per_chunk = workspace.rows(dims.m, padded(dims.n), element);
+    // dW = g[:, rows]^T x reads g's columns: with unaligned rows, each chunk's
+    // columns of g are first copied into an aligned [batch, rows] block.
+    const bool stage_g_columns = need_dW && !has_aligned_rows(g_aligned) && batch > 1;
+    const int64_t dW_width = padded(dims.n) + (stage_g_columns ? batch : 0);
+    const int64_t rows_per_chunk = workspace.rows(dims.m, dW_width, element);
     const int64_t cols_per_chunk = workspace.rows(dims.n, dims.m, element, per_token ? 2 : 1);
     const int64_t window = dims.m * padded(std::min(cols_per_chunk, dims.n));
     const int64_t staging = per_token ? std::max(workspace.elements_left(element, 0) - window, per_token) : 0;
     const Tensor buffer = at::empty(
-        {std::max(need_dx ? window + staging : 0, need_dW ? rows_per_chunk * padded(dims.n) : 0)}, options);
+        {std::max(need_dx ? window + staging : 0, need_dW ? rows_per_chunk * dW_width : 0)}, options);
 
     if (need_dx) {
       const Tensor staging_tiles = buffer.narrow(0, window, staging);
@@ -338,13 +353,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cuda(
     if (need_dW) {
       if (need_dvalues) dvalues = at::empty({dims.nnz}, options);
       if (need_dB && factors_from_dW) dB = at::empty({dims.m, dims.r}, options);
-      Tensor dA_sum;  // dA's running sum: float32 for 16-bit dtypes
+      Tensor dA_sum;  // dA's running sum
       if (need_dA && factors_from_dW)
         dA_sum = at::empty({dims.r, dims.n}, widen_dA ? options.dtype(at::kFloat) : options);
       for (int64_t row = 0; row < dims.m; row += rows_per_chunk) {
         const int64_t count = std::min(rows_per_chunk, dims.m - row);
         Tensor dW = block_view(buffer, count, dims.n);
-        at::mm_out(dW, g_aligned.narrow(1, row, count).t(), x_aligned);
+        Tensor g_rows = g_aligned.narrow(1, row, count);
+        if (stage_g_columns)
+          g_rows = block_view(buffer.narrow(0, rows_per_chunk * padded(dims.n), batch * rows_per_chunk), batch, count)
+                       .copy_(g_rows);
+        at::mm_out(dW, g_rows.t(), x_aligned);
         if (need_dvalues) {
           SLTRAIN_DISPATCH_FLOATS(options.dtype().toScalarType(), "sl_gather", [&] {
             C10_CUDA_CHECK(cuda::csr_gather_rows(row, count, dims.n, dims.nnz, rows.data_ptr<int32_t>(),
