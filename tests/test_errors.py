@@ -241,3 +241,21 @@ def test_validate_support_of_lists_names_the_argument():
         sl.validate_support([0, 1], [0], 1, 4)
     with pytest.raises(TypeError, match="`col_idx` must be an int32 torch.Tensor, got list"):
         sl.validate_support(torch.tensor([0, 1], dtype=torch.int32), [0], 1, 4)
+
+
+@pytest.mark.parametrize("path", ["factored", "materialized"])
+@pytest.mark.parametrize("tokens", [1, 64, 1000])
+def test_a_scale_near_float32_max_gives_the_exact_result_where_it_is_finite(path, tokens):
+    # B = 0, as at init: W = S, every exact result is small. The factored path
+    # let addmm scale an operand by `scale` first: dx came out inf or NaN.
+    p = make_problem(64, 64, 16, 400)
+    scale = 3.4e38  # float32 holds up to 3.4028e38
+    A, B = torch.randn(16, 64), torch.zeros(64, 16)  # scale * A overflows, scale * (B @ A) does not
+    x, grad_y = torch.randn(tokens, 64), torch.randn(tokens, 64)
+    with sl.matmul_config(path):
+        y = sl.sl_matmul(x, A, B, p.values, p.row_ptr, p.col_idx, scale)
+        dx, dA, dB, dvalues = sl.sl_matmul_backward(grad_y, x, A, B, p.values, p.row_ptr, p.col_idx, scale)
+    S = sl.densify(A, B, p.values, p.row_ptr, p.col_idx, 0.0).double()
+    torch.testing.assert_close(y.double(), x.double() @ S.T, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(dx.double(), grad_y.double() @ S, rtol=1e-5, atol=1e-4)
+    assert torch.equal(dA, torch.zeros_like(dA))  # (dB = scale * g^T x A^T truly overflows)

@@ -74,6 +74,15 @@ bool use_factored_path(int64_t b, const FactorDims& dims) {
          MatmulPath::kFactored;
 }
 
+// scale * (left @ right) + sparse_part, scaled after the product: addmm with
+// alpha = scale scales an operand first, which overflows for a scale near the
+// dtype's maximum (and gives inf * 0 = NaN for B = 0, as at init) where the
+// exact result is finite.
+Tensor scaled_low_rank_plus(const Tensor& left, const Tensor& right, double scale,
+                            const Tensor& sparse_part) {
+  return at::mm(left, right).mul_(scale).add_(sparse_part);
+}
+
 // Rows of W per chunk of the materialised path, so that `copies` m x n-row
 // buffers of the compute dtype fit the workspace.
 int64_t rows_per_chunk(const FactorDims& dims, int64_t copies, const Tensor& like) {
@@ -122,7 +131,7 @@ Tensor sl_matmul_cpu(const Tensor& x, const Tensor& A, const Tensor& B, const Te
                                   x_t.stride(0), y_t.data_ptr<scalar_t>(), y_t.stride(0)),
                     csr);
     });
-    y = at::addmm(y_t.t(), at::mm(x2, a.t()), b_factor.t(), 1.0, scale);
+    y = scaled_low_rank_plus(at::mm(x2, a.t()), b_factor.t(), scale, y_t.t());
   } else {
     y = at::empty({batch, dims.m}, x2.options());
     const int64_t chunk = rows_per_chunk(dims, 1, x2);
@@ -177,7 +186,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cpu(
                                                dx_t.data_ptr<scalar_t>(), dx_t.stride(0)),
                       csr);
       });
-      dx = at::addmm(dx_t.t(), gB, a, 1.0, scale);
+      dx = scaled_low_rank_plus(gB, a, scale, dx_t.t());
     }
     if (need_dA) dA = at::mm(gB.t(), x2).mul_(scale);
     if (need_dB) dB = at::mm(g2.t(), at::mm(x2, a.t())).mul_(scale);
