@@ -239,46 +239,35 @@ class SLAdamW(torch.optim.Optimizer):
                         self.state[param][key] = value.to(device=param.device, copy=True)
 
 
-# The moment tensors a state may hold: (dtype, elements per param element or
-# None for one per QUANT_BLOCK, whether entries must be >= 0). Floating
-# entries must be finite: a NaN or negative absmax (a damaged or hand-edited
-# state_dict) would make the parameters non-finite, or flip their update,
-# without a word. 32-bit moments have their param's shape.
-_STATE_TENSORS = {
-    "exp_avg_absmax": (torch.float32, None, True),
-    "sqrt_exp_avg_sq_absmax": (torch.float32, None, True),
-    "sqrt_exp_avg_sq": (torch.uint8, 1, False),
-    "exp_avg_sq": (None, 1, True),
-    "exp_avg": (None, 1, False),
-}
-
-
 def _check_loaded_state(param_id: Any, param: Tensor, state: dict[str, Any]) -> None:
     """Raises ValueError naming the parameter and the state unless `state` can
-    drive `param`'s updates: the moments of its precision, sized for it, finite."""
+    drive `param`'s updates: every moment of its precision, of the size the
+    kernels expect, finite, and second moments and absmaxes >= 0. A NaN or
+    negative absmax (a damaged or hand-edited state_dict) would make the
+    parameters non-finite, or flip their update, without a word."""
+    if not state:
+        return  # not stepped yet: the first update creates the moments
     where = f"SLAdamW.load_state_dict: parameter {param_id} (shape {tuple(param.shape)})"
-    eight_bit = "sqrt_exp_avg_sq" in state
-    for key, (dtype, per_element, non_negative) in _STATE_TENSORS.items():
+    numel, blocks = param.numel(), -(-param.numel() // QUANT_BLOCK)
+    if "sqrt_exp_avg_sq" in state:  # 8-bit: (dtype, entries, >= 0) of each moment
+        layout = {"exp_avg": (torch.int8, numel, False), "exp_avg_absmax": (torch.float32, blocks, True),
+                  "sqrt_exp_avg_sq": (torch.uint8, numel, False),
+                  "sqrt_exp_avg_sq_absmax": (torch.float32, blocks, True)}
+    else:
+        moment = torch.float64 if param.dtype == torch.float64 else torch.float32
+        layout = {"exp_avg": (moment, numel, False), "exp_avg_sq": (moment, numel, True)}
+    for key, (dtype, entries, non_negative) in layout.items():
         value = state.get(key)
-        if value is None:
-            continue
         if not torch.is_tensor(value):
             raise ValueError(f"{where}: state `{key}` must be a tensor, got {type(value).__name__}")
-        if key == "exp_avg" and eight_bit:
-            dtype = torch.int8
-        local = _local(value)
-        if dtype is not None and value.dtype != dtype:
-            raise ValueError(f"{where}: state `{key}` must be {dtype}, got {value.dtype}")
-        if per_element is None or eight_bit:
-            expected = -(-param.numel() // QUANT_BLOCK) if per_element is None else param.numel()
-            if value.numel() != expected:
-                raise ValueError(f"{where}: state `{key}` has {value.numel()} entries, expected {expected}")
-        elif value.shape != param.shape:
-            raise ValueError(f"{where}: state `{key}` has shape {tuple(value.shape)}, expected {tuple(param.shape)}")
+        if value.dtype != dtype or value.numel() != entries:
+            raise ValueError(f"{where}: state `{key}` must be {dtype} with {entries} entries, got {value.dtype} "
+                             f"with {value.numel()}")
         if value.is_floating_point():
+            local = _local(value).flatten()
             bad = ~torch.isfinite(local) | (local < 0) if non_negative else ~torch.isfinite(local)
             if bool(bad.any()):
-                index = int(bad.flatten().nonzero()[0])
+                index = int(bad.nonzero()[0])
                 requirement = "finite and >= 0" if non_negative else "finite"
-                raise ValueError(f"{where}: state `{key}`[{index}] = {local.flatten()[index].item()} "
-                                 f"must be {requirement} (a damaged optimizer state?)")
+                raise ValueError(f"{where}: state `{key}`[{index}] = {local[index].item()} must be {requirement} "
+                                 "(a damaged optimizer state?)")

@@ -251,5 +251,5 @@ def test_load_state_dict_refuses_8bit_states_of_another_size():
     train(model, source, batches(1))
     damaged = source.state_dict()
     damaged["state"][1]["sqrt_exp_avg_sq_absmax"] = torch.ones(1)
-    with pytest.raises(ValueError, match=r"parameter 1 .*`sqrt_exp_avg_sq_absmax` has 1 entries, expected 2"):
+    with pytest.raises(ValueError, match=r"parameter 1 .*`sqrt_exp_avg_sq_absmax` must be torch.float32 with 2 entries, got torch.float32 with 1"):
         sl.SLAdamW(model.parameters(), state_bits=8, min_8bit_numel=64).load_state_dict(damaged)
