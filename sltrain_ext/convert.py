@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import types
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -232,20 +231,26 @@ _FOREIGN_SAVE_WARNING = (
     "with sltrain_ext.save_pretrained(model, directory)")
 
 
+class _WarnBeforeForeignSave:
+    """Stands for a converted model's own ``save_pretrained`` (a Hugging Face
+    model's), whose files load back as random dense layers: it warns, then
+    calls the class's method. An object, not a closure, so that the model
+    still pickles and a deep copy's wrapper calls the copy."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        model = self.model
+        if any(isinstance(m, (SLLinear, LowRankLinear)) for m in model.modules()):
+            warnings.warn(_FOREIGN_SAVE_WARNING.format(cls=type(model).__name__), UserWarning, stacklevel=2)
+        return type(model).save_pretrained(model, *args, **kwargs)
+
+
 def _warn_on_foreign_save(model: nn.Module) -> None:
-    """A converted Hugging Face model's own ``save_pretrained`` writes files
-    that load back as random dense layers: it warns first, until ``merge``."""
-    original = getattr(type(model), "save_pretrained", None)
-    if not callable(original):
-        return
-
-    def save_pretrained(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        if any(isinstance(m, (SLLinear, LowRankLinear)) for m in self.modules()):
-            warnings.warn(_FOREIGN_SAVE_WARNING.format(cls=type(self).__name__), UserWarning, stacklevel=2)
-        return original(self, *args, **kwargs)
-
-    # A bound method on the instance (deepcopy and pickle rebind it to the copy).
-    model.save_pretrained = types.MethodType(save_pretrained, model)
+    """Makes a model with a ``save_pretrained`` of its own warn before using it (until ``merge``)."""
+    if callable(getattr(type(model), "save_pretrained", None)):
+        model.save_pretrained = _WarnBeforeForeignSave(model)
 
 
 @torch.no_grad()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 import warnings
@@ -282,6 +283,10 @@ def test_hugging_face_save_pretrained_of_an_unmerged_model_warns_and_merge_fixes
     with pytest.warns(UserWarning, match=r"OPTForCausalLM.save_pretrained: this model holds SLTrain layers.*"
                                          r"sltrain_ext.merge\(model\)"):
         model.save_pretrained(tmp_path / "unmerged")
+    copied = pickle.loads(pickle.dumps(model))  # the model still pickles; the copy warns for itself
+    with pytest.warns(UserWarning, match="this model holds SLTrain layers"):
+        copied.save_pretrained(tmp_path / "copied")
+    assert copied.save_pretrained.model is copied
     tokens = torch.randint(0, 64, (1, 8))
     expected = model(tokens).logits
     sl.merge(model)
