@@ -194,8 +194,11 @@ def convert(
 def _check_targets(model: nn.Module, targets: list[tuple[list[str], nn.Linear]], rank: int,
                    density: float | None, alpha: float, seed: int) -> None:
     """Everything that could fail while replacing, for every layer, before the first is replaced."""
-    refused = [f"`{names[0]}`: {why}" for names, module in targets
-               if (why := next(filter(None, (_why_not_convertible(model, name, module) for name in names)), None))]
+    refused = []
+    for names, module in targets:
+        reasons = [why for name in names if (why := _why_not_convertible(model, name, module))]
+        if reasons:
+            refused.append(f"`{names[0]}`: {reasons[0]}")
     if refused:
         raise ValueError("convert cannot replace these layers faithfully; exclude them with `target_modules`:\n  "
                          + "\n  ".join(refused))
