@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,7 +27,7 @@ def check_alpha(alpha: float, rank: int, dtype: torch.dtype | None) -> None:
     """Raises ValueError naming `alpha` unless it is a finite number whose scale
     ``alpha / rank`` the kernels can represent in the factors' dtype (they
     would refuse the scale only at the first forward)."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha):
         raise ValueError(f"`alpha` must be a finite number, got {alpha!r}")
     dtype = dtype or torch.get_default_dtype()
     largest = torch.finfo(dtype).max
