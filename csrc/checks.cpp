@@ -135,12 +135,16 @@ void check_adam_state(const char* op, const char* name, size_t i, const at::Tens
 }
 
 // No tensor the update writes (params, states) may share memory with any
-// other tensor of the call: an aliased state or a parameter listed twice
-// would be updated twice or read after being written. Sorting the byte
-// ranges finds any overlap in O(k log k). Tensors without memory (meta, and
-// the fake tensors torch.compile traces with) are placed by their storage and
-// byte offset instead of an address, so the fake kernels see the same
-// aliasing; a symbolic size or offset leaves a tensor to the real call.
+// other tensor of the call: an aliased state, a parameter listed twice or a
+// gradient that is a view of a parameter (a transpose, an expand) would be
+// read after being written or updated twice. Each tensor is placed by its
+// byte range its strides span, from the lowest to the highest element it
+// reaches (a strided view counts with every byte in between): by address,
+// which also catches two storages over one buffer (from_blob, numpy views);
+// tensors without memory (meta, and the fake tensors torch.compile traces
+// with) by their storage and byte offset, so the fake kernels see the same
+// aliasing. Sorting the ranges finds any overlap in O(k log k). A symbolic
+// size, stride or offset leaves a tensor to the real call.
 void check_no_aliasing(const char* op,
                        std::initializer_list<std::pair<const char*, at::TensorList>> lists) {
   struct Range {
@@ -155,16 +159,23 @@ void check_no_aliasing(const char* op,
       const at::Tensor& t = list[i];
       const auto numel = t.sym_numel().maybe_as_int();
       const auto offset = t.sym_storage_offset().maybe_as_int();
-      if (!numel || !offset || *numel == 0 || !t.is_contiguous()) {
-        continue;  // non-contiguous grads are copied first
+      if (!numel || !offset || *numel == 0 || !t.has_storage()) continue;
+      int64_t last = *offset;  // the highest element index the tensor reaches
+      bool concrete = true;
+      for (int64_t d = 0; d < t.dim() && concrete; ++d) {
+        const auto size = t.sym_size(d).maybe_as_int(), stride = t.sym_stride(d).maybe_as_int();
+        concrete = size && stride;
+        if (concrete) last += (*size - 1) * *stride;
       }
-      const auto bytes = uintptr_t(*numel * int64_t(t.element_size()));
-      if (t.is_meta()) {
-        const auto begin = uintptr_t(*offset * int64_t(t.element_size()));
-        ranges.push_back({t.storage().unsafeGetStorageImpl(), begin, begin + bytes, name, i});
+      if (!concrete) continue;
+      const auto element = uintptr_t(t.element_size());
+      const auto first_byte = uintptr_t(*offset) * element, end_byte = uintptr_t(last + 1) * element;
+      const void* data = t.is_meta() ? nullptr : t.storage().data();
+      if (data == nullptr) {
+        ranges.push_back({t.storage().unsafeGetStorageImpl(), first_byte, end_byte, name, i});
       } else {
-        const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-        ranges.push_back({nullptr, begin, begin + bytes, name, i});
+        const auto base = reinterpret_cast<uintptr_t>(data);
+        ranges.push_back({nullptr, base + first_byte, base + end_byte, name, i});
       }
     }
   }
@@ -172,11 +183,13 @@ void check_no_aliasing(const char* op,
     return std::tie(a.storage, a.begin) < std::tie(b.storage, b.begin);
   };
   std::sort(ranges.begin(), ranges.end(), before);
+  // Sorted by start: if any two ranges overlap, some two neighbours do.
   for (size_t k = 1; k < ranges.size(); ++k) {
     const Range &a = ranges[k - 1], &b = ranges[k];
     TORCH_CHECK_VALUE(a.storage != b.storage || b.begin >= a.end, op, ": `", a.name, "`[", a.index,
                       "] and `", b.name, "`[", b.index,
-                      "] share memory; every tensor of the update must have its own");
+                      "] share memory (overlapping bytes of one buffer, e.g. through a view); every "
+                      "tensor of the update must have its own");
   }
 }
 

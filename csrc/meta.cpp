@@ -8,6 +8,7 @@
 // outputs of the right shape; no value is read, so the O(nnz) support checks
 // are left to the real kernels.
 #include <ATen/ATen.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include "checks.h"
@@ -50,8 +51,16 @@ void random_support_fill_meta(const Tensor& row_ptr, const Tensor& col_idx, int6
   check_random_support_fill(row_ptr, col_idx, n);
 }
 
+// A trace (torch.compile's fake tensors: Meta is in the thread's dispatch
+// set while the fake mode runs a kernel) gets the layout checks; the real call
+// reads the values. A direct call on meta tensors is refused: they hold no
+// values, so returning would claim a support valid that was never read.
 void validate_support_meta(const Tensor& row_ptr, const Tensor& col_idx, int64_t m, int64_t n) {
-  check_support("validate_support", row_ptr, col_idx, m, n);
+  constexpr const char* op = "validate_support";
+  check_support(op, row_ptr, col_idx, m, n);
+  TORCH_CHECK_VALUE(c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::Meta), op,
+                    ": `row_ptr` and `col_idx` are on the meta device, which holds no values: "
+                    "a support can only be validated where its indices are (copy it to the CPU)");
 }
 
 Tensor transpose_support_meta(const Tensor& row_ptr, const Tensor& col_idx, int64_t n) {

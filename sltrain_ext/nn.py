@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -21,6 +23,19 @@ from .ops import (
 __all__ = ["SLLinear", "LowRankLinear"]
 
 
+def check_alpha(alpha: float, rank: int, dtype: torch.dtype | None) -> None:
+    """Raises ValueError naming `alpha` unless it is a finite number whose scale
+    ``alpha / rank`` the kernels can represent in the factors' dtype (they
+    would refuse the scale only at the first forward)."""
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha):
+        raise ValueError(f"`alpha` must be a finite number, got {alpha!r}")
+    dtype = dtype or torch.get_default_dtype()
+    largest = torch.finfo(dtype).max
+    if abs(alpha / rank) > largest:
+        raise ValueError(f"`alpha` = {alpha} gives the scale alpha / rank = {alpha / rank:g}, beyond {dtype}'s "
+                         f"largest value {largest:g}")
+
+
 class _FactoredLinear(nn.Module):
     """What SLLinear and LowRankLinear share: sizes, the factors ``A`` and ``B``
     with SLTrain's initialisation, the bias and the scale ``alpha / rank``."""
@@ -29,8 +44,10 @@ class _FactoredLinear(nn.Module):
                  factory: dict[str, Any]) -> None:
         super().__init__()
         for name, value in (("in_features", in_features), ("out_features", out_features), ("rank", rank)):
-            if not isinstance(value, int) or value < 1:
+            # bool is an int to Python, never a size here.
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+        check_alpha(alpha, rank, factory.get("dtype"))
         self.in_features = in_features
         self.out_features = out_features
         self.rank = rank
@@ -38,6 +55,19 @@ class _FactoredLinear(nn.Module):
         self.A = nn.Parameter(torch.empty(rank, in_features, **factory))
         self.B = nn.Parameter(torch.empty(out_features, rank, **factory))
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """``nn.Module.load_state_dict``, all or nothing also for missing and
+        unexpected keys under ``strict``: torch writes the keys that fit and
+        only then reports the others. (A model holding this layer is loaded by
+        torch's own method, which reports them after writing its other layers.)"""
+        if strict:
+            own = set(self.state_dict())
+            missing, unexpected = sorted(own - set(state_dict)), sorted(set(state_dict) - own)
+            if missing or unexpected:
+                raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}: missing key(s) "
+                                   f"{missing}, unexpected key(s) {unexpected}; nothing was loaded")
+        return super().load_state_dict(state_dict, strict, assign)
 
     @property
     def scale(self) -> float:

@@ -186,6 +186,8 @@ def validate_support(row_ptr: Tensor, col_idx: Tensor, m: int, n: int) -> None:
     O(nnz); runs on the CPU (tensors on other devices are copied). A support
     on the meta device has no values to check and is refused."""
     for name, tensor in (("row_ptr", row_ptr), ("col_idx", col_idx)):
+        if not isinstance(tensor, Tensor):
+            raise TypeError(f"validate_support: `{name}` must be an int32 torch.Tensor, got {type(tensor).__name__}")
         if tensor.is_meta:
             raise ValueError(f"validate_support: `{name}` is on the meta device, which holds no values to validate")
     _ops.validate_support(row_ptr.cpu(), col_idx.cpu(), m, n)

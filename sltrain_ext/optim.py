@@ -222,6 +222,10 @@ class SLAdamW(torch.optim.Optimizer):
         return loss
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # All or nothing: every state is checked before any is loaded.
+        for saved, group in zip(state_dict["param_groups"], self.param_groups):
+            for param_id, param in zip(saved["params"], group["params"]):
+                _check_loaded_state(param_id, param, state_dict["state"].get(param_id, {}))
         super().load_state_dict(state_dict)
         # torch.optim replaces the group dicts: per-layer updates must read the new ones.
         self._group_of = {param: group for group in self.param_groups for param in group["params"]}
@@ -233,3 +237,37 @@ class SLAdamW(torch.optim.Optimizer):
                 for key, value in state_dict["state"].get(param_id, {}).items():
                     if torch.is_tensor(value):
                         self.state[param][key] = value.to(device=param.device, copy=True)
+
+
+def _check_loaded_state(param_id: Any, param: Tensor, state: dict[str, Any]) -> None:
+    """Raises ValueError naming the parameter and the state unless `state` can
+    drive `param`'s updates: every moment of its precision, of the size the
+    kernels expect, finite, and second moments and absmaxes >= 0. A NaN or
+    negative absmax (a damaged or hand-edited state_dict) would make the
+    parameters non-finite, or flip their update, without a word."""
+    if not state:
+        return  # not stepped yet: the first update creates the moments
+    where = f"SLAdamW.load_state_dict: parameter {param_id} (shape {tuple(param.shape)})"
+    numel, blocks = param.numel(), -(-param.numel() // QUANT_BLOCK)
+    if "sqrt_exp_avg_sq" in state:  # 8-bit: (dtype, entries, >= 0) of each moment
+        layout = {"exp_avg": (torch.int8, numel, False), "exp_avg_absmax": (torch.float32, blocks, True),
+                  "sqrt_exp_avg_sq": (torch.uint8, numel, False),
+                  "sqrt_exp_avg_sq_absmax": (torch.float32, blocks, True)}
+    else:
+        moment = torch.float64 if param.dtype == torch.float64 else torch.float32
+        layout = {"exp_avg": (moment, numel, False), "exp_avg_sq": (moment, numel, True)}
+    for key, (dtype, entries, non_negative) in layout.items():
+        value = state.get(key)
+        if not torch.is_tensor(value):
+            raise ValueError(f"{where}: state `{key}` must be a tensor, got {type(value).__name__}")
+        if value.dtype != dtype or value.numel() != entries:
+            raise ValueError(f"{where}: state `{key}` must be {dtype} with {entries} entries, got {value.dtype} "
+                             f"with {value.numel()}")
+        if value.is_floating_point():
+            local = _local(value).flatten()
+            bad = ~torch.isfinite(local) | (local < 0) if non_negative else ~torch.isfinite(local)
+            if bool(bad.any()):
+                index = int(bad.nonzero()[0])
+                requirement = "finite and >= 0" if non_negative else "finite"
+                raise ValueError(f"{where}: state `{key}`[{index}] = {local[index].item()} must be {requirement} "
+                                 "(a damaged optimizer state?)")

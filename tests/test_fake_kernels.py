@@ -90,6 +90,16 @@ def test_support_ops_refuse_a_meta_half():
         sl.transpose_support(row_ptr.to("meta"), col_idx, 8)
 
 
+def test_the_raw_validate_support_op_refuses_a_support_on_meta():
+    # Corrupt (decreasing row_ptr, columns out of range) and on meta: nothing
+    # can be read, so the op must not return as if it had checked.
+    row_ptr = torch.tensor([0, 5, 3, 12, 12, 12, 12], dtype=torch.int32, device="meta")
+    col_idx = torch.full((12,), -7, dtype=torch.int32, device="meta")
+    with pytest.raises(ValueError, match="validate_support: `row_ptr` and `col_idx` are on the meta device, "
+                                         "which holds no values"):
+        ops.validate_support(row_ptr, col_idx, 6, 8)
+
+
 def test_an_sllinear_with_its_support_moved_to_meta_refuses_to_run():
     layer = sl.SLLinear(8, 6, 2, 0.5, seed=0)
     layer.col_idx = layer.col_idx.to("meta")

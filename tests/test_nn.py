@@ -135,3 +135,20 @@ def test_half_a_support_is_validated_against_the_other_half(key):
     with pytest.raises(ValueError, match="invalid support in state_dict"):
         layer.load_state_dict({key: corrupt}, strict=False)
     assert torch.equal(getattr(layer, key), before[key])
+
+
+@pytest.mark.parametrize("layer", [sl.SLLinear(12, 9, 3, 0.3, seed=1), sl.LowRankLinear(12, 9, 3)])
+@pytest.mark.parametrize("fault", ["missing", "unexpected"])
+def test_strict_load_with_a_missing_or_unexpected_key_writes_nothing(layer, fault):
+    state = layer.state_dict()
+    before = {k: v.clone() for k, v in state.items()}
+    state = {k: torch.zeros_like(v) if v.is_floating_point() else v for k, v in state.items()}
+    if fault == "missing":
+        del state["bias"]
+    else:
+        state["weight"] = torch.zeros(9, 12)
+    with pytest.raises(RuntimeError, match=rf"{fault} key\(s\) \['(bias|weight)'\].*nothing was loaded"):
+        layer.load_state_dict(state)
+    assert all(torch.equal(v, before[k]) for k, v in layer.state_dict().items())
+    layer.load_state_dict(state, strict=False)  # not strict: what is there loads
+    assert torch.count_nonzero(layer.A) == 0

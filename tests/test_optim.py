@@ -219,3 +219,37 @@ def test_per_layer_updates_nothing_from_the_first_non_finite_gradient_on():
     nn.functional.mse_loss(model(x), target).backward()  # the next step updates everything again
     assert optimizer.updated_in_step == len(before) and torch.isfinite(model[0].A).all()
     assert not torch.equal(model[0].A, before[0])
+
+
+@pytest.mark.parametrize("state_bits,key,bad", [
+    (8, "exp_avg_absmax", float("nan")), (8, "sqrt_exp_avg_sq_absmax", -1.0), (8, "exp_avg_absmax", float("inf")),
+    (32, "exp_avg_sq", -1.0), (32, "exp_avg", float("nan"))])
+def test_load_state_dict_refuses_a_damaged_state_and_loads_nothing(state_bits, key, bad):
+    # A hand-edited or damaged state_dict: before, the parameters turned
+    # non-finite (or moved the wrong way) at the next step, without a word.
+    model = make_model()
+    kwargs = dict(lr=5e-3, state_bits=state_bits, min_8bit_numel=64)
+    source = sl.SLAdamW(model.parameters(), **kwargs)
+    train(model, source, batches(2))
+    damaged = source.state_dict()
+    param_id = 1  # model[0].B: 96 x 4, two blocks of 8-bit states with min_8bit_numel=64
+    damaged["state"][param_id][key] = damaged["state"][param_id][key].clone()
+    damaged["state"][param_id][key].view(-1)[1] = bad
+    target = sl.SLAdamW(model.parameters(), **kwargs)
+    train(model, target, batches(1, seed=3))
+    before = {id(p): {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()} for p, s in target.state.items()}
+    with pytest.raises(ValueError, match=rf"parameter {param_id} \(shape \(96, 4\)\): state `{key}`\[1\] = "):
+        target.load_state_dict(damaged)
+    for param, state in target.state.items():  # nothing loaded
+        for k, v in state.items():
+            assert torch.equal(v, before[id(param)][k]) if torch.is_tensor(v) else v == before[id(param)][k]
+
+
+def test_load_state_dict_refuses_8bit_states_of_another_size():
+    model = make_model()
+    source = sl.SLAdamW(model.parameters(), state_bits=8, min_8bit_numel=64)
+    train(model, source, batches(1))
+    damaged = source.state_dict()
+    damaged["state"][1]["sqrt_exp_avg_sq_absmax"] = torch.ones(1)
+    with pytest.raises(ValueError, match=r"parameter 1 .*`sqrt_exp_avg_sq_absmax` must be torch.float32 with 2 entries, got torch.float32 with 1"):
+        sl.SLAdamW(model.parameters(), state_bits=8, min_8bit_numel=64).load_state_dict(damaged)

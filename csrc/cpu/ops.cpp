@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "../checks.h"
 #include "../config.h"
@@ -73,6 +74,15 @@ bool use_factored_path(int64_t b, const FactorDims& dims) {
          MatmulPath::kFactored;
 }
 
+// scale * (left @ right) + sparse_part, scaled after the product: addmm with
+// alpha = scale scales an operand first, which overflows for a scale near the
+// dtype's maximum (and gives inf * 0 = NaN for B = 0, as at init) where the
+// exact result is finite.
+Tensor scaled_low_rank_plus(const Tensor& left, const Tensor& right, double scale,
+                            const Tensor& sparse_part) {
+  return at::mm(left, right).mul_(scale).add_(sparse_part);
+}
+
 // Rows of W per chunk of the materialised path, so that `copies` m x n-row
 // buffers of the compute dtype fit the workspace.
 int64_t rows_per_chunk(const FactorDims& dims, int64_t copies, const Tensor& like) {
@@ -108,7 +118,10 @@ Tensor sl_matmul_cpu(const Tensor& x, const Tensor& A, const Tensor& B, const Te
   const Tensor a = to_compute(A), b_factor = to_compute(B);
   const int64_t batch = x2.size(0);
   Tensor y;
-  if (use_factored_path(batch, dims)) {
+  if (batch == 0) {
+    // Zero tokens: nothing to compute and no index to read, on either path.
+    y = at::empty({0, dims.m}, x2.options());
+  } else if (use_factored_path(batch, dims)) {
     const Tensor x_t = x2.t().contiguous();
     Tensor y_t = at::empty({dims.m, batch}, x2.options());
     AT_DISPATCH_FLOATING_TYPES(x2.scalar_type(), "sl_matmul_cpu", [&] {
@@ -118,7 +131,7 @@ Tensor sl_matmul_cpu(const Tensor& x, const Tensor& A, const Tensor& B, const Te
                                   x_t.stride(0), y_t.data_ptr<scalar_t>(), y_t.stride(0)),
                     csr);
     });
-    y = at::addmm(y_t.t(), at::mm(x2, a.t()), b_factor.t(), 1.0, scale);
+    y = scaled_low_rank_plus(at::mm(x2, a.t()), b_factor.t(), scale, y_t.t());
   } else {
     y = at::empty({batch, dims.m}, x2.options());
     const int64_t chunk = rows_per_chunk(dims, 1, x2);
@@ -154,7 +167,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cpu(
   const auto options = x2.options();
   Tensor dx, dA, dB, dvalues;
 
-  if (use_factored_path(batch, dims)) {
+  if (batch == 0) {
+    // Zero tokens: every gradient is zero (dx has no rows), and no index is read.
+    if (need_dx) dx = at::empty({0, dims.n}, options);
+    if (need_dA) dA = at::zeros({dims.r, dims.n}, options);
+    if (need_dB) dB = at::zeros({dims.m, dims.r}, options);
+    if (need_dvalues) dvalues = at::zeros({dims.nnz}, options);
+  } else if (use_factored_path(batch, dims)) {
     const Tensor gB = (need_dx || need_dA) ? at::mm(g2, b_factor) : Tensor();
     const Tensor g_t = (need_dx || need_dvalues) ? g2.t().contiguous() : Tensor();
     if (need_dx) {
@@ -167,7 +186,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cpu(
                                                dx_t.data_ptr<scalar_t>(), dx_t.stride(0)),
                       csr);
       });
-      dx = at::addmm(dx_t.t(), gB, a, 1.0, scale);
+      dx = scaled_low_rank_plus(gB, a, scale, dx_t.t());
     }
     if (need_dA) dA = at::mm(gB.t(), x2).mul_(scale);
     if (need_dB) dB = at::mm(g2.t(), at::mm(x2, a.t())).mul_(scale);
@@ -306,6 +325,24 @@ void fused_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
   }
 }
 
+// Every absmax of an 8-bit state must be finite and >= 0: a NaN or negative
+// one (a damaged or hand-edited state_dict) would decode to non-finite or
+// sign-flipped moments and corrupt the parameters without a word. One pass
+// over numel / 256 floats per state, before anything is written, so a refused
+// call changes nothing. (The CUDA binding does not copy them to the host on
+// every step; SLAdamW.load_state_dict checks states that come from outside.)
+void check_absmaxes(const char* name, at::TensorList absmaxes) {
+  for (size_t i = 0; i < absmaxes.size(); ++i) {
+    const float* data = absmaxes[i].data_ptr<float>();
+    const int64_t blocks = absmaxes[i].numel();
+    const float* bad =
+        std::find_if(data, data + blocks, [](float a) { return !(a >= 0.0f && std::isfinite(a)); });
+    TORCH_CHECK_VALUE(bad == data + blocks, "fused_adam8bit_: `", name, "`[", i, "][", bad - data,
+                      "] = ", *bad, "; every absmax of an 8-bit state must be finite and >= 0 "
+                      "(a damaged optimizer state?)");
+  }
+}
+
 void fused_adam8bit_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                         at::TensorList exp_avg_absmaxes, at::TensorList sqrt_exp_avg_sqs,
                         at::TensorList sqrt_exp_avg_sq_absmaxes, double lr, double beta1,
@@ -314,6 +351,8 @@ void fused_adam8bit_cpu(at::TensorList params, at::TensorList grads, at::TensorL
   check_fused_adam8bit("fused_adam8bit_", params, grads, exp_avgs, exp_avg_absmaxes,
                        sqrt_exp_avg_sqs, sqrt_exp_avg_sq_absmaxes, lr, beta1, beta2, eps,
                        weight_decay, step, c10::Device(c10::kCPU));
+  check_absmaxes("exp_avg_absmaxes", exp_avg_absmaxes);
+  check_absmaxes("sqrt_exp_avg_sq_absmaxes", sqrt_exp_avg_sq_absmaxes);
   const AdamHyper hyper{lr, beta1, beta2, eps, weight_decay, step, decoupled};
   for (size_t i = 0; i < params.size(); ++i) {
     const Tensor& param = params[i];
