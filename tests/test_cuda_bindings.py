@@ -18,6 +18,7 @@ import sltrain_ext as sl
 from helpers import DTYPES, assert_close, make_problem, reference_forward_backward
 
 PATHS = ["factored", "materialized"]
+FAKE_LIBRARY = torch.library.Library("sltrain_emulated_cuda", "FRAGMENT")  # fake kernels the tests add
 MASKS = list(itertools.product([False, True], repeat=4))
 
 
@@ -182,15 +183,41 @@ def test_the_csc_follows_a_support_written_in_place_or_replaced(cuda_ops):
         dx_matches_the_cpu()
 
 
+def test_a_compiled_factored_backward_builds_the_csc_once(cuda_ops):
+    """torch.compile keeps no Python state between backward calls, so a cache
+    outside the op was skipped there and the CSC rebuilt every call."""
+    # The emulated op traces with the real op's fake kernel (their schemas are one).
+    torch.library.register_fake("sltrain_emulated_cuda::sl_matmul_backward", lib=FAKE_LIBRARY)(
+        torch.ops.sltrain.sl_matmul_backward)
+    p = make_problem(29, 21, 3, 150, seed=6)
+    x, grad_y = torch.randn(4, 21), torch.randn(4, 29)
+
+    @torch.compile(backend="aot_eager", fullgraph=True)
+    def backward(grad_y, x, A, B, values, row_ptr, col_idx):
+        return cuda_ops.sl_matmul_backward(grad_y, x, A, B, values, row_ptr, col_idx, p.scale, [True] * 4)
+
+    operands = (grad_y, x, *p.operands()[:5])
+    with sl.matmul_config("factored"):
+        with emulated_cuda.Ledger() as first:
+            expected = backward(*operands)
+        for _ in range(2):
+            with emulated_cuda.Ledger() as again:
+                grads = backward(*operands)
+            assert csc_bytes(p) not in again.events, again.events
+            assert all(torch.equal(a, b) for a, b in zip(grads, expected))
+    assert csc_bytes(p) in first.events
+
+
 def test_a_freed_support_releases_its_csc(cuda_ops):
     p = make_problem(17, 13, 2, 60, seed=2)
     x, grad_y = torch.randn(3, 13), torch.randn(3, 17)
     factored_backward(cuda_ops, p, x, grad_y)
     size = csc_bytes(p)
     p.row_ptr, p.col_idx = sl.random_support(17, 13, 60, seed=9)
-    # The next lookup drops the entry of the dead support and builds the new one's.
-    _, ledger = factored_backward(cuda_ops, p, x, grad_y)
-    assert -size in ledger.events and size in ledger.events
+    # The next lookup frees the dead support's copy, then builds (and keeps) the new one's.
+    grads, ledger = factored_backward(cuda_ops, p, x, grad_y)
+    assert ledger.events.index(-size) < ledger.events.index(size)
+    assert ledger.live == sum(g.nbytes for g in grads)  # the new copy replaced the old one
 
 
 def test_a_transposed_support_cannot_be_passed_in(cuda_ops):
