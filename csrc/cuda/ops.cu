@@ -219,13 +219,15 @@ struct SupportTensorState {
 // (version bump) or replaced; copies of freed supports are dropped at the
 // next lookup. Writes that bypass the version counters (through `.data`, a
 // NumPy or DLPack alias) go unseen: the copy then describes the previous
-// support of the same m, n and nnz, so gradients are wrong but every index
-// stays in bounds. Inference tensors have no version counter: their copy is
-// built per call.
+// support of the same m, n and nnz, so gradients are wrong but, that support
+// having been valid, every index stays in bounds. Inference tensors have no
+// version counter: their copy is built per call. Each copy holds 8 bytes per
+// nonzero (and (n + 1) * 4) while its support lives.
 class CscCache {
  public:
   Tensor get(const Tensor& row_ptr, const Tensor& col_idx, int64_t n, cudaStream_t stream) {
-    if (row_ptr.is_inference() || col_idx.is_inference()) return transpose_support_cuda(row_ptr, col_idx, n);
+    if (row_ptr.is_inference() || col_idx.is_inference())
+      return transpose_support_cuda(row_ptr, col_idx, n);
     Entry wanted{SupportTensorState(row_ptr), SupportTensorState(col_idx), n, stream, Tensor()};
     const std::lock_guard<std::mutex> lock(mutex_);
     drop([&](const Entry& e) {
