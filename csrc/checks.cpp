@@ -80,13 +80,6 @@ void check_grad_output(const char* op, const at::Tensor& grad_y, const at::Tenso
                     " for x of shape ", x.sym_sizes());
 }
 
-void check_transposed_support(const char* op, const std::optional<at::Tensor>& transposed,
-                              const SymFactorDims& dims, const at::Tensor& like) {
-  if (!transposed.has_value()) return;
-  check_index(op, "transposed_support", *transposed, dims.n + 1 + 2 * dims.nnz, "n + 1 + 2 * nnz",
-              "values", like);
-}
-
 // count > m * n where all three are concrete; symbolic sizes skip this
 // overflow-safe bound (the real call checks it).
 bool exceeds_sym_product(const c10::SymInt& count, const c10::SymInt& m, const c10::SymInt& n) {
@@ -240,26 +233,22 @@ SymFactorDims check_factors(const char* op, const at::Tensor& A, const at::Tenso
 SymFactorDims check_sl_matmul(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B,
                               const at::Tensor& values, const at::Tensor& row_ptr,
                               const at::Tensor& col_idx, double scale,
-                              const std::optional<at::Tensor>& bias,
-                              const std::optional<at::Tensor>& transposed_support) {
+                              const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "sl_matmul";
   const SymFactorDims dims = check_factors(op, A, B, values, row_ptr, col_idx, scale);
   check_input(op, "x", x, dims.n, A, "n");
   check_bias(op, bias, dims, A);
-  check_transposed_support(op, transposed_support, dims, values);
   return dims;
 }
 
 SymFactorDims check_sl_matmul_backward(const at::Tensor& grad_y, const at::Tensor& x,
                                        const at::Tensor& A, const at::Tensor& B,
                                        const at::Tensor& values, const at::Tensor& row_ptr,
-                                       const at::Tensor& col_idx, double scale,
-                                       const std::optional<at::Tensor>& transposed_support) {
+                                       const at::Tensor& col_idx, double scale) {
   constexpr const char* op = "sl_matmul_backward";
   const SymFactorDims dims = check_factors(op, A, B, values, row_ptr, col_idx, scale);
   check_input(op, "x", x, dims.n, A, "n");
   check_grad_output(op, grad_y, x, dims, A);
-  check_transposed_support(op, transposed_support, dims, values);
   return dims;
 }
 

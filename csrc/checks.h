@@ -41,21 +41,18 @@ SymFactorDims check_factors(const char* op, const at::Tensor& A, const at::Tenso
                             const at::Tensor& col_idx, double scale);
 
 // Every argument of sl_matmul: the factors, x [..., n] of their dtype and
-// device, bias [m] if given, and the optional CSC copy of the support
-// (transpose_support's packed int32 [n + 1 + 2 * nnz]).
+// device, and bias [m] if given.
 SymFactorDims check_sl_matmul(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B,
                               const at::Tensor& values, const at::Tensor& row_ptr,
                               const at::Tensor& col_idx, double scale,
-                              const std::optional<at::Tensor>& bias,
-                              const std::optional<at::Tensor>& transposed_support);
+                              const std::optional<at::Tensor>& bias);
 
 // Every argument of sl_matmul_backward: sl_matmul's (without bias), and
 // grad_y [..., m] with x's leading dimensions.
 SymFactorDims check_sl_matmul_backward(const at::Tensor& grad_y, const at::Tensor& x,
                                        const at::Tensor& A, const at::Tensor& B,
                                        const at::Tensor& values, const at::Tensor& row_ptr,
-                                       const at::Tensor& col_idx, double scale,
-                                       const std::optional<at::Tensor>& transposed_support);
+                                       const at::Tensor& col_idx, double scale);
 
 // The layout half of validate_support: m, n >= 0, row_ptr and col_idx 1-D
 // int32 on one device, row_ptr [m + 1], col_idx no longer than m * n. The

@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include "checks.h"
+#include "common/csc_layout.h"
 
 namespace sltrain {
 namespace {
@@ -20,10 +21,8 @@ using at::Tensor;
 
 Tensor sl_matmul_meta(const Tensor& x, const Tensor& A, const Tensor& B, const Tensor& values,
                       const Tensor& row_ptr, const Tensor& col_idx, double scale,
-                      const std::optional<Tensor>& bias,
-                      const std::optional<Tensor>& transposed_support) {
-  const SymFactorDims dims =
-      check_sl_matmul(x, A, B, values, row_ptr, col_idx, scale, bias, transposed_support);
+                      const std::optional<Tensor>& bias) {
+  const SymFactorDims dims = check_sl_matmul(x, A, B, values, row_ptr, col_idx, scale, bias);
   std::vector<c10::SymInt> sizes(x.sym_sizes().begin(), x.sym_sizes().end());
   sizes.back() = dims.m;
   return at::empty_symint(sizes, x.options());
@@ -31,9 +30,8 @@ Tensor sl_matmul_meta(const Tensor& x, const Tensor& A, const Tensor& B, const T
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_meta(
     const Tensor& grad_y, const Tensor& x, const Tensor& A, const Tensor& B, const Tensor& values,
-    const Tensor& row_ptr, const Tensor& col_idx, double scale, std::array<bool, 4> output_mask,
-    const std::optional<Tensor>& transposed_support) {
-  check_sl_matmul_backward(grad_y, x, A, B, values, row_ptr, col_idx, scale, transposed_support);
+    const Tensor& row_ptr, const Tensor& col_idx, double scale, std::array<bool, 4> output_mask) {
+  check_sl_matmul_backward(grad_y, x, A, B, values, row_ptr, col_idx, scale);
   const auto like = [](const Tensor& t, bool needed) {
     return needed ? at::empty_symint(t.sym_sizes(), t.options()) : at::empty({0}, t.options());
   };
@@ -65,7 +63,8 @@ void validate_support_meta(const Tensor& row_ptr, const Tensor& col_idx, int64_t
 
 Tensor transpose_support_meta(const Tensor& row_ptr, const Tensor& col_idx, int64_t n) {
   check_transpose_support(row_ptr, col_idx, n);
-  return at::empty_symint({n + 1 + 2 * col_idx.sym_size(0)}, row_ptr.options());
+  return at::empty_symint({packed_csc_layout(c10::SymInt(n), col_idx.sym_size(0)).size},
+                          row_ptr.options());
 }
 
 // The device every tensor of an Adam call must share: the first param's.

@@ -90,11 +90,11 @@ int64_t matmul_workspace_bytes() { return g_workspace_bytes.load(); }
 TORCH_LIBRARY(sltrain, m) {
   m.def(
       "sl_matmul(Tensor x, Tensor A, Tensor B, Tensor values, Tensor row_ptr, Tensor col_idx, "
-      "float scale, Tensor? bias=None, Tensor? transposed_support=None) -> Tensor");
+      "float scale, Tensor? bias=None) -> Tensor");
   m.def(
       "sl_matmul_backward(Tensor grad_y, Tensor x, Tensor A, Tensor B, Tensor values, "
-      "Tensor row_ptr, Tensor col_idx, float scale, bool[4] output_mask, "
-      "Tensor? transposed_support=None) -> (Tensor, Tensor, Tensor, Tensor)");
+      "Tensor row_ptr, Tensor col_idx, float scale, bool[4] output_mask) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "densify(Tensor A, Tensor B, Tensor values, Tensor row_ptr, Tensor col_idx, float scale) "
       "-> Tensor");
@@ -116,10 +116,11 @@ TORCH_LIBRARY(sltrain, m) {
   // backend from their device.
   m.def("_random_support_fill(Tensor(a!) row_ptr, Tensor(b!) col_idx, int n, int seed) -> ()");
   // The CSC copy of a valid support, packed as one int32 tensor
-  // [col_ptr (n + 1) | row_idx (nnz) | entry (nnz)], entry being each CSC
-  // entry's CSR position. sl_matmul(_backward) take it as
-  // `transposed_support`: the CUDA factored backward computes dx = g @ S
-  // from it without atomics (built per call when it is not given).
+  // [col_ptr (n + 1) | pad | row_idx (nnz) | pad | entry (nnz)], segments
+  // 16-byte aligned (csrc/common/csc_layout.h), entry being each CSC entry's
+  // CSR position. The CUDA factored backward computes dx = g @ S from it
+  // without atomics; it builds and caches its own copy (csrc/cuda/ops.cu) and
+  // takes none from the caller, so no user-made CSC ever reaches a kernel.
   m.def("transpose_support(Tensor row_ptr, Tensor col_idx, int n) -> Tensor");
   // O(nnz) check of a CSR support; raises ValueError naming what is wrong.
   m.def("validate_support(Tensor row_ptr, Tensor col_idx, int m, int n) -> ()");

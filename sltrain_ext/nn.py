@@ -12,11 +12,9 @@ from torch import Tensor, nn
 
 from .ops import (
     densify,
-    matmul_path,
     nnz_for_density,
     random_support,
     sl_matmul,
-    transpose_support,
     validate_support,
 )
 
@@ -126,10 +124,6 @@ class SLLinear(_FactoredLinear):
         self.register_buffer("row_ptr", row_ptr)
         self.register_buffer("col_idx", col_idx)
         self.values = nn.Parameter(torch.empty(nnz, **factory))
-        # The CSC copy of the support for the CUDA factored backward, and the
-        # (row_ptr, col_idx, versions) it was built from: see _transposed_support.
-        self._transposed: Tensor | None = None
-        self._transposed_source: tuple[Any, ...] | None = None
         self.reset_parameters()
 
     @property
@@ -149,28 +143,7 @@ class SLLinear(_FactoredLinear):
             dtype = torch.get_autocast_dtype(x.device.type)
             x, A, B, values = x.to(dtype), A.to(dtype), B.to(dtype), values.to(dtype)
             bias = bias.to(dtype) if bias is not None else None
-        return sl_matmul(x, A, B, values, self.row_ptr, self.col_idx, self.scale, bias,
-                         self._transposed_support(x))
-
-    def _transposed_support(self, x: Tensor) -> Tensor | None:
-        """The support's CSC copy when this call's backward needs it (CUDA, the
-        factored path), built once per support: rebuilt only when the buffers
-        are replaced, moved or written to. Eight bytes per nonzero, so it is
-        never built for the materialised path, which does not read it."""
-        if not x.is_cuda or not torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return None
-        tokens = x.numel() // self.in_features
-        path = matmul_path(tokens, self.out_features, self.in_features, self.rank, self.nnz, x.device)
-        if path != "factored":
-            return None
-        source = (self.row_ptr, self.col_idx, self.row_ptr._version, self.col_idx._version)
-        cached = self._transposed_source
-        stale = (cached is None or cached[0] is not source[0] or cached[1] is not source[1]
-                 or cached[2:] != source[2:])
-        if stale:
-            self._transposed = transpose_support(self.row_ptr, self.col_idx, self.in_features)
-            self._transposed_source = source
-        return self._transposed
+        return sl_matmul(x, A, B, values, self.row_ptr, self.col_idx, self.scale, bias)
 
     @torch.no_grad()
     def dense_weight(self) -> Tensor:

@@ -46,7 +46,6 @@ def sl_matmul(
     col_idx: Tensor,
     scale: float,
     bias: Tensor | None = None,
-    transposed_support: Tensor | None = None,
 ) -> Tensor:
     """``x @ (scale * B @ A + S).T + bias``, differentiable in x, A, B, values and bias.
 
@@ -57,14 +56,11 @@ def sl_matmul(
         row_ptr, col_idx: ``S``'s fixed support as int32 CSR (``[m + 1]``, ``[nnz]``).
         scale: the low-rank scale ``s = alpha / r``.
         bias: optional ``[m]``.
-        transposed_support: optional ``transpose_support(row_ptr, col_idx, n)``,
-            kept by the caller so that the CUDA factored backward need not
-            rebuild it every call (``SLLinear`` caches it). Ignored on the CPU.
 
     All floating tensors share one dtype (float32, float64, bfloat16, float16)
     and one device. Returns ``[..., m]``.
     """
-    return _ops.sl_matmul(x, A, B, values, row_ptr, col_idx, scale, bias, transposed_support)
+    return _ops.sl_matmul(x, A, B, values, row_ptr, col_idx, scale, bias)
 
 
 def sl_matmul_backward(
@@ -77,15 +73,12 @@ def sl_matmul_backward(
     col_idx: Tensor,
     scale: float,
     output_mask: Sequence[bool] = (True, True, True, True),
-    transposed_support: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients ``(dx, dA, dB, dvalues)`` of ``sl_matmul`` (without bias).
 
     An entry whose ``output_mask`` flag is false is returned empty and costs nothing.
     """
-    return _ops.sl_matmul_backward(
-        grad_y, x, A, B, values, row_ptr, col_idx, scale, list(output_mask), transposed_support
-    )
+    return _ops.sl_matmul_backward(grad_y, x, A, B, values, row_ptr, col_idx, scale, list(output_mask))
 
 
 def densify(
@@ -112,10 +105,13 @@ def random_support(
 
 def transpose_support(row_ptr: Tensor, col_idx: Tensor, n: int) -> Tensor:
     """The CSC copy of a valid ``m x n`` support, packed in one int32 tensor:
-    ``[col_ptr (n + 1) | row_idx (nnz) | entry (nnz)]``, where ``entry`` is each
-    CSC entry's position in CSR order (rows increase within a column). The CUDA
-    factored backward computes ``dx = grad_y @ S`` from it deterministically,
-    without atomics. The CPU version validates the support first."""
+    ``[col_ptr (n + 1) | pad | row_idx (nnz) | pad | entry (nnz)]``, each
+    segment starting at a multiple of 4 elements (16 bytes; the pads hold
+    zeros), where ``entry`` is each CSC entry's position in CSR order (rows
+    increase within a column). The CUDA factored backward computes
+    ``dx = grad_y @ S`` from such a copy deterministically, without atomics; it
+    builds and caches its own, so this op is for inspection and tests. The CPU
+    version validates the support first."""
     return _ops.transpose_support(row_ptr, col_idx, n)
 
 
@@ -254,24 +250,21 @@ def _(m, n, nnz, seed, device=None):
 
 def _sl_matmul_setup_context(ctx, inputs, output):
     x, A, B, values, row_ptr, col_idx, scale = inputs[:7]
-    transposed_support = inputs[8] if len(inputs) > 8 else None
-    ctx.save_for_backward(x, A, B, values, row_ptr, col_idx, transposed_support)
+    ctx.save_for_backward(x, A, B, values, row_ptr, col_idx)
     ctx.scale = scale
 
 
 def _sl_matmul_backward(ctx, grad_y):
-    x, A, B, values, row_ptr, col_idx, transposed_support = ctx.saved_tensors
+    x, A, B, values, row_ptr, col_idx = ctx.saved_tensors
     mask = list(ctx.needs_input_grad[:4])
     dx = dA = dB = dvalues = dbias = None
     if any(mask):
-        grads = _ops.sl_matmul_backward(
-            grad_y, x, A, B, values, row_ptr, col_idx, ctx.scale, mask, transposed_support
-        )
+        grads = _ops.sl_matmul_backward(grad_y, x, A, B, values, row_ptr, col_idx, ctx.scale, mask)
         dx, dA, dB, dvalues = (g if wanted else None for g, wanted in zip(grads, mask))
     # needs_input_grad has an entry per argument passed: no bias entry without one.
     if len(ctx.needs_input_grad) > 7 and ctx.needs_input_grad[7]:
         dbias = grad_y.sum(tuple(range(grad_y.dim() - 1)))
-    return (dx, dA, dB, dvalues, None, None, None, dbias, None)[: len(ctx.needs_input_grad)]
+    return (dx, dA, dB, dvalues, None, None, None, dbias)[: len(ctx.needs_input_grad)]
 
 
 torch.library.register_autograd(

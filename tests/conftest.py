@@ -1,5 +1,25 @@
+import hashlib
+import os
+from pathlib import Path
+
 import pytest
 import torch
+
+
+def _inductor_cache_of_this_build() -> None:
+    """Inductor's on-disk graph cache keys a compiled graph by its code, not by
+    the schemas of the C++ ops it calls: a graph compiled against another build
+    of the extension (another checkout, an older commit) calls sltrain's ops
+    with that build's arguments and fails. So the tests keep one cache per
+    build of sltrain_ext/_C, unless the caller chose a cache directory."""
+    root = Path(__file__).resolve().parent.parent
+    built = sorted((root / "sltrain_ext").glob("_C*.so"))
+    if built and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        digest = hashlib.sha256(built[0].read_bytes()).hexdigest()[:16]
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(root / "build" / "torchinductor" / digest)
+
+
+_inductor_cache_of_this_build()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -117,3 +117,14 @@ def check_sl_matmul(p: Problem, x: Tensor, dtype: torch.dtype, grad_seed: int = 
         assert_close(leaf.grad, ref, dtype, name)
     if bias is not None:
         assert_close(bias.grad, expected[5], dtype, "dbias")
+
+
+def split_packed_csc(packed: Tensor, n: int, nnz: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """transpose_support's segments (col_ptr, row_idx, entry) and its pads, as
+    README documents the layout: each segment starts at a multiple of 4 int32
+    elements (16 bytes), so n + 1 and nnz are rounded up to 4."""
+    row_idx_at = -(-(n + 1) // 4) * 4
+    entry_at = row_idx_at + -(-nnz // 4) * 4
+    assert packed.shape == (entry_at + nnz,), f"packed CSC of {tuple(packed.shape)} for n = {n}, nnz = {nnz}"
+    pads = torch.cat([packed[n + 1 : row_idx_at], packed[row_idx_at + nnz : entry_at]])
+    return packed[: n + 1], packed[row_idx_at : row_idx_at + nnz], packed[entry_at:], pads

@@ -18,6 +18,7 @@ import sltrain_ext as sl
 from helpers import DTYPES, assert_close, make_problem, reference_forward_backward
 
 PATHS = ["factored", "materialized"]
+FAKE_LIBRARY = torch.library.Library("sltrain_emulated_cuda", "FRAGMENT")  # fake kernels the tests add
 MASKS = list(itertools.product([False, True], repeat=4))
 
 
@@ -33,15 +34,15 @@ def path(request):
         yield request.param
 
 
-def run_and_check(cuda_ops, p, x, dtype, masks=(True,) * 4, transposed=None):
+def run_and_check(cuda_ops, p, x, dtype, masks=(True,) * 4):
     """Forward and backward of the emulated bindings against the float64
     reference; the masked-off gradients must come back empty."""
-    y = cuda_ops.sl_matmul(x, *p.operands(), p.bias, transposed)
+    y = cuda_ops.sl_matmul(x, *p.operands(), p.bias)
     grad_y = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(dtype)
     expected = reference_forward_backward(p, x, grad_y)
     assert y.dtype == dtype and y.shape == (*x.shape[:-1], p.m)
     assert_close(y, expected[0], dtype, "y")
-    grads = cuda_ops.sl_matmul_backward(grad_y, x, *p.operands(), list(masks), transposed)
+    grads = cuda_ops.sl_matmul_backward(grad_y, x, *p.operands(), list(masks))
     for name, wanted, grad, ref in zip(("dx", "dA", "dB", "dvalues"), masks, grads, expected[1:5]):
         if wanted:
             assert grad.dtype == dtype
@@ -116,17 +117,123 @@ def test_both_paths_agree_with_the_cpu_ops(cuda_ops):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"{path}: {name}")
 
 
-def test_transposed_support_given_or_built_gives_the_same_gradients(cuda_ops):
-    p = make_problem(31, 27, 4, 200, seed=4)
-    x = torch.randn(5, 27)
-    grad_y = torch.randn(5, 31)
-    transposed = cuda_ops.transpose_support(p.row_ptr, p.col_idx, p.n)
-    assert torch.equal(transposed, torch.ops.sltrain.transpose_support(p.row_ptr, p.col_idx, p.n))
+@pytest.mark.parametrize("m,n,nnz", [(31, 27, 200), (9, 4096, 700), (6, 5461, 900), (5, 3, 0)])
+def test_transpose_support_equals_the_cpu_op(cuda_ops, m, n, nnz):
+    row_ptr, col_idx = sl.random_support(m, n, nnz, seed=m)
+    assert torch.equal(cuda_ops.transpose_support(row_ptr, col_idx, n), sl.transpose_support(row_ptr, col_idx, n))
+
+
+def csc_bytes(p) -> int:
+    return sl.transpose_support(p.row_ptr, p.col_idx, p.n).nbytes
+
+
+def factored_backward(cuda_ops, p, x, grad_y, mask=(True,) * 4):
+    """The emulated factored backward inside an allocation ledger: (dx, dA,
+    dB, dvalues) and the ledger."""
+    with sl.matmul_config("factored"), emulated_cuda.Ledger() as ledger:
+        grads = cuda_ops.sl_matmul_backward(grad_y, x, *p.operands(), list(mask))
+    return grads, ledger
+
+
+def test_the_factored_backward_builds_the_csc_once_per_support(cuda_ops):
+    p = make_problem(31, 27, 4, 203, seed=4)  # 203 entries: a pad before `entry`
+    x, grad_y = torch.randn(5, 27), torch.randn(5, 31)
+    expected = torch.ops.sltrain.sl_matmul_backward(grad_y, x, *p.operands(), [True] * 4)
+    first, built = factored_backward(cuda_ops, p, x, grad_y)
+    again, reused = factored_backward(cuda_ops, p, x, grad_y)
+    # The first call builds the CSC (once); the second allocates its gradients only.
+    assert built.events.count(csc_bytes(p)) == 1
+    assert csc_bytes(p) not in reused.events and reused.live == sum(g.nbytes for g in again)
+    for name, a, b, want in zip(("dx", "dA", "dB", "dvalues"), first, again, expected):
+        assert torch.equal(a, b), name
+        torch.testing.assert_close(a, want, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_a_csc_is_built_only_for_dx(cuda_ops):
+    p = make_problem(12, 10, 2, 50, seed=8)
+    _, ledger = factored_backward(cuda_ops, p, torch.randn(3, 10), torch.randn(3, 12), (False, True, True, True))
+    assert csc_bytes(p) not in ledger.events
+
+
+def test_the_csc_follows_a_support_written_in_place_or_replaced(cuda_ops):
+    """A CSC cached for one support must never serve another: dx equals the
+    CPU op's after col_idx is overwritten in place (its version changes, its
+    storage does not), after row_ptr and col_idx are replaced, and after the
+    old support is freed and a new one allocated in its place."""
+    m, n, nnz = 23, 19, 90
+    p = make_problem(m, n, 3, nnz, seed=1)
+    x, grad_y = torch.randn(4, n), torch.randn(4, m)
+
+    def dx_matches_the_cpu():
+        dx = factored_backward(cuda_ops, p, x, grad_y)[0][0]
+        expected = torch.ops.sltrain.sl_matmul_backward(grad_y, x, *p.operands(), [True] * 4)[0]
+        torch.testing.assert_close(dx, expected, rtol=1e-5, atol=1e-5)
+
+    dx_matches_the_cpu()
+    for seed in (2, 3):
+        row_ptr, col_idx = sl.random_support(m, n, nnz, seed=seed)
+        p.row_ptr.copy_(row_ptr)
+        p.col_idx.copy_(col_idx)
+        dx_matches_the_cpu()
+    p.row_ptr, p.col_idx = sl.random_support(m, n, nnz, seed=4)
+    dx_matches_the_cpu()
+    for seed in (5, 6):
+        p.row_ptr = p.col_idx = None  # the cached support's storages die
+        p.row_ptr, p.col_idx = sl.random_support(m, n, nnz, seed=seed)
+        dx_matches_the_cpu()
+
+
+def test_a_compiled_factored_backward_builds_the_csc_once(cuda_ops):
+    """torch.compile keeps no Python state between backward calls, so a cache
+    outside the op was skipped there and the CSC rebuilt every call."""
+    # The emulated op traces with the real op's fake kernel (their schemas are one).
+    torch.library.register_fake("sltrain_emulated_cuda::sl_matmul_backward", lib=FAKE_LIBRARY)(
+        torch.ops.sltrain.sl_matmul_backward)
+    p = make_problem(29, 21, 3, 150, seed=6)
+    x, grad_y = torch.randn(4, 21), torch.randn(4, 29)
+
+    @torch.compile(backend="aot_eager", fullgraph=True)
+    def backward(grad_y, x, A, B, values, row_ptr, col_idx):
+        return cuda_ops.sl_matmul_backward(grad_y, x, A, B, values, row_ptr, col_idx, p.scale, [True] * 4)
+
+    operands = (grad_y, x, *p.operands()[:5])
     with sl.matmul_config("factored"):
-        given = cuda_ops.sl_matmul_backward(grad_y, x, *p.operands(), [True] * 4, transposed)
-        built = cuda_ops.sl_matmul_backward(grad_y, x, *p.operands(), [True] * 4)
-    for a, b in zip(given, built):
-        assert torch.equal(a, b)
+        with emulated_cuda.Ledger() as first:
+            expected = backward(*operands)
+        for _ in range(2):
+            with emulated_cuda.Ledger() as again:
+                grads = backward(*operands)
+            assert csc_bytes(p) not in again.events, again.events
+            assert all(torch.equal(a, b) for a, b in zip(grads, expected))
+    assert csc_bytes(p) in first.events
+
+
+def test_a_freed_support_releases_its_csc(cuda_ops):
+    p = make_problem(17, 13, 2, 60, seed=2)
+    x, grad_y = torch.randn(3, 13), torch.randn(3, 17)
+    factored_backward(cuda_ops, p, x, grad_y)
+    size = csc_bytes(p)
+    p.row_ptr, p.col_idx = sl.random_support(17, 13, 60, seed=9)
+    # The next lookup frees the dead support's copy, then builds (and keeps) the new one's.
+    grads, ledger = factored_backward(cuda_ops, p, x, grad_y)
+    assert ledger.events.index(-size) < ledger.events.index(size)
+    assert ledger.live == sum(g.nbytes for g in grads)  # the new copy replaced the old one
+
+
+def test_a_transposed_support_cannot_be_passed_in(cuda_ops):
+    """Nothing made outside the library reaches the transposed SpMM: the
+    argument that took a caller's CSC copy is gone, and passing one is refused."""
+    p = make_problem(8, 6, 2, 10, seed=0)
+    x, grad_y = torch.randn(3, 6), torch.randn(3, 8)
+    hostile = torch.full((40,), 2**31 - 1, dtype=torch.int32)
+    with pytest.raises(TypeError, match="transposed_support"):
+        sl.sl_matmul(x, *p.operands(), p.bias, transposed_support=hostile)
+    with pytest.raises(TypeError, match="transposed_support"):
+        sl.sl_matmul_backward(grad_y, x, *p.operands(), transposed_support=hostile)
+    for op, args in ((torch.ops.sltrain.sl_matmul, (x, *p.operands(), p.bias, hostile)),
+                     (cuda_ops.sl_matmul_backward, (grad_y, x, *p.operands(), [True] * 4, hostile))):
+        with pytest.raises(RuntimeError, match="expected at most .* argument"):
+            op(*args)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -199,9 +306,8 @@ def test_argument_errors_name_the_argument(cuda_ops):
     p = make_problem(8, 6, 2, 10, seed=0)
     with pytest.raises(ValueError, match="x"):
         cuda_ops.sl_matmul(torch.randn(3, 5), *p.operands(), None)
-    with pytest.raises((ValueError, RuntimeError), match="transposed_support"):
-        cuda_ops.sl_matmul_backward(torch.randn(3, 8), torch.randn(3, 6), *p.operands(), [True] * 4,
-                                    torch.zeros(3, dtype=torch.int32))
+    with pytest.raises(ValueError, match="grad_y"):
+        cuda_ops.sl_matmul_backward(torch.randn(3, 7), torch.randn(3, 6), *p.operands(), [True] * 4)
 
 
 @pytest.mark.parametrize("workspace", [64, 3000, 1 << 20])

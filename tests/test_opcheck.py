@@ -28,19 +28,9 @@ def test_opcheck_sl_matmul(path):
 
 def test_opcheck_sl_matmul_backward():
     p = make_problem(9, 12, 3, 30)
-    transposed = sl.transpose_support(p.row_ptr, p.col_idx, 12)
     for mask in ([True] * 4, [False, True, False, True]):
-        for extra in ((), (transposed,)):
-            torch.library.opcheck(ops.sl_matmul_backward.default,
-                                  (torch.randn(5, 9), torch.randn(5, 12), *p.operands(), mask, *extra))
-
-
-def test_opcheck_sl_matmul_with_transposed_support():
-    p = make_problem(9, 12, 3, 30)
-    leaves = [t.requires_grad_() for t in (torch.randn(4, 12), p.A, p.B, p.values)]
-    transposed = sl.transpose_support(p.row_ptr, p.col_idx, 12)
-    torch.library.opcheck(ops.sl_matmul.default,
-                          (*leaves, p.row_ptr, p.col_idx, p.scale, None, transposed))
+        torch.library.opcheck(ops.sl_matmul_backward.default,
+                              (torch.randn(5, 9), torch.randn(5, 12), *p.operands(), mask))
 
 
 def test_opcheck_transpose_support():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sltrain_ext as sl
-from helpers import flat_support
+from helpers import flat_support, split_packed_csc
 
 
 def chi_square(counts: torch.Tensor, expected: float) -> float:
@@ -116,8 +116,9 @@ def test_validate_support_rejects_int64():
 def test_transpose_support_is_the_csc(m, n, nnz):
     row_ptr, col_idx = sl.random_support(m, n, nnz, 3)
     packed = sl.transpose_support(row_ptr, col_idx, n)
-    assert packed.dtype == torch.int32 and packed.shape == (n + 1 + 2 * nnz,)
-    col_ptr, row_idx, entry = packed[: n + 1], packed[n + 1 : n + 1 + nnz], packed[n + 1 + nnz :]
+    assert packed.dtype == torch.int32
+    col_ptr, row_idx, entry, pads = split_packed_csc(packed, n, nnz)
+    assert not pads.any()
     rows = torch.repeat_interleave(torch.arange(m), row_ptr.diff().long())
     # Entries sorted by (column, row), each pointing back at its CSR position.
     order = sorted(range(nnz), key=lambda k: (int(col_idx[k]), int(rows[k])))

@@ -4,6 +4,7 @@
 //   ./build/bench_cuda_support
 #include <string>
 
+#include "common/csc_layout.h"
 #include "cuda/support.cuh"
 #include "cuda_bench.cuh"
 
@@ -28,12 +29,13 @@ int main() {
                   double(nnz) * 4 + double(matrix.m + 1) * 4);
     total_ms += ms * double(matrix.count);
     total_nnz += double(nnz) * double(matrix.count);
-    int32_t* packed = bench::device_array<int32_t>(matrix.n + 1 + 2 * nnz);
+    const sltrain::PackedCscLayout<int64_t> layout = sltrain::packed_csc_layout<int64_t>(matrix.n, nnz);
+    int32_t* packed = bench::device_array<int32_t>(layout.size);
     {
       bench::Scratch scratch;
       const double t_ms = bench::median_ms([&] {
         SLTRAIN_CHECK_CUDA(sltrain::cuda::transpose_support(matrix.m, matrix.n, nnz, row_ptr, col_idx, packed,
-                                                   packed + matrix.n + 1, packed + matrix.n + 1 + nnz, scratch,
+                                                   packed + layout.row_idx, packed + layout.entry, scratch,
                                                    nullptr));
       }, 10);
       bench::report("transpose_support", std::to_string(matrix.m) + "x" + std::to_string(matrix.n), t_ms,

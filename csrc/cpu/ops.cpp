@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "../checks.h"
+#include "../common/csc_layout.h"
 #include "../config.h"
 #include "../no_autocast.h"
 #include "torch_free_kernels/kernels.h"
@@ -106,12 +107,10 @@ Tensor materialize_rows(const char* op, const Tensor& A, const Tensor& B, const 
 
 Tensor sl_matmul_cpu(const Tensor& x, const Tensor& A, const Tensor& B, const Tensor& values,
                      const Tensor& row_ptr, const Tensor& col_idx, double scale,
-                     const std::optional<Tensor>& bias,
-                     const std::optional<Tensor>& transposed_support) {
+                     const std::optional<Tensor>& bias) {
   const NoAutocast no_autocast;
   constexpr const char* op = "sl_matmul";
-  const FactorDims dims =
-      check_sl_matmul(x, A, B, values, row_ptr, col_idx, scale, bias, transposed_support).concrete();
+  const FactorDims dims = check_sl_matmul(x, A, B, values, row_ptr, col_idx, scale, bias).concrete();
   const Csr csr = make_csr(op, row_ptr, col_idx, values, dims);
 
   const Tensor x2 = flatten_tokens(x, dims.n);
@@ -150,13 +149,11 @@ Tensor sl_matmul_cpu(const Tensor& x, const Tensor& A, const Tensor& B, const Te
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cpu(
     const Tensor& grad_y, const Tensor& x, const Tensor& A, const Tensor& B, const Tensor& values,
-    const Tensor& row_ptr, const Tensor& col_idx, double scale, std::array<bool, 4> output_mask,
-    const std::optional<Tensor>& transposed_support) {
+    const Tensor& row_ptr, const Tensor& col_idx, double scale, std::array<bool, 4> output_mask) {
   const NoAutocast no_autocast;
   constexpr const char* op = "sl_matmul_backward";
-  const FactorDims dims = check_sl_matmul_backward(grad_y, x, A, B, values, row_ptr, col_idx,
-                                                   scale, transposed_support)
-                              .concrete();
+  const FactorDims dims =
+      check_sl_matmul_backward(grad_y, x, A, B, values, row_ptr, col_idx, scale).concrete();
   const Csr csr = make_csr(op, row_ptr, col_idx, values, dims);
   const auto [need_dx, need_dA, need_dB, need_dvalues] = output_mask;
 
@@ -291,11 +288,12 @@ Tensor transpose_support_cpu(const Tensor& row_ptr, const Tensor& col_idx, int64
   const int64_t m = check_transpose_support(row_ptr, col_idx, n).expect_int();
   check_support_values("transpose_support", row_ptr, col_idx, m, n);
   const int64_t nnz = col_idx.size(0);
-  Tensor packed = at::empty({n + 1 + 2 * nnz}, row_ptr.options());
+  const PackedCscLayout<int64_t> layout = packed_csc_layout(n, nnz);
+  Tensor packed = at::zeros({layout.size}, row_ptr.options());  // zeros in the pads
   int32_t* col_ptr = packed.data_ptr<int32_t>();
   cpu::transpose_support(m, n, nnz, row_ptr.contiguous().data_ptr<int32_t>(),
-                         col_idx.contiguous().data_ptr<int32_t>(), col_ptr, col_ptr + n + 1,
-                         col_ptr + n + 1 + nnz);
+                         col_idx.contiguous().data_ptr<int32_t>(), col_ptr, col_ptr + layout.row_idx,
+                         col_ptr + layout.entry);
   return packed;
 }
 

@@ -15,9 +15,9 @@
 
 namespace sltrain {
 
-// The packed CSC copy [col_ptr (n + 1) | row_idx (nnz) | entry (nnz)] of a
-// support on the device (support.cu; ops.cu builds it for a factored backward
-// that was given none).
+// The packed CSC copy [col_ptr (n + 1) | pad | row_idx (nnz) | pad | entry
+// (nnz)] of a support on the device (csrc/common/csc_layout.h; support.cu;
+// ops.cu builds and caches it for the factored backward).
 at::Tensor transpose_support_cuda(const at::Tensor& row_ptr, const at::Tensor& col_idx, int64_t n);
 
 }  // namespace sltrain

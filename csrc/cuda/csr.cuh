@@ -204,13 +204,20 @@ cudaError_t csr_gather_rows(int64_t row_begin, int64_t rows, int64_t cols, int64
   return cudaGetLastError();
 }
 
+// Whether csr_spmm takes its vector path (4 entries a load): `index` and
+// `entry` (with a CSC) or `values` (without) 16-byte aligned.
+template <class T>
+bool spmm_vector_loads(const SpmmArgs<T>& a) {
+  return is_aligned(a.index, 16) &&
+         (a.entry ? is_aligned(a.entry, 16) : is_aligned(a.values, 4 * sizeof(T)));
+}
+
 // Tokens per warp pass: one for a single token (SpMV), else as many as keep
 // the partial sums in registers.
 template <class T>
 cudaError_t csr_spmm(SpmmArgs<T> a, cudaStream_t stream) {
   if (a.rows <= 0 || a.tokens <= 0) return cudaSuccess;
-  a.vector_loads = is_aligned(a.index, 16) && (a.entry ? is_aligned(a.entry, 16)
-                                                      : is_aligned(a.values, 4 * sizeof(T)));
+  a.vector_loads = spmm_vector_loads(a);
   const auto launch = [&](auto kernel, int64_t tokens_per_pass) {
     const dim3 grid(unsigned(ceil_div(a.rows, kCsrWarpsPerBlock)),
                     unsigned(std::min<int64_t>(ceil_div(a.tokens, tokens_per_pass), 65535)));

@@ -12,9 +12,11 @@
 #include <algorithm>
 #include <cstdint>
 #include <map>
+#include <mutex>
 #include <vector>
 
 #include "../checks.h"
+#include "../common/csc_layout.h"
 #include "../config.h"
 #include "../no_autocast.h"
 #include "adam.cuh"
@@ -199,11 +201,9 @@ Tensor flatten_tokens(const Tensor& t, int64_t features) {
 
 Tensor sl_matmul_cuda(const Tensor& x, const Tensor& A, const Tensor& B, const Tensor& values,
                       const Tensor& row_ptr, const Tensor& col_idx, double scale,
-                      const std::optional<Tensor>& bias,
-                      const std::optional<Tensor>& transposed_support) {
+                      const std::optional<Tensor>& bias) {
   const NoAutocast no_autocast;
-  const FactorDims dims =
-      check_sl_matmul(x, A, B, values, row_ptr, col_idx, scale, bias, transposed_support).concrete();
+  const FactorDims dims = check_sl_matmul(x, A, B, values, row_ptr, col_idx, scale, bias).concrete();
   const c10::cuda::CUDAGuard guard(A.device());
   auto out_sizes = x.sizes().vec();
   out_sizes.back() = dims.m;
@@ -243,20 +243,95 @@ Tensor sl_matmul_cuda(const Tensor& x, const Tensor& A, const Tensor& B, const T
   return y.view(out_sizes);
 }
 
-Tensor transposed_or_build(const std::optional<Tensor>& transposed_support, const Tensor& row_ptr,
-                           const Tensor& col_idx, int64_t n) {
-  return transposed_support.has_value() ? transposed_support->contiguous()
-                                        : transpose_support_cuda(row_ptr, col_idx, n);
+// ---- the support's CSC copy, built and cached here ----------------------------
+
+// Where a support tensor's elements lie and which write of them it holds: its
+// storage (held weakly: the cache keeps no support alive, and no other
+// storage can take this one's address while it is held), data pointer, size,
+// stride and autograd version counter, which every in-place write through the
+// tensor or a view of it bumps.
+struct SupportTensorState {
+  c10::weak_intrusive_ptr<c10::StorageImpl> storage;
+  const void* data;
+  int64_t numel, stride, version;
+
+  explicit SupportTensorState(const Tensor& t)
+      : storage(t.storage().getWeakStorageImpl()), data(t.const_data_ptr()), numel(t.numel()),
+        stride(t.stride(0)), version(t._version()) {}
+
+  bool same_tensor(const SupportTensorState& other) const {
+    return storage._unsafe_get_target() == other.storage._unsafe_get_target() &&
+           data == other.data && numel == other.numel && stride == other.stride;
+  }
+};
+
+// The factored backward's CSC copies (transpose_support) of the supports it
+// has run, one per support and stream, so that it builds each once (also
+// under torch.compile, whose backward graphs keep no Python state) and never
+// reads one a caller made: a CSC of another support, or with indices out of
+// range, would make the transposed SpMM read `values` and write dx out of
+// bounds. A copy is rebuilt when row_ptr or col_idx was written in place
+// (version bump) or replaced; copies of freed supports are dropped at the
+// next lookup. Writes that bypass the version counters (through `.data`, a
+// NumPy or DLPack alias) go unseen: the copy then describes the previous
+// support of the same m, n and nnz, so gradients are wrong but, that support
+// having been valid, every index stays in bounds. Inference tensors have no
+// version counter: their copy is built per call. Each copy holds 8 bytes per
+// nonzero (and (n + 1) * 4) while its support lives.
+class CscCache {
+ public:
+  Tensor get(const Tensor& row_ptr, const Tensor& col_idx, int64_t n, cudaStream_t stream) {
+    if (row_ptr.is_inference() || col_idx.is_inference())
+      return transpose_support_cuda(row_ptr, col_idx, n);
+    Entry wanted{SupportTensorState(row_ptr), SupportTensorState(col_idx), n, stream, Tensor()};
+    const std::lock_guard<std::mutex> lock(mutex_);
+    drop([&](const Entry& e) {
+      const bool freed = e.row_ptr.storage.expired() || e.col_idx.storage.expired();
+      const bool rewritten = wanted.same_support(e) && (e.row_ptr.version != wanted.row_ptr.version ||
+                                                        e.col_idx.version != wanted.col_idx.version);
+      return freed || rewritten;
+    });
+    for (const Entry& e : entries_)
+      if (wanted.same_support(e)) return e.csc;
+    // Built under the lock: concurrent backwards of one new support build it once.
+    wanted.csc = transpose_support_cuda(row_ptr, col_idx, n);
+    entries_.push_back(wanted);
+    return wanted.csc;
+  }
+
+ private:
+  struct Entry {
+    SupportTensorState row_ptr, col_idx;
+    int64_t n;
+    cudaStream_t stream;  // the copy is ready on this stream only
+    Tensor csc;
+
+    bool same_support(const Entry& e) const {
+      return row_ptr.same_tensor(e.row_ptr) && col_idx.same_tensor(e.col_idx) && n == e.n &&
+             stream == e.stream;
+    }
+  };
+
+  template <class Predicate>
+  void drop(Predicate&& predicate) {
+    entries_.erase(std::remove_if(entries_.begin(), entries_.end(), predicate), entries_.end());
+  }
+
+  std::mutex mutex_;
+  std::vector<Entry> entries_;
+};
+
+Tensor cached_transposed_support(const Tensor& row_ptr, const Tensor& col_idx, int64_t n) {
+  static CscCache* const cache = new CscCache();  // never destroyed: no CUDA frees at exit
+  return cache->get(row_ptr, col_idx, n, stream());
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cuda(
     const Tensor& grad_y, const Tensor& x, const Tensor& A, const Tensor& B, const Tensor& values,
-    const Tensor& row_ptr, const Tensor& col_idx, double scale, std::array<bool, 4> output_mask,
-    const std::optional<Tensor>& transposed_support) {
+    const Tensor& row_ptr, const Tensor& col_idx, double scale, std::array<bool, 4> output_mask) {
   const NoAutocast no_autocast;
-  const FactorDims dims = check_sl_matmul_backward(grad_y, x, A, B, values, row_ptr, col_idx,
-                                                   scale, transposed_support)
-                              .concrete();
+  const FactorDims dims =
+      check_sl_matmul_backward(grad_y, x, A, B, values, row_ptr, col_idx, scale).concrete();
   const c10::cuda::CUDAGuard guard(A.device());
   const auto [need_dx, need_dA, need_dB, need_dvalues] = output_mask;
 
@@ -278,10 +353,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cuda(
     const Tensor g_b = (need_dx || need_dA) ? at::mm(g2, b_factor).mul_(scale) : Tensor();
     if (need_dx) {
       dx = at::mm(g_b, a);
-      const Tensor csc = transposed_or_build(transposed_support, rows, cols, dims.n);
+      const Tensor csc = cached_transposed_support(row_ptr, col_idx, dims.n);
+      const PackedCscLayout<int64_t> layout = packed_csc_layout(dims.n, dims.nnz);
       const Tensor col_ptr = csc.narrow(0, 0, dims.n + 1);
-      const Tensor row_idx = csc.narrow(0, dims.n + 1, dims.nnz);
-      const int32_t* entry = csc.data_ptr<int32_t>() + dims.n + 1 + dims.nnz;
+      const Tensor row_idx = csc.narrow(0, layout.row_idx, dims.nnz);
+      const int32_t* entry = csc.data_ptr<int32_t>() + layout.entry;
       spmm(col_ptr, row_idx, entry, vals, dims.n, dims.m, g2, dx, std::nullopt, /*accumulate=*/true);
     }
     if (need_dA) dA = at::mm(g_b.t(), x2);

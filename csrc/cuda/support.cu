@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "../common/csc_layout.h"
 #include "bindings.h"
 #include "support.cuh"
 
@@ -49,12 +50,13 @@ Tensor transpose_support_cuda(const Tensor& row_ptr, const Tensor& col_idx, int6
   const int64_t m = check_transpose_support(row_ptr, col_idx, n).expect_int();
   const c10::cuda::CUDAGuard guard(row_ptr.device());
   const int64_t nnz = col_idx.size(0);
-  Tensor packed = at::empty({n + 1 + 2 * nnz}, row_ptr.options());
+  const PackedCscLayout<int64_t> layout = packed_csc_layout(n, nnz);
+  Tensor packed = at::zeros({layout.size}, row_ptr.options());  // zeros in the pads
   int32_t* col_ptr = packed.data_ptr<int32_t>();
   TemporaryMemory temporary{row_ptr.device(), {}};
   C10_CUDA_CHECK(cuda::transpose_support(m, n, nnz, row_ptr.contiguous().data_ptr<int32_t>(),
                                          col_idx.contiguous().data_ptr<int32_t>(), col_ptr,
-                                         col_ptr + n + 1, col_ptr + n + 1 + nnz, temporary,
+                                         col_ptr + layout.row_idx, col_ptr + layout.entry, temporary,
                                          at::cuda::getCurrentCUDAStream()));
   return packed;
 }

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "common/csc_layout.h"
 #include "cpu/torch_free_kernels/kernels.h"
 #include "cuda/adam.cuh"
 #include "cuda/csr.cuh"
@@ -155,14 +156,26 @@ void test_transpose_support(int64_t m, int64_t n, int64_t nnz) {
     }
   }
   expect(consistent, "cpu::transpose_support is the CSC of the support, " + shape(s));
-  DeviceArray<int32_t> d_row_ptr(s.row_ptr), d_col_idx(s.col_idx);
-  DeviceArray<int32_t> d_col_ptr(n + 1), d_row_idx(nnz), d_entry(nnz);
+  // On the device into one array, packed as the bindings pack it.
+  const PackedCscLayout<int64_t> layout = packed_csc_layout(n, nnz);
+  DeviceArray<int32_t> d_row_ptr(s.row_ptr), d_col_idx(s.col_idx), d_packed(layout.size);
   Scratch scratch;
-  const cudaError_t status = cuda::transpose_support(m, n, nnz, d_row_ptr.data, d_col_idx.data, d_col_ptr.data,
-                                                     d_row_idx.data, d_entry.data, scratch, nullptr);
-  expect(status == cudaSuccess && d_col_ptr.host() == col_ptr && d_row_idx.host() == row_idx &&
-             d_entry.host() == entry,
+  int32_t* const packed = d_packed.data;
+  const cudaError_t status = cuda::transpose_support(m, n, nnz, d_row_ptr.data, d_col_idx.data, packed,
+                                                     packed + layout.row_idx, packed + layout.entry, scratch,
+                                                     nullptr);
+  const std::vector<int32_t> got = d_packed.host();
+  const auto segment = [&](int64_t begin, int64_t size) {
+    return std::vector<int32_t>(got.begin() + begin, got.begin() + begin + size);
+  };
+  expect(status == cudaSuccess && segment(0, n + 1) == col_ptr && segment(layout.row_idx, nnz) == row_idx &&
+             segment(layout.entry, nnz) == entry,
          "transpose_support equals the CPU's bit for bit, " + shape(s));
+  // dx's transposed SpMM over the packed copy loads 4 entries at a time, at every n.
+  DeviceArray<float> values(std::max<int64_t>(nnz, 1));
+  const cuda::SpmmArgs<float> args{n, m, nnz, 8, packed, packed + layout.row_idx, packed + layout.entry,
+                                   values.data, nullptr, m, nullptr, n, nullptr, true, false};
+  expect(cuda::spmm_vector_loads(args), "the packed CSC takes the SpMM's vector path, " + shape(s));
 }
 
 // ---- scatter / gather into row chunks and column windows of W ---------------------
@@ -523,9 +536,11 @@ void test_chunk_batches() {
 }  // namespace
 
 int main() {
-  // support: empty, single, full, wide rows (5461), tall and thin.
+  // support: empty, single, full, wide rows (4096, 5461: n + 1 not a multiple
+  // of 4, nnz either way), tall and thin.
   for (const auto& [m, n, nnz] : std::vector<std::array<int64_t, 3>>{
-           {0, 5, 0}, {3, 0, 0}, {1, 1, 1}, {7, 5, 35}, {37, 5461, 2000}, {300, 64, 1000}, {2000, 3, 4001}}) {
+           {0, 5, 0}, {3, 0, 0}, {1, 1, 1}, {7, 5, 35}, {37, 5461, 2000}, {11, 4096, 1001}, {300, 64, 1000},
+           {2000, 3, 4001}}) {
     test_random_support(m, n, nnz, 42);
     test_transpose_support(m, n, nnz);
   }
