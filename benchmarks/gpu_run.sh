@@ -12,7 +12,7 @@
 #                                       # --dist fsdp --per-layer stopped and resumed), bench_train 60M and 350M
 #   SLTRAIN_GPU_REHEARSAL=1 bash benchmarks/gpu_run.sh first|second   # here, without a GPU (below)
 #
-# The device-tool calls (README.md, "GPU runs"):
+# The device-tool calls (also in README.md, beside the memory table):
 #   1. run(command="bash benchmarks/gpu_run.sh first", timeout_s=540)
 #   2. here, from the reply's files_at:
 #        rm -rf gpu_state && mkdir gpu_state && cp FILES_AT/* gpu_state/ && chmod -R u+w gpu_state
@@ -35,15 +35,16 @@
 # and after `first` extension.tar.gz (the built extension and its sources'
 # checksum). The exit status is the number of stages that did not pass.
 #
-# Rehearsal (SLTRAIN_GPU_REHEARSAL=1; also what runs where no GPU is visible
-# only when asked, else the script stops): every stage that needs no GPU runs
-# for real (the extension build, CPU-only; the bench_cuda_* build with nvcc;
-# the archive and the table), pytest stages collect their -k selections
-# instead of running them and fail if a selected case no longer exists, the
-# benchmarks run on the CPU where a small configuration exists (bench_train,
-# bench_memory_step, the NCCL runs as gloo runs) and else parse their device
-# arguments (--help after them), and each key figure is read from the same
-# kind of file.
+# Rehearsal (only with SLTRAIN_GPU_REHEARSAL=1: without it, where no GPU is
+# visible the script stops): what needs no GPU runs for real (the extension
+# build, CPU-only; the bench_cuda_* build with nvcc; reusing first's build in
+# `second`; the archive and the table); pytest stages collect their -k
+# selections instead of running them, and fail if a selected case no longer
+# exists; the benchmarks run on the CPU where a small configuration exists
+# (bench_train, bench_memory_step, the NCCL runs as gloo runs), else parse
+# their device arguments up to an appended --help (choices are checked,
+# misspelt flags are not); each key figure is read from a file of the same
+# kind (a committed CPU result where the GPU one cannot exist here).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
