@@ -34,6 +34,16 @@ def check_alpha(alpha: float, rank: int, dtype: torch.dtype | None) -> None:
                          f"largest value {largest:g}")
 
 
+@torch.compiler.assume_constant_result
+def _has_autocast(device_type: str) -> bool:
+    """Whether autocast exists for this device type (the meta device has none:
+    asking it whether autocast is enabled would raise). A property of the
+    device type, so torch.compile takes it as a constant: dynamo in torch 2.11
+    cannot trace ``torch.amp.is_autocast_available`` itself. Whether autocast
+    is *enabled* is still asked inside the traced code, where dynamo guards it."""
+    return torch.amp.is_autocast_available(device_type)
+
+
 class _FactoredLinear(nn.Module):
     """What SLLinear and LowRankLinear share: sizes, the factors ``A`` and ``B``
     with SLTrain's initialisation, the bias and the scale ``alpha / rank``."""
@@ -137,8 +147,7 @@ class SLLinear(_FactoredLinear):
 
     def forward(self, x: Tensor) -> Tensor:
         A, B, values, bias = self.A, self.B, self.values, self.bias
-        # (The meta device has no autocast: asking would raise.)
-        if torch.amp.is_autocast_available(x.device.type) and torch.is_autocast_enabled(x.device.type):
+        if _has_autocast(x.device.type) and torch.is_autocast_enabled(x.device.type):
             # Autocast does not know this op: cast as it would cast nn.Linear.
             dtype = torch.get_autocast_dtype(x.device.type)
             x, A, B, values = x.to(dtype), A.to(dtype), B.to(dtype), values.to(dtype)

@@ -107,3 +107,25 @@ def test_compile_fullgraph_forward_and_backward(backend):
     y_compiled.square().sum().backward()
     for (name, a), b in zip(eager.named_parameters(), compiled_model.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-4 * a.grad.abs().max().item(), msg=name)
+
+
+def test_compiled_layers_follow_autocast_entered_after_compiling():
+    # The compiled graph must ask whether autocast is on at every call: a
+    # graph traced without autocast must not be reused inside it, and the
+    # cast SLLinear does (autocast does not know our op) must happen there.
+    def layers():
+        torch.manual_seed(0)
+        return nn.Sequential(sl.SLLinear(16, 48, 4, 0.1, seed=1), nn.GELU(), sl.SLLinear(48, 16, 4, 0.1, seed=2))
+    eager, compiled_model = layers(), layers()
+    compiled = torch.compile(compiled_model, backend="aot_eager", fullgraph=True)
+    x = torch.randn(3, 5, 16)
+    assert compiled(x).dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_eager, y_compiled = eager(x), compiled(x)
+    assert y_eager.dtype == torch.bfloat16 and y_compiled.dtype == torch.bfloat16
+    torch.testing.assert_close(y_compiled, y_eager)
+    y_eager.float().square().sum().backward()
+    y_compiled.float().square().sum().backward()
+    for (name, a), b in zip(eager.named_parameters(), compiled_model.parameters()):
+        assert b.grad.dtype == a.grad.dtype == torch.float32, name
+        torch.testing.assert_close(b.grad, a.grad, msg=name)
