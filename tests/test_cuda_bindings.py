@@ -320,3 +320,22 @@ def test_unaligned_widths_through_staging_tiles(cuda_ops, b, m, n, dtype, worksp
     x = torch.randn(b, n, dtype=torch.float64).to(dtype)
     with sl.matmul_config("materialized", workspace_bytes=workspace):
         run_and_check(cuda_ops, p, x, dtype)
+
+
+@pytest.mark.parametrize("tokens", [1, 16])
+def test_factored_path_scales_after_each_product(cuda_ops, tokens):
+    # B = 0 as at init: every exact result is small, but scale * (x A^T) or
+    # scale * (g B) computed first overflows float32. (The materialised path
+    # scales in cuBLAS's epilogue, which ATen's CPU addmm does not mimic.)
+    p = make_problem(48, 40, 8, 300)
+    scale = 3.4e38
+    A, B = torch.randn(8, 40), torch.zeros(48, 8)
+    x, grad_y = torch.randn(tokens, 40), torch.randn(tokens, 48)
+    with sl.matmul_config("factored"):
+        y = cuda_ops.sl_matmul(x, A, B, p.values, p.row_ptr, p.col_idx, scale, None)
+        dx, dA, _, _ = cuda_ops.sl_matmul_backward(grad_y, x, A, B, p.values, p.row_ptr, p.col_idx, scale,
+                                                   [True, True, False, False])
+    S = sl.densify(A, B, p.values, p.row_ptr, p.col_idx, 0.0).double()
+    torch.testing.assert_close(y.double(), x.double() @ S.T, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(dx.double(), grad_y.double() @ S, rtol=1e-5, atol=1e-4)
+    assert torch.equal(dA, torch.zeros_like(dA))

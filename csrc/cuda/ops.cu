@@ -215,7 +215,9 @@ Tensor sl_matmul_cuda(const Tensor& x, const Tensor& A, const Tensor& B, const T
   const Tensor rows = row_ptr.contiguous(), cols = col_idx.contiguous();
   Tensor y;
   if (use_factored_path(batch, dims)) {
-    y = at::mm(at::mm(x2, a.t()).mul_(scale), b_factor.t());
+    // Scaled after the product: a scale near the dtype's largest value must not
+    // overflow an intermediate whose final product is small (B = 0 at init).
+    y = at::mm(at::mm(x2, a.t()), b_factor.t()).mul_(scale);
     spmm(rows, cols, nullptr, vals, dims.m, dims.n, x2, y, bias, /*accumulate=*/true);
   } else {
     // Row chunks of W in one buffer; each chunk's output columns come from one
@@ -350,9 +352,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cuda(
     if (need_dB) dB = at::zeros({dims.m, dims.r}, options);
     if (need_dvalues) dvalues = at::zeros({dims.nnz}, options);
   } else if (use_factored_path(batch, dims)) {
-    const Tensor g_b = (need_dx || need_dA) ? at::mm(g2, b_factor).mul_(scale) : Tensor();
+    // Every low-rank product scaled after it is computed (as in the forward).
+    const Tensor g_b = (need_dx || need_dA) ? at::mm(g2, b_factor) : Tensor();
     if (need_dx) {
-      dx = at::mm(g_b, a);
+      dx = at::mm(g_b, a).mul_(scale);
       const Tensor csc = cached_transposed_support(row_ptr, col_idx, dims.n);
       const PackedCscLayout<int64_t> layout = packed_csc_layout(dims.n, dims.nnz);
       const Tensor col_ptr = csc.narrow(0, 0, dims.n + 1);
@@ -360,8 +363,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cuda(
       const int32_t* entry = csc.data_ptr<int32_t>() + layout.entry;
       spmm(col_ptr, row_idx, entry, vals, dims.n, dims.m, g2, dx, std::nullopt, /*accumulate=*/true);
     }
-    if (need_dA) dA = at::mm(g_b.t(), x2);
-    if (need_dB) dB = at::mm(g2.t(), at::mm(x2, a.t()).mul_(scale));
+    if (need_dA) dA = at::mm(g_b.t(), x2).mul_(scale);
+    if (need_dB) dB = at::mm(g2.t(), at::mm(x2, a.t())).mul_(scale);
     if (need_dvalues) {
       dvalues = at::empty({dims.nnz}, options);
       SLTRAIN_DISPATCH_FLOATS(options.dtype().toScalarType(), "sl_sddmm", [&] {
@@ -381,7 +384,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cuda(
     const bool factors_from_dW = factor_grads_from_dW(batch, dims.m, dims.n);
     if (!factors_from_dW) {
       if (need_dA) dA = at::mm(at::mm(g2, b_factor).t(), x2).mul_(scale);
-      if (need_dB) dB = at::mm(g2.t(), at::mm(x2, a.t()).mul_(scale));
+      if (need_dB) dB = at::mm(g2.t(), at::mm(x2, a.t())).mul_(scale);
     }
     const bool need_dW = need_dvalues || (factors_from_dW && (need_dA || need_dB));
     Workspace workspace(backward_spare(dims), element);
