@@ -25,21 +25,23 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import sltrain_ext as sl  # noqa: E402
+from bench_layer import PRESETS  # noqa: E402
 from common import header, pyplot, write_results  # noqa: E402
 from cuda_layer_model import (GEMM_FLOPS, Layer, dense_cost, dense_peak, materialized_backward_peak,  # noqa: E402
                               materialized_cost, materialized_forward_peak, materialized_peak)
 
-# name, b, n, m, r, density, and DESIGN.md's H100 measurements: dense fwd ms,
-# dense and naive fwd+bwd ms, dense and naive peak MiB.
-SHAPES = [
-    ("350M-attn", 32768, 1024, 1024, 256, 0.03, 0.100, 0.361, 0.562, 130, 134),
-    ("1B-attn", 8192, 2048, 2048, 512, 0.03, 0.095, 0.320, 0.566, 72, 86),
-    ("1B-up", 8192, 2048, 5461, 512, 0.03, 1.972, 4.511, 4.600, 139, 171),
-    ("1B-down", 8192, 5461, 2048, 512, 0.03, 1.454, 4.088, 4.549, 139, 173),
-    ("7B-attn", 2048, 4096, 4096, 1024, 0.05, 0.091, 0.324, 0.602, 64, 122),
-    ("7B-up b=2048", 2048, 4096, 11008, 1024, 0.05, 0.264, 0.882, 1.579, 145, 273),
-    ("7B-up b=16384", 16384, 4096, 11008, 1024, 0.05, 2.080, 6.199, 7.438, 558, 686),
-]
+# DESIGN.md's H100 measurements at its seven training shapes (bench_layer.py's
+# "training" preset): dense fwd ms, dense and naive fwd+bwd ms, dense and
+# naive peak MiB.
+H100 = {
+    "350M-attn": (0.100, 0.361, 0.562, 130, 134),
+    "1B-attn": (0.095, 0.320, 0.566, 72, 86),
+    "1B-up": (1.972, 4.511, 4.600, 139, 171),
+    "1B-down": (1.454, 4.088, 4.549, 139, 173),
+    "7B-attn": (0.091, 0.324, 0.602, 64, 122),
+    "7B-up b=2048": (0.264, 0.882, 1.579, 145, 273),
+    "7B-up b=16384": (2.080, 6.199, 7.438, 558, 686),
+}
 SCALE_DOWN = 16
 MIB = 2**20
 
@@ -69,7 +71,8 @@ def main():
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
     args = parser.parse_args()
     rows = []
-    for name, b, n, m, r, density, dense_fwd_ms, dense_ms, naive_ms, dense_mib, naive_mib in SHAPES:
+    for name, b, n, m, r, density in PRESETS["training"]:
+        dense_fwd_ms, dense_ms, naive_ms, dense_mib, naive_mib = H100[name]
         layer = Layer(b, m, n, r, round(density * m * n))
         path = sl.matmul_path(b, m, n, r, layer.nnz, torch.device("cuda"))
         ours, dense = materialized_cost(layer), dense_cost(layer)
@@ -133,25 +136,23 @@ def plot(path: Path, rows):
     fig, (memory, time) = plt.subplots(1, 2, figsize=(13, 4.2))
     names = [row["shape"] for row in rows]
     width = 0.27
-    for i, (key, label) in enumerate([("ours_peak_mib", "sltrain_ext (predicted)"),
-                                      ("dense_peak_mib_h100", "dense nn.Linear (H100)"),
-                                      ("naive_peak_mib_h100", "naive SLTrain (H100)")]):
-        memory.bar([j + (i - 1) * width for j in range(len(rows))],
-                   [row[key] / row["dense_peak_mib"] for row in rows], width, label=label)
-    memory.axhline(1.0, color="black", linewidth=0.8)
-    memory.set_ylabel("peak transient memory / dense")
-    memory.set_title("forward+backward peak memory", fontsize=10)
-    for i, (key, label) in enumerate([("ours_predicted_ms", "sltrain_ext (predicted)"),
-                                      ("dense_ms_h100", "dense nn.Linear (H100)"),
-                                      ("naive_ms_h100", "naive SLTrain (H100)")]):
-        time.bar([j + (i - 1) * width for j in range(len(rows))],
-                 [row[key] / row["ours_floor_ms"] for row in rows], width, label=label)
-    time.axhline(1.0, color="black", linewidth=0.8)
-    time.set_ylabel("time / our algorithm's GEMM floor")
-    time.set_title("forward+backward time (bf16, H100)", fontsize=10)
-    for ax in (memory, time):
+
+    def bars(ax, series, per, ylabel, title):
+        for i, (key, label) in enumerate(series):
+            ax.bar([j + (i - 1) * width for j in range(len(rows))], [row[key] / row[per] for row in rows], width,
+                   label=label)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
         ax.set_xticks(range(len(rows)), names, rotation=25, ha="right")
         ax.legend(fontsize=8)
+
+    bars(memory, [("ours_peak_mib", "sltrain_ext (predicted)"), ("dense_peak_mib_h100", "dense nn.Linear (H100)"),
+                  ("naive_peak_mib_h100", "naive SLTrain (H100)")],
+         "dense_peak_mib", "peak transient memory / dense", "forward+backward peak memory")
+    bars(time, [("ours_predicted_ms", "sltrain_ext (predicted)"), ("dense_ms_h100", "dense nn.Linear (H100)"),
+                ("naive_ms_h100", "naive SLTrain (H100)")],
+         "ours_floor_ms", "time / our algorithm's GEMM floor", "forward+backward time (bf16, H100)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"wrote {path}")

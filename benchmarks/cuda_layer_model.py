@@ -213,10 +213,12 @@ def materialized_cost(layer: Layer, backward_pass: bool = True) -> Cost:
     it), dA and dB from dW or from the factored formulas."""
     L, e, cost = layer, layer.element, Cost()
     forward, backward = forward_plan(L), backward_plan(L)
-    scatter = L.nnz * (4 + 4 + 2 * e)  # indices, values, the W element read and written
-    # forward: W = s B A + S in row chunks, y = x W^T + bias
-    cost.gemm(L.m, L.r, L.n, e)
-    cost.stream(scatter)
+    def build_w():  # W = s B A (cuBLAS) + S (the scatter: indices, values, W's element read and written)
+        cost.gemm(L.m, L.r, L.n, e)
+        cost.stream(L.nnz * (4 + 4 + 2 * e))
+
+    # forward: W in row chunks, y = x W^T + bias
+    build_w()
     cost.gemm(L.b, L.n, L.m, e)
     if not forward.x_aligned:
         cost.stream(forward.chunks * L.b * L.n * 2 * e)  # x staged per chunk
@@ -225,8 +227,7 @@ def materialized_cost(layer: Layer, backward_pass: bool = True) -> Cost:
     if not backward_pass:
         return cost
     # backward: W again in column windows, dx = g W; dW = g^T x in row chunks
-    cost.gemm(L.m, L.r, L.n, e)
-    cost.stream(scatter)
+    build_w()
     cost.gemm(L.b, L.m, L.n, e)
     if not backward.g_aligned:
         cost.stream(backward.windows * L.b * L.m * 2 * e)  # g staged per window

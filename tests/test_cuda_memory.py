@@ -20,6 +20,7 @@ import sltrain_ext as sl
 from helpers import make_problem
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from bench_layer import PRESETS  # noqa: E402
 from cuda_layer_model import (Layer, dense_peak, materialized_backward_peak,  # noqa: E402
                               materialized_forward_peak)
 
@@ -71,15 +72,7 @@ def test_ledger_equals_the_plan_for_every_output_mask(b, mask):
 
 # DESIGN.md's seven H100 training shapes (b, n -> m, r, density), and the same
 # scaled down by 16 in every dimension (density kept) for the ledger.
-TRAINING_SHAPES = [
-    ("350M-attn", 32768, 1024, 1024, 256, 0.03),
-    ("1B-attn", 8192, 2048, 2048, 512, 0.03),
-    ("1B-up", 8192, 2048, 5461, 512, 0.03),
-    ("1B-down", 8192, 5461, 2048, 512, 0.03),
-    ("7B-attn", 2048, 4096, 4096, 1024, 0.05),
-    ("7B-up b=2048", 2048, 4096, 11008, 1024, 0.05),
-    ("7B-up b=16384", 16384, 4096, 11008, 1024, 0.05),
-]
+TRAINING_SHAPES = PRESETS["training"]
 SCALED_TRAINING_SHAPES = [(name, *(v // 16 for v in dims), density) for name, *dims, density in TRAINING_SHAPES]
 
 
