@@ -36,8 +36,19 @@ struct AdamScalars {
 
   // One element, in torch.optim.AdamW's order of operations.
   SLTRAIN_HOST_DEVICE void update(S& p, S g, S& m, S& v) const {
-    using std::sqrt;
     if (decoupled) {
+      update_as<true>(p, g, m, v);
+    } else {
+      update_as<false>(p, g, m, v);
+    }
+  }
+
+  // The same with the kind of decay fixed at compile time: loops that decide
+  // it once, outside, have no branch left inside and vectorise.
+  template <bool kDecoupled>
+  SLTRAIN_HOST_DEVICE void update_as(S& p, S g, S& m, S& v) const {
+    using std::sqrt;
+    if constexpr (kDecoupled) {
       p *= decay;
     } else {
       g += weight_decay * p;

@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 
 #include "../../common/quant8.h"
@@ -53,6 +54,54 @@ struct DecodeTables {
   }
 };
 
+uint32_t bits_of(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  return u;
+}
+
+float from_bits(uint32_t u) {
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+
+// One code block of count <= kQuantBlock elements: decode against the old
+// absmaxes, the 32-bit update, the new absmaxes, re-encode. Every loop is
+// branch-free and vectorises: the absmaxes are integer maxima of the float
+// bits (the same order for non-negative floats; a NaN moment wins and makes
+// its block's absmax NaN instead of vanishing from it).
+template <bool kDecoupled, class P>
+SLTRAIN_SIMD_CLONES void adam8bit_block(int64_t count, P* __restrict param, const P* __restrict grad,
+                                        int8_t* __restrict exp_avg, float* exp_avg_absmax,
+                                        uint8_t* __restrict sqrt_exp_avg_sq, float* sqrt_exp_avg_sq_absmax,
+                                        const AdamScalars<float>& scalars, const DecodeTables& tables) {
+  float m[kQuantBlock], sqrt_v[kQuantBlock];
+  const float m_absmax_old = *exp_avg_absmax, sqrt_v_absmax_old = *sqrt_exp_avg_sq_absmax;
+  uint32_t m_absmax_bits = 0, sqrt_v_absmax_bits = 0;
+  for (int64_t j = 0; j < count; ++j) {
+    float m_j = m_absmax_old * tables.signed_code[uint8_t(exp_avg[j])];
+    const float old_sqrt_v = sqrt_v_absmax_old * tables.unsigned_code[sqrt_exp_avg_sq[j]];
+    float v_j = old_sqrt_v * old_sqrt_v;
+    float p = load<float>(param[j]);
+    scalars.template update_as<kDecoupled>(p, load<float>(grad[j]), m_j, v_j);
+    param[j] = store<P>(p);
+    m[j] = m_j;
+    sqrt_v[j] = std::sqrt(v_j);
+    m_absmax_bits = std::max(m_absmax_bits, bits_of(std::fabs(m_j)));
+    sqrt_v_absmax_bits = std::max(sqrt_v_absmax_bits, bits_of(sqrt_v[j]));
+  }
+  const float m_absmax = from_bits(m_absmax_bits), sqrt_v_absmax = from_bits(sqrt_v_absmax_bits);
+  const float m_scale = m_absmax > 0.0f ? 1.0f / m_absmax : 0.0f;
+  const float sqrt_v_scale = sqrt_v_absmax > 0.0f ? 1.0f / sqrt_v_absmax : 0.0f;
+  for (int64_t j = 0; j < count; ++j) {
+    exp_avg[j] = encode_signed8(m[j], m_scale);
+    sqrt_exp_avg_sq[j] = encode_unsigned8(sqrt_v[j], sqrt_v_scale);
+  }
+  *exp_avg_absmax = m_absmax;
+  *sqrt_exp_avg_sq_absmax = sqrt_v_absmax;
+}
+
 }  // namespace
 
 template <class P, class S>
@@ -70,35 +119,12 @@ void adam8bit_step(int64_t numel, P* param, const P* grad, int8_t* exp_avg, floa
   const AdamScalars<float> scalars(hyper);
   const int64_t blocks = (numel + kQuantBlock - 1) / kQuantBlock;
   static const DecodeTables tables;
-  // Per block: decode, the same vectorised update as the 32-bit path on the
-  // decoded moments, then requantise against the new absmaxes.
   parallel_for(0, blocks, 64, [&](int64_t block_begin, int64_t block_end) {
-    float m[kQuantBlock], v[kQuantBlock];
     for (int64_t block = block_begin; block < block_end; ++block) {
       const int64_t first = block * kQuantBlock;
-      const int64_t count = std::min(kQuantBlock, numel - first);
-      const float m_absmax_old = exp_avg_absmax[block];
-      const float sqrt_v_absmax_old = sqrt_exp_avg_sq_absmax[block];
-      for (int64_t j = 0; j < count; ++j) {
-        m[j] = m_absmax_old * tables.signed_code[uint8_t(exp_avg[first + j])];
-        const float sqrt_v = sqrt_v_absmax_old * tables.unsigned_code[sqrt_exp_avg_sq[first + j]];
-        v[j] = sqrt_v * sqrt_v;
-      }
-      adam_range(0, count, param + first, grad + first, m, v, scalars);
-      float m_absmax = 0.0f, sqrt_v_absmax = 0.0f;
-      for (int64_t j = 0; j < count; ++j) {
-        v[j] = std::sqrt(v[j]);
-        m_absmax = std::max(m_absmax, std::fabs(m[j]));
-        sqrt_v_absmax = std::max(sqrt_v_absmax, v[j]);
-      }
-      const float m_scale = m_absmax > 0.0f ? 1.0f / m_absmax : 0.0f;
-      const float sqrt_v_scale = sqrt_v_absmax > 0.0f ? 1.0f / sqrt_v_absmax : 0.0f;
-      for (int64_t j = 0; j < count; ++j) {
-        exp_avg[first + j] = encode_signed8(m[j], m_scale);
-        sqrt_exp_avg_sq[first + j] = encode_unsigned8(v[j], sqrt_v_scale);
-      }
-      exp_avg_absmax[block] = m_absmax;
-      sqrt_exp_avg_sq_absmax[block] = sqrt_v_absmax;
+      const auto run = scalars.decoupled ? adam8bit_block<true, P> : adam8bit_block<false, P>;
+      run(std::min(kQuantBlock, numel - first), param + first, grad + first, exp_avg + first,
+          exp_avg_absmax + block, sqrt_exp_avg_sq + first, sqrt_exp_avg_sq_absmax + block, scalars, tables);
     }
   });
 }
