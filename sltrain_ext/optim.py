@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -24,6 +23,63 @@ def _is_sharded(tensor: Tensor) -> bool:
 def _local(tensor: Tensor) -> Tensor:
     """A DTensor's local shard (aliasing its storage, so in-place updates land), else the tensor."""
     return tensor.to_local() if _is_sharded(tensor) else tensor
+
+
+def _clip_each(grads: list[Tensor], max_norm: float) -> None:
+    """Scales each gradient to an L2 norm of at most `max_norm`, as
+    ``clip_grad_norm_(param, max_norm)`` does parameter by parameter, with
+    every norm from one ``_foreach_norm`` call."""
+    if not grads:
+        return
+    # Coefficients in float32 (float64 for float64 gradients), whatever the
+    # mix of gradient dtypes; each gradient is scaled in its own dtype.
+    norms = torch.stack(torch._foreach_norm(grads))
+    norms = norms if norms.dtype == torch.float64 else norms.float()
+    coefficients = (max_norm / (norms + 1e-6)).clamp_(max=1.0)
+    torch._foreach_mul_(grads, list(coefficients.unbind()))
+
+
+_STATE_KEYS = {False: ("exp_avg", "exp_avg_sq"),
+               True: ("exp_avg", "exp_avg_absmax", "sqrt_exp_avg_sq", "sqrt_exp_avg_sq_absmax")}
+
+
+class _Batch:
+    """The parameters of one fused call (one device, step count and state
+    precision) and their tensors in the op's argument order, gathered once."""
+
+    def __init__(self, eight_bit: bool, step: int) -> None:
+        self.eight_bit = eight_bit
+        self.step = step
+        self.params: list[Tensor] = []
+        self.states: list[dict[str, Any]] = []
+        self.state_lists: list[list[Tensor]] = [[] for _ in _STATE_KEYS[eight_bit]]
+        self.sharded = False
+
+    def add(self, param: Tensor, state: dict[str, Any]) -> None:
+        self.params.append(param)
+        self.states.append(state)
+        for bucket, key in zip(self.state_lists, _STATE_KEYS[self.eight_bit]):
+            bucket.append(state[key])
+        self.sharded = self.sharded or _is_sharded(param)
+
+    def in_step(self) -> bool:
+        """Whether every parameter is still at this batch's step count (an
+        update through another plan, of a subset, moves some of them on)."""
+        return [state["step"] for state in self.states].count(self.step) == len(self.states)
+
+    def advance(self) -> None:
+        self.step += 1
+        for state in self.states:
+            state["step"] = self.step
+
+    def lists(self) -> list[list[Tensor]]:
+        """params, grads, then the states, as fused_adam_ / fused_adam8bit_ take them.
+        A plain parameter is passed itself, so a new `.data` is followed; FSDP2
+        shards are looked up each time (each rank updates its own shard)."""
+        lists = [self.params, [param.grad for param in self.params], *self.state_lists]
+        if self.sharded:
+            lists = [[_local(tensor) for tensor in bucket] for bucket in lists]
+        return lists
 
 
 class SLAdamW(torch.optim.Optimizer):
@@ -109,6 +165,9 @@ class SLAdamW(torch.optim.Optimizer):
         self.accumulation_steps = accumulation_steps
         self.min_8bit_numel = min_8bit_numel
         self._group_of: dict[Tensor, dict[str, Any]] = {}
+        # The fused calls of each list of parameters updated together (see _plan).
+        self._plans: dict[tuple[int, ...], list[_Batch]] = {}
+        self._plans_state: Any = None
         self._hooks: list[Any] = []
         # per_layer, for the optimizer step in progress: parameters updated,
         # and parameters not updated because a gradient of the step was non-finite.
@@ -148,31 +207,49 @@ class SLAdamW(torch.optim.Optimizer):
                 state["exp_avg_sq"] = torch.zeros_like(param, dtype=dtype, memory_format=torch.contiguous_format)
         return state
 
+    def _plan(self, group: dict[str, Any], params: list[Tensor]) -> list[_Batch]:
+        """The fused calls that update `params`, built on first use and reused
+        while they still describe the optimizer: the same parameters, the same
+        state table (``load_state_dict`` replaces it) and every parameter of a
+        batch still at the batch's step count."""
+        if self._plans_state is not self.state:
+            self._plans = {}
+            self._plans_state = self.state
+        key = tuple(map(id, params))  # the plan holds the params: their ids stay theirs
+        batches = self._plans.get(key)
+        if batches is None or not all(batch.in_step() for batch in batches):
+            batches = self._build_plan(group, params)
+            self._plans[key] = batches
+        return batches
+
+    def _build_plan(self, group: dict[str, Any], params: list[Tensor]) -> list[_Batch]:
+        batches: dict[tuple, _Batch] = {}
+        for param in params:
+            state = self._state_of(param, group)
+            eight_bit = "sqrt_exp_avg_sq" in state
+            batch_key = (param.device, state["step"], eight_bit)
+            if batch_key not in batches:
+                batches[batch_key] = _Batch(eight_bit, state["step"])
+            batches[batch_key].add(param, state)
+        return list(batches.values())
+
     @torch.no_grad()
     def _update(self, group: dict[str, Any], params: list[Tensor]) -> None:
         """One AdamW step of `params` (all in `group`, all with a gradient)."""
-        batches: dict[tuple, list[list[Tensor]]] = defaultdict(lambda: [[] for _ in range(6)])
-        for param in params:
-            if param.grad.is_sparse:
-                raise RuntimeError("SLAdamW does not support sparse gradients")
-            if self.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(param, self.max_grad_norm)
-            state = self._state_of(param, group)
-            state["step"] += 1
-            eight_bit = "sqrt_exp_avg_sq" in state
-            keys = (("exp_avg", "exp_avg_absmax", "sqrt_exp_avg_sq", "sqrt_exp_avg_sq_absmax")
-                    if eight_bit else ("exp_avg", "exp_avg_sq"))
-            batch = batches[(param.device, state["step"], eight_bit)]
-            for bucket, tensor in zip(batch, (param, param.grad, *(state[k] for k in keys))):
-                bucket.append(_local(tensor))  # FSDP2: each rank updates its own shard
+        grads = [param.grad for param in params]
+        if any(grad.is_sparse for grad in grads):
+            raise RuntimeError("SLAdamW does not support sparse gradients")
+        if self.max_grad_norm is not None:
+            _clip_each(grads, self.max_grad_norm)
         beta1, beta2 = group["betas"]
         hyper = {"lr": float(group["lr"]), "beta1": beta1, "beta2": beta2, "eps": group["eps"],
                  "weight_decay": group["weight_decay"]}
-        for (_, step, eight_bit), lists in batches.items():
-            if eight_bit:
-                fused_adam8bit_(*lists, **hyper, step=step, decoupled=True)
+        for batch in self._plan(group, params):
+            batch.advance()
+            if batch.eight_bit:
+                fused_adam8bit_(*batch.lists(), **hyper, step=batch.step, decoupled=True)
             else:
-                fused_adam_(*lists[:4], **hyper, step=step, decoupled=True)
+                fused_adam_(*batch.lists(), **hyper, step=batch.step, decoupled=True)
 
     def _per_layer_update(self, param: Tensor) -> None:
         group = self._group_of[param]
