@@ -328,6 +328,15 @@ void test_sddmm(int64_t m, int64_t n, int64_t nnz, int64_t tokens) {
 
 // ---- Adam --------------------------------------------------------------------------
 
+// Adds 1 to every element of every tensor of a launch, chunk by chunk.
+template <class Chunks>
+__global__ void count_chunk_elements(Chunks chunks, int64_t chunk_size) {
+  cuda::for_each_chunk(chunks, chunk_size, [&](const cuda::ChunkSlice& slice) {
+    int* data = cuda::list_pointer<int>(chunks, 0, slice);
+    for (int64_t i = 0; i < slice.count; ++i) ++data[i];
+  });
+}
+
 // Both kernels on several tensors of the given sizes (one tensor may start
 // `misalign` elements into its allocation, which turns vector loads off).
 template <class P>
@@ -462,9 +471,10 @@ void test_adam8bit(const std::vector<int64_t>& sizes) {
 }
 
 // The multi-tensor batching on the host: every element of every tensor is
-// covered exactly once, however the tensors and chunks fall into batches.
+// covered exactly once, whole tensors per launch, however they fall into
+// batches; the device walk (for_each_chunk) maps each chunk back to its tensor.
 void test_chunk_batches() {
-  using Small = cuda::TensorChunks<1, 3, 5>;
+  using Small = cuda::TensorChunks<1, 3>;
   const std::vector<int64_t> sizes = {0, 1, 9, 4, 0, 23, 2, 2, 2, 17, 0};
   std::vector<std::vector<int>> covered;
   std::vector<std::array<void*, 1>> tensors;
@@ -473,21 +483,17 @@ void test_chunk_batches() {
   int launches = 0;
   bool within_limits = true;
   cuda::for_each_chunk_batch<Small>(int64_t(sizes.size()), tensors.data(), sizes.data(), 4,
-                                    [&](const Small& chunks, int blocks) {
+                                    [&](const Small& chunks) {
     ++launches;
-    within_limits = within_limits && blocks >= 1 && blocks <= Small::kBlocks;
-    for (int block = 0; block < blocks; ++block) {
-      const int tensor = chunks.block_tensor[block];
-      within_limits = within_limits && tensor < Small::kTensors;
-      const int64_t begin = int64_t(chunks.block_chunk[block]) * 4;
-      int* data = static_cast<int*>(chunks.pointers[0][tensor]);
-      for (int64_t i = begin; i < std::min(begin + 4, chunks.sizes[tensor]); ++i) ++data[i];
-    }
+    within_limits = within_limits && chunks.chunks >= 1;
+    // A grid of 2 blocks of 1 thread walks the chunks on the emulator.
+    cudaStream_t stream = nullptr;
+    SLTRAIN_LAUNCH(count_chunk_elements<Small>, 2, 1, 0, stream)(chunks, int64_t(4));
   });
   bool once = true;
   for (const auto& c : covered)
     for (int count : c) once = once && count == 1;
-  expect(within_limits && once && launches > 1, "multi-tensor batches cover every element once");
+  expect(within_limits && once && launches == 3, "multi-tensor batches cover every element once");
 }
 
 }  // namespace
@@ -538,6 +544,9 @@ int main() {
   test_adam<__nv_bfloat16>(sizes, 0);
   test_adam<__half>({6, 100, 5461}, 1);
   test_adam8bit<float>({1, 255, 256, 257, 5461, cuda::kAdam8bitChunk + 100});
+  // More tensors than one launch takes, more chunks than the grid has blocks.
+  test_adam8bit<float>(std::vector<int64_t>(cuda::Adam8bitChunks::kTensors + 5, 3 * 256 + 7));
+  test_adam8bit<float>({cuda::kAdam8bitChunk * 1100 + 9});
   test_adam8bit<__nv_bfloat16>({300, 4096});
   test_adam8bit<__half>({513});
 
