@@ -141,8 +141,7 @@ __global__ void __launch_bounds__(kAdam8bitThreads)
         m_code = load_vec<kLane>(exp_avg + first);
         v_code = load_vec<kLane>(sqrt_exp_avg_sq + first);
       } else {
-        // Fixed trip counts, unrolled: the per-lane arrays stay in registers.
-#pragma unroll
+        // Fixed trip counts (unrolled by nvcc): the lane's arrays stay in registers.
         for (int j = 0; j < kLane; ++j) {
           if (j >= mine) continue;
           p.v[j] = param[first + j];
@@ -155,7 +154,6 @@ __global__ void __launch_bounds__(kAdam8bitThreads)
       // lane 0's writes follow.
       const float m_absmax_old = exp_avg_absmax[block], sqrt_v_absmax_old = sqrt_exp_avg_sq_absmax[block];
       float m[kLane], sqrt_v[kLane], m_local = 0.0f, sqrt_v_local = 0.0f;
-#pragma unroll
       for (int j = 0; j < kLane; ++j) {
         m[j] = sqrt_v[j] = 0.0f;
         if (j >= mine) continue;
@@ -173,7 +171,6 @@ __global__ void __launch_bounds__(kAdam8bitThreads)
       const float sqrt_v_absmax = warp_max_nonnegative(sqrt_v_local);
       const float m_scale = m_absmax > 0.0f ? 1.0f / m_absmax : 0.0f;
       const float sqrt_v_scale = sqrt_v_absmax > 0.0f ? 1.0f / sqrt_v_absmax : 0.0f;
-#pragma unroll
       for (int j = 0; j < kLane; ++j) {
         m_code.v[j] = encode_signed8(m[j], m_scale);
         v_code.v[j] = encode_unsigned8(sqrt_v[j], sqrt_v_scale);
@@ -183,7 +180,6 @@ __global__ void __launch_bounds__(kAdam8bitThreads)
         store_vec(exp_avg + first, m_code);
         store_vec(sqrt_exp_avg_sq + first, v_code);
       } else {
-#pragma unroll
         for (int j = 0; j < kLane; ++j) {
           if (j >= mine) continue;
           param[first + j] = p.v[j];
