@@ -20,6 +20,7 @@ kernel is queued, no synchronisation).
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,32 +61,43 @@ def make_params(numels: list[int], device: torch.device) -> list[torch.nn.Parame
     return params
 
 
-def copy_bandwidth(device: torch.device, repeats: int) -> float:
-    """Bytes per second of a large device-to-device copy_, counting the read and the write."""
-    source = torch.ones(COPY_BYTES // 4, device=device)
-    target = torch.empty_like(source)
-    ms = measure(lambda: target.copy_(source), device, repeats)
-    return 2 * COPY_BYTES / (ms / 1e3)
+def device_ms(fn: Callable[[], object], device: torch.device) -> float:
+    """One call's time until the device has finished it (CUDA events on a GPU)."""
+    return measure(fn, device, 1, warmup=0)
 
 
-def host_ms(make: Factory, numels: list[int], device: torch.device, repeats: int) -> float:
-    """Median wall time of step() over one-element stand-ins, without waiting for the device."""
+def host_ms(fn: Callable[[], object], device: torch.device) -> float:
+    """One call's wall time on the host, from an idle device until fn returns
+    (on a GPU: every kernel queued, none waited for)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
+
+
+def interleaved_ms(steps: dict[str, Callable[[], object]], device: torch.device, repeats: int,
+                   clock: Callable[[Callable[[], object], torch.device], float] = device_ms) -> dict[str, float]:
+    """Median milliseconds of each function, timed round-robin (one call of
+    each per round), so that a shared machine's changing load falls on all of
+    them alike rather than on whichever ran during a busy spell."""
+    times: dict[str, list[float]] = {label: [] for label in steps}
+    for round_ in range(repeats + 2):  # two warm-up rounds
+        for label, step in steps.items():
+            ms = clock(step, device)
+            if round_ >= 2:
+                times[label].append(ms)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return {label: statistics.median(values) for label, values in times.items()}
+
+
+def stand_in_optimizer(make: Factory, numels: list[int], device: torch.device) -> torch.optim.Optimizer:
+    """The optimizer over one-element stand-ins of the given parameter list, every gradient set."""
     params = [torch.nn.Parameter(torch.zeros(1, device=device)) for _ in numels]
     for p in params:
         p.grad = torch.ones(1, device=device)
-    optimizer = make(params)
-    for _ in range(3):
-        optimizer.step()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        optimizer.step()
-        times.append((time.perf_counter() - start) * 1e3)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return sorted(times)[len(times) // 2]
+    return make(params)
 
 
 def chart(path: Path, rows: list[dict], copy_gb_per_s: float, title: str) -> None:
@@ -126,24 +138,28 @@ def main() -> None:
     numels = configs.load(name).parameter_numels(sltrain=True)
     total = sum(numels)
 
-    copy_bytes_per_s = copy_bandwidth(device, repeats)
-    print(f"copy_: {copy_bytes_per_s / 1e9:.1f} GB/s", flush=True)
+    # Every optimizer on its own copy of the parameters, all alive at once.
+    optimizers = {label: make(make_params(numels, device)) for label, make in OPTIMIZERS.items()}
+    copy_source = torch.ones(COPY_BYTES // 4, device=device)
+    copy_target = torch.empty_like(copy_source)
+    steps = {label: optimizer.step for label, optimizer in optimizers.items()}
+    ms_of = interleaved_ms({"copy_": lambda: copy_target.copy_(copy_source), **steps}, device, repeats)
+    copy_bytes_per_s = 2 * COPY_BYTES / (ms_of["copy_"] / 1e3)  # read + write
+    del copy_source, copy_target
     rows = []
-    for label, make in OPTIMIZERS.items():
-        params = make_params(numels, device)
-        optimizer = make(params)
-        ms = measure(optimizer.step, device, repeats)
+    for label, optimizer in optimizers.items():
+        ms = ms_of[label]
         state_bytes = sum(t.numel() * t.element_size() for s in optimizer.state.values()
                           for t in s.values() if torch.is_tensor(t) and t.dim() > 0)
         moved = total * 4 * 3 + 2 * state_bytes  # param r+w, grad r, states r+w
         rows.append({"optimizer": label, "ms": ms, "gb_per_s": moved / ms / 1e6,
                      "copy_fraction": moved / (ms / 1e3) / copy_bytes_per_s, "state_bytes": state_bytes})
-        print(f"{label}: {ms:.2f} ms, {moved / ms / 1e6:.1f} GB/s", flush=True)
-        del params, optimizer
+    del optimizers
 
     host_numels = configs.load(HOST_CONFIG).parameter_numels(sltrain=True)
-    host_rows = [{"optimizer": label, "ms": host_ms(make, host_numels, device, max(repeats, 20))}
-                 for label, make in HOST_OPTIMIZERS.items()]
+    host_steps = {label: stand_in_optimizer(make, host_numels, device).step for label, make in HOST_OPTIMIZERS.items()}
+    host_rows = [{"optimizer": label, "ms": ms}
+                 for label, ms in interleaved_ms(host_steps, device, max(repeats, 20), clock=host_ms).items()]
     fused_host = next(r["ms"] for r in host_rows if r["optimizer"] == "torch AdamW fused")
 
     base = {r["optimizer"]: r["ms"] for r in rows}
@@ -153,7 +169,8 @@ def main() -> None:
                        "host_tensors": len(host_numels)}
     lines = [f"One step over the {len(numels)} trainable tensors ({total / 1e6:.1f} M float32 elements) of "
              f"SLTrain LLaMA-{name.upper()}; {meta['machine']}, torch {meta['torch']}, {meta['date']}, "
-             f"median of {repeats}. Command: `{meta['command']}`", "",
+             f"median of {repeats} rounds, each timing every optimizer and the copy once. "
+             f"Command: `{meta['command']}`", "",
              f"Copy bandwidth measured in the same run (`Tensor.copy_` of {COPY_BYTES >> 20} MiB, "
              f"read + write): **{copy_gb_per_s:.1f} GB/s**.", "",
              "| optimizer | ms | effective GB/s | of copy bandwidth | vs torch foreach | vs torch fused | "
@@ -165,7 +182,7 @@ def main() -> None:
                      f"{r['state_bytes'] / 2**20:.0f} |")
     lines += ["", f"Host time of one `step()` over LLaMA-{HOST_CONFIG.upper()}'s {len(host_numels)} trainable "
               f"tensors as one-element stand-ins on {device.type} (bookkeeping and launches; median of "
-              f"{max(repeats, 20)}):", "",
+              f"{max(repeats, 20)} interleaved rounds):", "",
               "| optimizer | host ms | vs torch fused |", "|---|---|---|"]
     for r in host_rows:
         lines.append(f"| {r['optimizer']} | {r['ms']:.3f} | {r['ms'] / fused_host:.2f} |")
