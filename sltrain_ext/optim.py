@@ -47,9 +47,12 @@ class _Batch:
     """The parameters of one fused call (one device, step count and state
     precision) and their tensors in the op's argument order, gathered once."""
 
-    def __init__(self, eight_bit: bool, step: int) -> None:
+    def __init__(self, eight_bit: bool, step: int, step_tensor: Tensor | None = None) -> None:
         self.eight_bit = eight_bit
         self.step = step
+        # Capturable: the step count in device memory, shared by every state of
+        # the batch and advanced by the op itself (self.step is then unused).
+        self.step_tensor = step_tensor
         self.params: list[Tensor] = []
         self.states: list[dict[str, Any]] = []
         self.state_lists: list[list[Tensor]] = [[] for _ in _STATE_KEYS[eight_bit]]
@@ -61,16 +64,24 @@ class _Batch:
         for bucket, key in zip(self.state_lists, _STATE_KEYS[self.eight_bit]):
             bucket.append(state[key])
         self.sharded = self.sharded or _is_sharded(param)
+        if self.step_tensor is not None:
+            state["step"] = self.step_tensor
 
     def in_step(self) -> bool:
         """Whether every parameter is still at this batch's step count (an
         update through another plan, of a subset, moves some of them on)."""
+        if self.step_tensor is not None:
+            return all(state["step"] is self.step_tensor for state in self.states)
         return [state["step"] for state in self.states].count(self.step) == len(self.states)
 
-    def advance(self) -> None:
+    def advance(self) -> dict[str, Any]:
+        """Moves the step count on; returns the op's step arguments for this step."""
+        if self.step_tensor is not None:
+            return {"step": 1, "step_tensor": self.step_tensor}  # the op adds 1 on the device
         self.step += 1
         for state in self.states:
             state["step"] = self.step
+        return {"step": self.step}
 
     def lists(self) -> list[list[Tensor]]:
         """params, grads, then the states, as fused_adam_ / fused_adam8bit_ take them.
@@ -126,6 +137,14 @@ class SLAdamW(torch.optim.Optimizer):
             gradient accumulates over before the update (the last micro-batch's
             backward steps). Without ``per_layer``, call ``step()`` when you
             want, as usual.
+        capturable: as ``torch.optim``'s: step counts live on the parameters'
+            device (an int64 tensor per fused call, shared by its parameters'
+            states) and a tensor ``lr`` is read on the device, so ``step()``
+            never reads a value on the host and a CUDA graph of it, replayed
+            N times, takes N steps. Run a few eager steps before capturing
+            (they build the fused calls, which reads the step counts once).
+            Not with ``per_layer`` (its non-finite check reads each gradient
+            on the host).
     """
 
     def __init__(
@@ -141,6 +160,7 @@ class SLAdamW(torch.optim.Optimizer):
         per_layer: bool = False,
         max_grad_norm: float | None = None,
         accumulation_steps: int = 1,
+        capturable: bool = False,
     ) -> None:
         if not lr >= 0.0:
             raise ValueError(f"`lr` must be >= 0, got {lr}")
@@ -157,10 +177,14 @@ class SLAdamW(torch.optim.Optimizer):
             raise ValueError(f"`max_grad_norm` must be > 0 or None, got {max_grad_norm}")
         if not (isinstance(accumulation_steps, int) and accumulation_steps >= 1):
             raise ValueError(f"`accumulation_steps` must be a positive int, got {accumulation_steps!r}")
+        if capturable and per_layer:
+            raise ValueError("`capturable` cannot be combined with per_layer=True: per-layer updates check "
+                             "each gradient on the host")
         if accumulation_steps > 1 and not per_layer:
             raise ValueError("`accumulation_steps` applies to per_layer=True; otherwise call step() every k backward passes")
         # Read by add_param_group, which Optimizer.__init__ calls.
         self.per_layer = per_layer
+        self.capturable = capturable
         self.max_grad_norm = max_grad_norm
         self.accumulation_steps = accumulation_steps
         self.min_8bit_numel = min_8bit_numel
@@ -227,9 +251,12 @@ class SLAdamW(torch.optim.Optimizer):
         for param in params:
             state = self._state_of(param, group)
             eight_bit = "sqrt_exp_avg_sq" in state
-            batch_key = (param.device, state["step"], eight_bit)
+            step = int(state["step"])  # capturable: a device tensor, read while the plan is built
+            batch_key = (param.device, step, eight_bit)
             if batch_key not in batches:
-                batches[batch_key] = _Batch(eight_bit, state["step"])
+                step_tensor = (torch.tensor(step, dtype=torch.int64, device=param.device)
+                               if self.capturable else None)
+                batches[batch_key] = _Batch(eight_bit, step, step_tensor)
             batches[batch_key].add(param, state)
         return list(batches.values())
 
@@ -242,14 +269,16 @@ class SLAdamW(torch.optim.Optimizer):
         if self.max_grad_norm is not None:
             _clip_each(grads, self.max_grad_norm)
         beta1, beta2 = group["betas"]
-        hyper = {"lr": float(group["lr"]), "beta1": beta1, "beta2": beta2, "eps": group["eps"],
-                 "weight_decay": group["weight_decay"]}
+        lr = group["lr"]
+        lr_tensor = lr if self.capturable and torch.is_tensor(lr) else None  # read on the device
+        hyper = {"lr": 0.0 if lr_tensor is not None else float(lr), "lr_tensor": lr_tensor, "beta1": beta1,
+                 "beta2": beta2, "eps": group["eps"], "weight_decay": group["weight_decay"]}
         for batch in self._plan(group, params):
-            batch.advance()
+            step = batch.advance()
             if batch.eight_bit:
-                fused_adam8bit_(*batch.lists(), **hyper, step=batch.step, decoupled=True)
+                fused_adam8bit_(*batch.lists(), **hyper, **step, decoupled=True)
             else:
-                fused_adam_(*batch.lists(), **hyper, step=batch.step, decoupled=True)
+                fused_adam_(*batch.lists(), **hyper, **step, decoupled=True)
 
     def _per_layer_update(self, param: Tensor) -> None:
         group = self._group_of[param]

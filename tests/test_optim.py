@@ -308,3 +308,31 @@ def test_clipping_scales_each_gradient_as_clip_grad_norm_per_parameter(per_layer
         tolerance = 1e-2 if param.dtype == torch.bfloat16 else 1e-6
         torch.testing.assert_close(clipped, want, rtol=tolerance, atol=0.0)
         assert clipped.float().norm() <= 0.5 * (1 + tolerance)
+
+
+@pytest.mark.parametrize("state_bits", [32, 8])
+def test_capturable_steps_equal_eager_ones_and_resume(state_bits):
+    # Step counts on the device, a float64 tensor learning rate read there:
+    # the same trajectory as the eager optimizer's, also across a state_dict resume.
+    data = batches(8)
+    kwargs = dict(weight_decay=0.05, state_bits=state_bits, min_8bit_numel=64, max_grad_norm=0.5)
+    eager, captured = make_model(), make_model()
+    train(eager, sl.SLAdamW(eager.parameters(), lr=5e-3, **kwargs), data)
+    lr = torch.tensor(5e-3, dtype=torch.float64)
+    optimizer = sl.SLAdamW(captured.parameters(), lr=lr, capturable=True, **kwargs)
+    train(captured, optimizer, data[:4])
+    steps = [optimizer.state[p]["step"] for p in captured.parameters()]
+    assert all(torch.is_tensor(step) and step.dtype == torch.int64 and step.item() == 4 for step in steps)
+    saved = io.BytesIO()
+    torch.save(optimizer.state_dict(), saved)
+    saved.seek(0)
+    resumed = sl.SLAdamW(captured.parameters(), lr=lr, capturable=True, **kwargs)
+    resumed.load_state_dict(torch.load(saved))
+    train(captured, resumed, data[4:])
+    assert_same_parameters(eager, captured)
+    assert all(resumed.state[p]["step"].item() == 8 for p in captured.parameters())
+
+
+def test_capturable_is_refused_with_per_layer_updates():
+    with pytest.raises(ValueError, match="`capturable` cannot be combined with per_layer"):
+        sl.SLAdamW([nn.Parameter(torch.zeros(2))], capturable=True, per_layer=True)

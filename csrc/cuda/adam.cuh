@@ -16,6 +16,8 @@
 // or 10.3 GB (8-bit, ~4.1 ms); bf16 params 14.2 GB (~5.6 ms) or 6.5 GB (~2.5 ms).
 #pragma once
 
+#include <type_traits>
+
 #include "../common/adam_math.h"
 #include "../common/quant8.h"
 #include "multi_tensor.cuh"
@@ -36,7 +38,8 @@ constexpr int kAdamVector = int(16 / sizeof(P));
 // P: the param and grad type; S: the state type, Acc<P>.
 template <class P, class S>
 __global__ void __launch_bounds__(kAdamThreads)
-    adam_kernel(AdamChunks chunks, AdamScalars<S> scalars) {
+    adam_kernel(AdamChunks chunks, AdamScalars<S> host_scalars, const AdamScalars<S>* device_scalars) {
+  const AdamScalars<S> scalars = device_scalars != nullptr ? *device_scalars : host_scalars;
   for_each_chunk(chunks, kAdamChunk, [&](const ChunkSlice& slice) {
     P* param = list_pointer<P>(chunks, 0, slice);
     const P* grad = list_pointer<P>(chunks, 1, slice);
@@ -67,17 +70,57 @@ __global__ void __launch_bounds__(kAdamThreads)
   });
 }
 
+// Capturable steps: the per-step scalars formed on the device, after adding
+// 1 to the step count there, for float and double states alike.
+struct DeviceAdamScalars {
+  AdamScalars<float> single;
+  AdamScalars<double> twice;
+};
+
+// One thread: *step += 1, then both sets of scalars from it and from *lr
+// (float or double per lr_is_double; nullptr: hyper.lr).
+__global__ void advance_adam_step_kernel(int64_t* step, const void* lr, bool lr_is_double, AdamHyper hyper,
+                                         DeviceAdamScalars* out) {
+  hyper.step = *step + 1;
+  *step = hyper.step;
+  if (lr != nullptr) {
+    hyper.lr = lr_is_double ? *static_cast<const double*>(lr) : double(*static_cast<const float*>(lr));
+  }
+  out->single = AdamScalars<float>(hyper);
+  out->twice = AdamScalars<double>(hyper);
+}
+
+inline cudaError_t advance_adam_step(int64_t* step, const void* lr, bool lr_is_double, const AdamHyper& hyper,
+                                     DeviceAdamScalars* out, cudaStream_t stream) {
+  SLTRAIN_LAUNCH(advance_adam_step_kernel, 1, 1, 0, stream)(step, lr, lr_is_double, hyper, out);
+  return cudaGetLastError();
+}
+
+template <class S>
+const AdamScalars<S>* scalars_of(const DeviceAdamScalars* device_scalars) {
+  if (device_scalars == nullptr) return nullptr;
+  if constexpr (std::is_same_v<S, double>) {
+    return &device_scalars->twice;
+  } else {
+    return &device_scalars->single;
+  }
+}
+
 // One Adam step over `count` tensors (tensors[i] = {param, grad, exp_avg,
 // exp_avg_sq}, all sizes[i] elements, param and grad of type P, states S).
+// With device_scalars (filled by advance_adam_step on the same stream) the
+// kernels read the step's scalars there instead of hyper's.
 template <class P, class S>
 cudaError_t adam_step(int64_t count, const std::array<void*, 4>* tensors, const int64_t* sizes,
-                      const AdamHyper& hyper, cudaStream_t stream) {
+                      const AdamHyper& hyper, cudaStream_t stream,
+                      const DeviceAdamScalars* device_scalars = nullptr) {
   const AdamScalars<S> scalars(hyper);
+  const AdamScalars<S>* from_device = scalars_of<S>(device_scalars);
   const auto kernel = adam_kernel<P, S>;
   const int fill = blocks_to_fill_device(kAdamThreads);
   for_each_chunk_batch<AdamChunks>(count, tensors, sizes, kAdamChunk, [&](const AdamChunks& chunks) {
     const int grid = chunks.chunks < fill ? chunks.chunks : fill;
-    SLTRAIN_LAUNCH(kernel, grid, kAdamThreads, 0, stream)(chunks, scalars);
+    SLTRAIN_LAUNCH(kernel, grid, kAdamThreads, 0, stream)(chunks, scalars, from_device);
   });
   return cudaGetLastError();
 }
@@ -112,7 +155,9 @@ __device__ __forceinline__ float warp_max_nonnegative(float x) {
 // 32-bit kernel does, take the new absmaxes by warp reductions, re-encode.
 template <class P>
 __global__ void __launch_bounds__(kAdam8bitThreads)
-    adam8bit_kernel(Adam8bitChunks chunks, AdamScalars<float> scalars) {
+    adam8bit_kernel(Adam8bitChunks chunks, AdamScalars<float> host_scalars,
+                    const AdamScalars<float>* device_scalars) {
+  const AdamScalars<float> scalars = device_scalars != nullptr ? *device_scalars : host_scalars;
   constexpr int kLane = kAdam8bitPerLane;
   const int warp = int(threadIdx.x) / kWarp, lane = int(threadIdx.x) % kWarp;
   for_each_chunk(chunks, kAdam8bitChunk, [&](const ChunkSlice& slice) {
@@ -199,12 +244,14 @@ __global__ void __launch_bounds__(kAdam8bitThreads)
 // sqrt_exp_avg_sq_absmax}; sizes[i] the param's elements.
 template <class P>
 cudaError_t adam8bit_step(int64_t count, const std::array<void*, 6>* tensors, const int64_t* sizes,
-                          const AdamHyper& hyper, cudaStream_t stream) {
+                          const AdamHyper& hyper, cudaStream_t stream,
+                          const DeviceAdamScalars* device_scalars = nullptr) {
   const AdamScalars<float> scalars(hyper);
+  const AdamScalars<float>* from_device = scalars_of<float>(device_scalars);
   const int fill = blocks_to_fill_device(kAdam8bitThreads);
   for_each_chunk_batch<Adam8bitChunks>(count, tensors, sizes, kAdam8bitChunk, [&](const Adam8bitChunks& chunks) {
     const int grid = chunks.chunks < fill ? chunks.chunks : fill;
-    SLTRAIN_LAUNCH(adam8bit_kernel<P>, grid, kAdam8bitThreads, 0, stream)(chunks, scalars);
+    SLTRAIN_LAUNCH(adam8bit_kernel<P>, grid, kAdam8bitThreads, 0, stream)(chunks, scalars, from_device);
   });
   return cudaGetLastError();
 }
