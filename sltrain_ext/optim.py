@@ -28,15 +28,17 @@ def _local(tensor: Tensor) -> Tensor:
 def _clip_each(grads: list[Tensor], max_norm: float) -> None:
     """Scales each gradient to an L2 norm of at most `max_norm`, as
     ``clip_grad_norm_(param, max_norm)`` does parameter by parameter, with
-    every norm from one ``_foreach_norm`` call."""
-    if not grads:
-        return
-    # Coefficients in float32 (float64 for float64 gradients), whatever the
-    # mix of gradient dtypes; each gradient is scaled in its own dtype.
-    norms = torch.stack(torch._foreach_norm(grads))
-    norms = norms if norms.dtype == torch.float64 else norms.float()
-    coefficients = (max_norm / (norms + 1e-6)).clamp_(max=1.0)
-    torch._foreach_mul_(grads, list(coefficients.unbind()))
+    every norm of a device from one ``_foreach_norm`` call."""
+    by_device: dict[torch.device, list[Tensor]] = {}
+    for grad in grads:
+        by_device.setdefault(grad.device, []).append(grad)
+    for device_grads in by_device.values():
+        # Coefficients in float32 (float64 for float64 gradients), whatever the
+        # mix of gradient dtypes; each gradient is scaled in its own dtype.
+        norms = torch.stack(torch._foreach_norm(device_grads))
+        norms = norms if norms.dtype == torch.float64 else norms.float()
+        coefficients = (max_norm / (norms + 1e-6)).clamp_(max=1.0)
+        torch._foreach_mul_(device_grads, list(coefficients.unbind()))
 
 
 _STATE_KEYS = {False: ("exp_avg", "exp_avg_sq"),

@@ -336,3 +336,17 @@ def test_capturable_steps_equal_eager_ones_and_resume(state_bits):
 def test_capturable_is_refused_with_per_layer_updates():
     with pytest.raises(ValueError, match="`capturable` cannot be combined with per_layer"):
         sl.SLAdamW([nn.Parameter(torch.zeros(2))], capturable=True, per_layer=True)
+
+
+def test_clipping_a_group_whose_parameters_live_on_two_devices():
+    # The norms are taken per device (one stack of norms cannot span devices):
+    # the CPU parameter is clipped and updated as if it were alone.
+    alone, mixed = nn.Parameter(torch.ones(300)), nn.Parameter(torch.ones(300))
+    elsewhere = nn.Parameter(torch.ones(50, device="meta"))
+    for param in (alone, mixed):
+        param.grad = torch.linspace(-3, 3, 300)
+    elsewhere.grad = torch.ones(50, device="meta")
+    sl.SLAdamW([alone], lr=1e-2, max_grad_norm=0.5).step()
+    sl.SLAdamW([mixed, elsewhere], lr=1e-2, max_grad_norm=0.5).step()
+    assert torch.equal(mixed, alone) and torch.equal(mixed.grad, alone.grad)
+    assert mixed.grad.norm() <= 0.5 * (1 + 1e-6)
