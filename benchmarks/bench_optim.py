@@ -108,6 +108,7 @@ def chart(path: Path, rows: list[dict], copy_gb_per_s: float, title: str) -> Non
     labels = [r["optimizer"] for r in rows]
     ax.barh(labels, [r["gb_per_s"] for r in rows], color="tab:blue")
     ax.axvline(copy_gb_per_s, color="tab:red", linestyle="--", label=f"copy_ {copy_gb_per_s:.1f} GB/s")
+    ax.set_xlim(0, 1.15 * max(copy_gb_per_s, *(r["gb_per_s"] for r in rows)))
     ax.set_xlabel("effective GB/s (bytes a step must move / step time)")
     ax.invert_yaxis()
     ax.set_title(title, fontsize=9)

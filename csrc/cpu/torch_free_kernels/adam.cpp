@@ -85,7 +85,7 @@ __attribute__((noinline, optimize("no-tree-vectorize"))) void decode_block(
 // non-negative floats; a NaN moment wins and makes its block's absmax NaN
 // instead of vanishing from it).
 template <bool kDecoupled, class P>
-SLTRAIN_SIMD_CLONES void adam8bit_block(int64_t count, P* __restrict param, const P* __restrict grad,
+SLTRAIN_SIMD_CLONES_WITH_AVX512 void adam8bit_block(int64_t count, P* __restrict param, const P* __restrict grad,
                                         int8_t* __restrict exp_avg, float* exp_avg_absmax,
                                         uint8_t* __restrict sqrt_exp_avg_sq, float* sqrt_exp_avg_sq_absmax,
                                         const AdamScalars<float>& scalars, const DecodeTables& tables) {
