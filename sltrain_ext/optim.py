@@ -244,6 +244,11 @@ class SLAdamW(torch.optim.Optimizer):
         key = tuple(map(id, params))  # the plan holds the params: their ids stay theirs
         batches = self._plans.get(key)
         if batches is None or not all(batch.in_step() for batch in batches):
+            # One plan per parameter (per_layer) plus a few lists is the
+            # normal count; gradients on ever-changing subsets would add
+            # plans without bound: start over instead.
+            if len(self._plans) > 2 * len(self._group_of) + 8:
+                self._plans = {}
             batches = self._build_plan(group, params)
             self._plans[key] = batches
         return batches

@@ -350,3 +350,14 @@ def test_clipping_a_group_whose_parameters_live_on_two_devices():
     sl.SLAdamW([mixed, elsewhere], lr=1e-2, max_grad_norm=0.5).step()
     assert torch.equal(mixed, alone) and torch.equal(mixed.grad, alone.grad)
     assert mixed.grad.norm() <= 0.5 * (1 + 1e-6)
+
+
+def test_gradients_on_ever_changing_subsets_keep_a_bounded_number_of_plans():
+    params = [nn.Parameter(torch.zeros(3)) for _ in range(6)]
+    optimizer = sl.SLAdamW(params, lr=1e-2)
+    for subset in range(1, 64):  # 63 distinct lists of parameters with a gradient
+        for i, param in enumerate(params):
+            param.grad = torch.ones(3) if subset >> i & 1 else None
+        optimizer.step()
+    assert len(optimizer._plans) <= 2 * len(params) + 9
+    assert [optimizer.state[p]["step"] for p in params] == [32] * 6
