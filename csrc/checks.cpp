@@ -343,4 +343,22 @@ void check_fused_adam8bit(const char* op, at::TensorList params, at::TensorList 
                          {"sqrt_exp_avg_sq_absmaxes", sqrt_exp_avg_sq_absmaxes}});
 }
 
+void check_adam_device_scalars(const char* op, const std::optional<at::Tensor>& step_tensor,
+                               const std::optional<at::Tensor>& lr_tensor, c10::Device device) {
+  if (step_tensor) {
+    TORCH_CHECK_TYPE(step_tensor->scalar_type() == at::kLong, op, ": `step_tensor` must be int64, got ",
+                     step_tensor->scalar_type());
+    TORCH_CHECK_VALUE(step_tensor->numel() == 1 && step_tensor->device() == device, op,
+                      ": `step_tensor` must hold one element on ", device, ", got shape ",
+                      step_tensor->sizes(), " on ", step_tensor->device());
+  }
+  if (lr_tensor) {
+    TORCH_CHECK_TYPE(lr_tensor->scalar_type() == at::kFloat || lr_tensor->scalar_type() == at::kDouble, op,
+                     ": `lr_tensor` must be float32 or float64, got ", lr_tensor->scalar_type());
+    TORCH_CHECK_VALUE(lr_tensor->numel() == 1 && lr_tensor->device() == device, op,
+                      ": `lr_tensor` must hold one element on ", device, ", got shape ",
+                      lr_tensor->sizes(), " on ", lr_tensor->device());
+  }
+}
+
 }  // namespace sltrain

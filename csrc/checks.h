@@ -85,4 +85,10 @@ void check_fused_adam8bit(const char* op, at::TensorList params, at::TensorList 
                           double lr, double beta1, double beta2, double eps, double weight_decay,
                           int64_t step, c10::Device device);
 
+// The optional device scalars of a capturable Adam call: `step_tensor` an
+// int64 tensor of one element (the op adds 1 to it and takes the sum as the
+// step), `lr_tensor` a float32 or float64 tensor of one element; both on `device`.
+void check_adam_device_scalars(const char* op, const std::optional<at::Tensor>& step_tensor,
+                               const std::optional<at::Tensor>& lr_tensor, c10::Device device);
+
 }  // namespace sltrain

@@ -74,18 +74,22 @@ c10::Device device_of(at::TensorList params) {
 
 void fused_adam_meta(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                      at::TensorList exp_avg_sqs, double lr, double beta1, double beta2, double eps,
-                     double weight_decay, int64_t step, bool) {
+                     double weight_decay, int64_t step, bool, const std::optional<Tensor>& step_tensor,
+                     const std::optional<Tensor>& lr_tensor) {
   check_fused_adam("fused_adam_", params, grads, exp_avgs, exp_avg_sqs, lr, beta1, beta2, eps,
                    weight_decay, step, device_of(params));
+  check_adam_device_scalars("fused_adam_", step_tensor, lr_tensor, device_of(params));
 }
 
 void fused_adam8bit_meta(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                          at::TensorList exp_avg_absmaxes, at::TensorList sqrt_exp_avg_sqs,
                          at::TensorList sqrt_exp_avg_sq_absmaxes, double lr, double beta1,
-                         double beta2, double eps, double weight_decay, int64_t step, bool) {
+                         double beta2, double eps, double weight_decay, int64_t step, bool,
+                         const std::optional<Tensor>& step_tensor, const std::optional<Tensor>& lr_tensor) {
   check_fused_adam8bit("fused_adam8bit_", params, grads, exp_avgs, exp_avg_absmaxes,
                        sqrt_exp_avg_sqs, sqrt_exp_avg_sq_absmaxes, lr, beta1, beta2, eps,
                        weight_decay, step, device_of(params));
+  check_adam_device_scalars("fused_adam8bit_", step_tensor, lr_tensor, device_of(params));
 }
 
 }  // namespace

@@ -98,17 +98,23 @@ TORCH_LIBRARY(sltrain, m) {
   m.def(
       "densify(Tensor A, Tensor B, Tensor values, Tensor row_ptr, Tensor col_idx, float scale) "
       "-> Tensor");
+  // With step_tensor (capturable steps, as torch.optim's capturable=True) the
+  // op adds 1 to it on the device and takes the sum as the step, ignoring
+  // `step`; with lr_tensor it reads the learning rate there, ignoring `lr`:
+  // a CUDA graph of the call replayed N times takes N successive steps.
   m.def(
       "fused_adam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
       "Tensor(c!)[] exp_avg_sqs, float lr, float beta1, float beta2, float eps, "
-      "float weight_decay, int step, bool decoupled) -> ()");
+      "float weight_decay, int step, bool decoupled, Tensor(z!)? step_tensor=None, "
+      "Tensor? lr_tensor=None) -> ()");
   // fused_adam_ with 8-bit block-quantised states (csrc/common/quant8.h): int8
   // exp_avg codes, uint8 codes of sqrt(exp_avg_sq), one float32 absmax per 256.
   m.def(
       "fused_adam8bit_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
       "Tensor(c!)[] exp_avg_absmaxes, Tensor(d!)[] sqrt_exp_avg_sqs, "
       "Tensor(e!)[] sqrt_exp_avg_sq_absmaxes, float lr, float beta1, float beta2, float eps, "
-      "float weight_decay, int step, bool decoupled) -> ()");
+      "float weight_decay, int step, bool decoupled, Tensor(z!)? step_tensor=None, "
+      "Tensor? lr_tensor=None) -> ()");
   m.def(
       "random_support(int m, int n, int nnz, int seed, Device? device=None) -> (Tensor, Tensor)");
   // The per-device half of random_support: fills preallocated CSR arrays

@@ -128,18 +128,26 @@ def fused_adam_(
     weight_decay: float,
     step: int,
     decoupled: bool = True,
+    step_tensor: Tensor | None = None,
+    lr_tensor: Tensor | None = None,
 ) -> None:
     """One in-place Adam (``decoupled=False``) or AdamW step over every tensor of the lists.
 
     ``step`` is the number of the step being taken (1 for the first). States are
     float32 (float64 for float64 params); params may be float32, bfloat16,
     float16 or float64, and each grad has its param's dtype.
+
+    Capturable steps: with ``step_tensor`` (int64, one element, on the params'
+    device) the op adds 1 to it and takes the sum as the step (``step`` is
+    ignored); with ``lr_tensor`` (float32 or float64, one element, same device)
+    it reads the learning rate there (``lr`` is ignored). Nothing is read on the
+    host, so a CUDA graph of the call replayed N times takes N steps.
     """
     if not any((params, grads, exp_avgs, exp_avg_sqs)):
         return  # nothing to update, and no tensor for the dispatcher to pick a device by
     _ops.fused_adam_(
         list(params), list(grads), list(exp_avgs), list(exp_avg_sqs),
-        lr, beta1, beta2, eps, weight_decay, step, decoupled,
+        lr, beta1, beta2, eps, weight_decay, step, decoupled, step_tensor, lr_tensor,
     )
 
 
@@ -158,8 +166,11 @@ def fused_adam8bit_(
     weight_decay: float,
     step: int,
     decoupled: bool = True,
+    step_tensor: Tensor | None = None,
+    lr_tensor: Tensor | None = None,
 ) -> None:
-    """``fused_adam_`` with 8-bit block-quantised moments.
+    """``fused_adam_`` with 8-bit block-quantised moments (``step_tensor`` and
+    ``lr_tensor`` as there).
 
     Per param of ``numel`` elements: ``exp_avgs`` int8 ``[numel]`` codes,
     ``sqrt_exp_avg_sqs`` uint8 ``[numel]`` codes of ``sqrt(exp_avg_sq)``, and
@@ -172,6 +183,7 @@ def fused_adam8bit_(
     _ops.fused_adam8bit_(
         list(params), list(grads), list(exp_avgs), list(exp_avg_absmaxes), list(sqrt_exp_avg_sqs),
         list(sqrt_exp_avg_sq_absmaxes), lr, beta1, beta2, eps, weight_decay, step, decoupled,
+        step_tensor, lr_tensor,
     )
 
 

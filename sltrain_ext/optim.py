@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -24,6 +23,76 @@ def _is_sharded(tensor: Tensor) -> bool:
 def _local(tensor: Tensor) -> Tensor:
     """A DTensor's local shard (aliasing its storage, so in-place updates land), else the tensor."""
     return tensor.to_local() if _is_sharded(tensor) else tensor
+
+
+def _clip_each(grads: list[Tensor], max_norm: float) -> None:
+    """Scales each gradient to an L2 norm of at most `max_norm`, as
+    ``clip_grad_norm_(param, max_norm)`` does parameter by parameter, with
+    every norm of a device from one ``_foreach_norm`` call."""
+    by_device: dict[torch.device, list[Tensor]] = {}
+    for grad in grads:
+        by_device.setdefault(grad.device, []).append(grad)
+    for device_grads in by_device.values():
+        # Coefficients in float32 (float64 for float64 gradients), whatever the
+        # mix of gradient dtypes; each gradient is scaled in its own dtype.
+        norms = torch.stack(torch._foreach_norm(device_grads))
+        norms = norms if norms.dtype == torch.float64 else norms.float()
+        coefficients = (max_norm / (norms + 1e-6)).clamp_(max=1.0)
+        torch._foreach_mul_(device_grads, list(coefficients.unbind()))
+
+
+_STATE_KEYS = {False: ("exp_avg", "exp_avg_sq"),
+               True: ("exp_avg", "exp_avg_absmax", "sqrt_exp_avg_sq", "sqrt_exp_avg_sq_absmax")}
+
+
+class _Batch:
+    """The parameters of one fused call (one device, step count and state
+    precision) and their tensors in the op's argument order, gathered once."""
+
+    def __init__(self, eight_bit: bool, step: int, step_tensor: Tensor | None = None) -> None:
+        self.eight_bit = eight_bit
+        self.step = step
+        # Capturable: the step count in device memory, shared by every state of
+        # the batch and advanced by the op itself (self.step is then unused).
+        self.step_tensor = step_tensor
+        self.params: list[Tensor] = []
+        self.states: list[dict[str, Any]] = []
+        self.state_lists: list[list[Tensor]] = [[] for _ in _STATE_KEYS[eight_bit]]
+        self.sharded = False
+
+    def add(self, param: Tensor, state: dict[str, Any]) -> None:
+        self.params.append(param)
+        self.states.append(state)
+        for bucket, key in zip(self.state_lists, _STATE_KEYS[self.eight_bit]):
+            bucket.append(state[key])
+        self.sharded = self.sharded or _is_sharded(param)
+        if self.step_tensor is not None:
+            state["step"] = self.step_tensor
+
+    def in_step(self) -> bool:
+        """Whether every parameter is still at this batch's step count (an
+        update through another plan, of a subset, moves some of them on)."""
+        if self.step_tensor is not None:
+            return all(state["step"] is self.step_tensor for state in self.states)
+        return [state["step"] for state in self.states].count(self.step) == len(self.states)
+
+    def advance(self) -> dict[str, Any]:
+        """Moves the step count on; returns the op's step arguments for this step."""
+        if self.step_tensor is not None:
+            return {"step": 1, "step_tensor": self.step_tensor}  # the op adds 1 on the device
+        self.step += 1
+        for state in self.states:
+            state["step"] = self.step
+        return {"step": self.step}
+
+    def lists(self) -> list[list[Tensor]]:
+        """params, grads, then the states, as fused_adam_ / fused_adam8bit_ take them.
+        A plain parameter is passed itself, so a new `.data` is followed; FSDP2
+        shards are looked up each time (each rank updates its own shard)."""
+        lists = [self.params, [param.grad for param in self.params], *self.state_lists]
+        if self.sharded:
+            lists = [[_local(tensor) for tensor in bucket] for bucket in lists]
+        return lists
 
 
 class SLAdamW(torch.optim.Optimizer):
@@ -70,6 +139,14 @@ class SLAdamW(torch.optim.Optimizer):
             gradient accumulates over before the update (the last micro-batch's
             backward steps). Without ``per_layer``, call ``step()`` when you
             want, as usual.
+        capturable: as ``torch.optim``'s: step counts live on the parameters'
+            device (an int64 tensor per fused call, shared by its parameters'
+            states) and a tensor ``lr`` is read on the device, so ``step()``
+            never reads a value on the host and a CUDA graph of it, replayed
+            N times, takes N steps. Run a few eager steps before capturing
+            (they build the fused calls, which reads the step counts once).
+            Not with ``per_layer`` (its non-finite check reads each gradient
+            on the host).
     """
 
     def __init__(
@@ -85,6 +162,7 @@ class SLAdamW(torch.optim.Optimizer):
         per_layer: bool = False,
         max_grad_norm: float | None = None,
         accumulation_steps: int = 1,
+        capturable: bool = False,
     ) -> None:
         if not lr >= 0.0:
             raise ValueError(f"`lr` must be >= 0, got {lr}")
@@ -101,14 +179,21 @@ class SLAdamW(torch.optim.Optimizer):
             raise ValueError(f"`max_grad_norm` must be > 0 or None, got {max_grad_norm}")
         if not (isinstance(accumulation_steps, int) and accumulation_steps >= 1):
             raise ValueError(f"`accumulation_steps` must be a positive int, got {accumulation_steps!r}")
+        if capturable and per_layer:
+            raise ValueError("`capturable` cannot be combined with per_layer=True: per-layer updates check "
+                             "each gradient on the host")
         if accumulation_steps > 1 and not per_layer:
             raise ValueError("`accumulation_steps` applies to per_layer=True; otherwise call step() every k backward passes")
         # Read by add_param_group, which Optimizer.__init__ calls.
         self.per_layer = per_layer
+        self.capturable = capturable
         self.max_grad_norm = max_grad_norm
         self.accumulation_steps = accumulation_steps
         self.min_8bit_numel = min_8bit_numel
         self._group_of: dict[Tensor, dict[str, Any]] = {}
+        # The fused calls of each list of parameters updated together (see _plan).
+        self._plans: dict[tuple[int, ...], list[_Batch]] = {}
+        self._plans_state: Any = None
         self._hooks: list[Any] = []
         # per_layer, for the optimizer step in progress: parameters updated,
         # and parameters not updated because a gradient of the step was non-finite.
@@ -148,31 +233,59 @@ class SLAdamW(torch.optim.Optimizer):
                 state["exp_avg_sq"] = torch.zeros_like(param, dtype=dtype, memory_format=torch.contiguous_format)
         return state
 
+    def _plan(self, group: dict[str, Any], params: list[Tensor]) -> list[_Batch]:
+        """The fused calls that update `params`, built on first use and reused
+        while they still describe the optimizer: the same parameters, the same
+        state table (``load_state_dict`` replaces it) and every parameter of a
+        batch still at the batch's step count."""
+        if self._plans_state is not self.state:
+            self._plans = {}
+            self._plans_state = self.state
+        key = tuple(map(id, params))  # the plan holds the params: their ids stay theirs
+        batches = self._plans.get(key)
+        if batches is None or not all(batch.in_step() for batch in batches):
+            # One plan per parameter (per_layer) plus a few lists is the
+            # normal count; gradients on ever-changing subsets would add
+            # plans without bound: start over instead.
+            if len(self._plans) > 2 * len(self._group_of) + 8:
+                self._plans = {}
+            batches = self._build_plan(group, params)
+            self._plans[key] = batches
+        return batches
+
+    def _build_plan(self, group: dict[str, Any], params: list[Tensor]) -> list[_Batch]:
+        batches: dict[tuple, _Batch] = {}
+        for param in params:
+            state = self._state_of(param, group)
+            eight_bit = "sqrt_exp_avg_sq" in state
+            step = int(state["step"])  # capturable: a device tensor, read while the plan is built
+            batch_key = (param.device, step, eight_bit)
+            if batch_key not in batches:
+                step_tensor = (torch.tensor(step, dtype=torch.int64, device=param.device)
+                               if self.capturable else None)
+                batches[batch_key] = _Batch(eight_bit, step, step_tensor)
+            batches[batch_key].add(param, state)
+        return list(batches.values())
+
     @torch.no_grad()
     def _update(self, group: dict[str, Any], params: list[Tensor]) -> None:
         """One AdamW step of `params` (all in `group`, all with a gradient)."""
-        batches: dict[tuple, list[list[Tensor]]] = defaultdict(lambda: [[] for _ in range(6)])
-        for param in params:
-            if param.grad.is_sparse:
-                raise RuntimeError("SLAdamW does not support sparse gradients")
-            if self.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(param, self.max_grad_norm)
-            state = self._state_of(param, group)
-            state["step"] += 1
-            eight_bit = "sqrt_exp_avg_sq" in state
-            keys = (("exp_avg", "exp_avg_absmax", "sqrt_exp_avg_sq", "sqrt_exp_avg_sq_absmax")
-                    if eight_bit else ("exp_avg", "exp_avg_sq"))
-            batch = batches[(param.device, state["step"], eight_bit)]
-            for bucket, tensor in zip(batch, (param, param.grad, *(state[k] for k in keys))):
-                bucket.append(_local(tensor))  # FSDP2: each rank updates its own shard
+        grads = [param.grad for param in params]
+        if any(grad.is_sparse for grad in grads):
+            raise RuntimeError("SLAdamW does not support sparse gradients")
+        if self.max_grad_norm is not None:
+            _clip_each(grads, self.max_grad_norm)
         beta1, beta2 = group["betas"]
-        hyper = {"lr": float(group["lr"]), "beta1": beta1, "beta2": beta2, "eps": group["eps"],
-                 "weight_decay": group["weight_decay"]}
-        for (_, step, eight_bit), lists in batches.items():
-            if eight_bit:
-                fused_adam8bit_(*lists, **hyper, step=step, decoupled=True)
+        lr = group["lr"]
+        lr_tensor = lr if self.capturable and torch.is_tensor(lr) else None  # read on the device
+        hyper = {"lr": 0.0 if lr_tensor is not None else float(lr), "lr_tensor": lr_tensor, "beta1": beta1,
+                 "beta2": beta2, "eps": group["eps"], "weight_decay": group["weight_decay"]}
+        for batch in self._plan(group, params):
+            step = batch.advance()
+            if batch.eight_bit:
+                fused_adam8bit_(*batch.lists(), **hyper, **step, decoupled=True)
             else:
-                fused_adam_(*lists[:4], **hyper, step=step, decoupled=True)
+                fused_adam_(*batch.lists(), **hyper, **step, decoupled=True)
 
     def _per_layer_update(self, param: Tensor) -> None:
         group = self._group_of[param]

@@ -122,3 +122,55 @@ def test_fused_adam8bit_rejects_float64_and_wrong_state_sizes():
         sl.fused_adam8bit_([p], [p.clone()], **(states | {"exp_avg_absmaxes": [torch.zeros(3)]}), **hyper)
     with pytest.raises(TypeError, match="`sqrt_exp_avg_sqs`\\[0\\] must be Byte"):
         sl.fused_adam8bit_([p], [p.clone()], **(states | {"sqrt_exp_avg_sqs": [torch.zeros(300, dtype=torch.int8)]}), **hyper)
+
+
+def _adam_lists(eight_bit, seed=3):
+    """Params, fixed grads and zero states for a float32 and a bfloat16 tensor."""
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.randn(700, generator=gen), torch.randn(5, 100, generator=gen).bfloat16()]
+    grads = [torch.randn(p.shape, generator=gen).to(p.dtype) for p in params]
+    if eight_bit:
+        blocks = [-(-p.numel() // 256) for p in params]
+        states = [[torch.zeros(p.numel(), dtype=torch.int8) for p in params], [torch.zeros(b) for b in blocks],
+                  [torch.zeros(p.numel(), dtype=torch.uint8) for p in params], [torch.zeros(b) for b in blocks]]
+    else:
+        states = [[torch.zeros(p.shape) for p in params] for _ in range(2)]
+    return params, grads, states
+
+
+@pytest.mark.parametrize("eight_bit", [False, True])
+def test_same_call_with_a_step_tensor_n_times_equals_n_steps(eight_bit):
+    # What a CUDA graph replay does: the very same arguments each time; the op
+    # advances the step count in step_tensor and reads the learning rate from lr_tensor.
+    op = sl.fused_adam8bit_ if eight_bit else sl.fused_adam_
+    hyper = dict(beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1)
+    params, grads, states = _adam_lists(eight_bit)
+    step_tensor, lr_tensor = torch.zeros((), dtype=torch.int64), torch.tensor(3e-2, dtype=torch.float64)
+    for _ in range(5):
+        op(params, grads, *states, lr=99.0, step=1000, step_tensor=step_tensor, lr_tensor=lr_tensor, **hyper)
+    eager_params, _, eager_states = _adam_lists(eight_bit)
+    for step in range(1, 6):
+        op(eager_params, grads, *eager_states, lr=3e-2, step=step, **hyper)
+    assert step_tensor.item() == 5
+    for got, want in zip(params + sum(states, []), eager_params + sum(eager_states, [])):
+        assert torch.equal(got, want)
+
+
+def test_bad_step_or_lr_tensors_are_named_and_change_nothing():
+    params, grads, states = _adam_lists(False)
+    before = [t.clone() for t in params]
+    hyper = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, step=1)
+    step_tensor = torch.zeros((), dtype=torch.int64)
+    with pytest.raises(TypeError, match="`step_tensor` must be int64"):
+        sl.fused_adam_(params, grads, *states, **hyper, step_tensor=torch.zeros(()))
+    with pytest.raises(ValueError, match="`step_tensor` must hold one element"):
+        sl.fused_adam_(params, grads, *states, **hyper, step_tensor=torch.zeros(2, dtype=torch.int64))
+    with pytest.raises(TypeError, match="`lr_tensor` must be float32 or float64"):
+        sl.fused_adam_(params, grads, *states, **hyper, step_tensor=step_tensor,
+                       lr_tensor=torch.ones((), dtype=torch.int64))
+    with pytest.raises(ValueError, match="`lr` must be finite and >= 0"):  # read from lr_tensor on the CPU
+        sl.fused_adam_(params, grads, *states, **hyper, step_tensor=step_tensor, lr_tensor=torch.tensor(-1.0))
+    with pytest.raises(TypeError, match="`grads`\\[1\\] has dtype"):
+        sl.fused_adam_(params, [grads[0], grads[0]], *states, **hyper, step_tensor=step_tensor)
+    assert step_tensor.item() == 0
+    assert all(torch.equal(a, b) for a, b in zip(params, before))

@@ -222,6 +222,49 @@ def test_cuda_graph_replay_equals_eager():
         assert torch.equal(a, b.detach())
 
 
+@pytest.mark.parametrize("state_bits", [32, 8])
+def test_captured_sladamw_step_replayed_n_times_equals_n_eager_steps(state_bits):
+    """capturable=True keeps the step counts and a tensor lr on the device, so
+    each replay of one captured training step takes the next step (a graph of
+    a host-side step count would repeat the same step)."""
+    torch.manual_seed(0)
+    x = torch.randn(32, 256, device="cuda")
+
+    def make():
+        torch.manual_seed(1)
+        layer = sl.SLLinear(256, 384, rank=16, density=0.05, device="cuda")
+        optimizer = sl.SLAdamW(layer.parameters(), lr=torch.tensor(1e-2, dtype=torch.float64, device="cuda"),
+                               weight_decay=0.1, state_bits=state_bits, min_8bit_numel=64, capturable=True,
+                               max_grad_norm=1.0)
+        return layer, optimizer
+
+    def train_step(layer, optimizer):
+        optimizer.zero_grad(set_to_none=False)
+        layer(x).square().mean().backward()
+        optimizer.step()
+
+    eager_layer, eager_optimizer = make()
+    for _ in range(8):
+        train_step(eager_layer, eager_optimizer)
+
+    layer, optimizer = make()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):  # eager warm-up steps: they build the fused calls
+            train_step(layer, optimizer)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        train_step(layer, optimizer)
+    for _ in range(5):  # steps 4..8
+        graph.replay()
+    torch.cuda.synchronize()
+    assert all(int(optimizer.state[p]["step"]) == 8 for p in layer.parameters())
+    for ours, theirs in zip(layer.parameters(), eager_layer.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
 def test_sllinear_trains_on_cuda():
     torch.manual_seed(0)
     layer = sl.SLLinear(64, 48, rank=8, density=0.1, device="cuda")

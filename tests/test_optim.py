@@ -253,3 +253,145 @@ def test_load_state_dict_refuses_8bit_states_of_another_size():
     damaged["state"][1]["sqrt_exp_avg_sq_absmax"] = torch.ones(1)
     with pytest.raises(ValueError, match=r"parameter 1 .*`sqrt_exp_avg_sq_absmax` must be torch.float32 with 2 entries, got torch.float32 with 1"):
         sl.SLAdamW(model.parameters(), state_bits=8, min_8bit_numel=64).load_state_dict(damaged)
+
+
+def test_load_state_dict_into_the_same_optimizer_replaces_the_states_it_updates():
+    # The step's tensor lists are built once and reused: loading a state dict
+    # into the optimizer that saved it must switch them to the loaded states.
+    data = batches(12)
+    kwargs = dict(lr=5e-3, weight_decay=0.05, state_bits=8, min_8bit_numel=64)
+    model = make_model()
+    optimizer = sl.SLAdamW(model.parameters(), **kwargs)
+    train(model, optimizer, data[:6])
+    saved_model = {k: v.clone() for k, v in model.state_dict().items()}
+    saved_optimizer = io.BytesIO()
+    torch.save(optimizer.state_dict(), saved_optimizer)
+    train(model, optimizer, data[6:9])  # moves the states on; then go back
+    model.load_state_dict(saved_model)
+    saved_optimizer.seek(0)
+    optimizer.load_state_dict(torch.load(saved_optimizer))
+    train(model, optimizer, data[6:])
+
+    straight = make_model()
+    train(straight, sl.SLAdamW(straight.parameters(), **kwargs), data)
+    assert_same_parameters(straight, model)
+
+
+def test_parameters_with_gradients_in_some_steps_only_follow_torch_adamw():
+    # Step counts diverge: the reused fused calls must regroup by step count.
+    ours, theirs = make_model(), make_model()
+    hyper = dict(lr=3e-3, weight_decay=0.01)
+    optimizers = [sl.SLAdamW(ours.parameters(), **hyper), torch.optim.AdamW(theirs.parameters(), **hyper)]
+    for i, (x, target) in enumerate(batches(8)):
+        for model, optimizer in zip((ours, theirs), optimizers):
+            nn.functional.mse_loss(model(x), target).backward()
+            if i in (0, 4, 5):  # only the last layer learns in these steps
+                for layer in model[:4]:
+                    for param in layer.parameters():
+                        param.grad = None
+            optimizer.step()
+            optimizer.zero_grad()
+    assert_same_parameters(ours, theirs, exact=False)
+
+
+def test_an_update_lands_in_a_parameters_new_storage():
+    swapped, straight = make_model(), make_model()
+    data = batches(4)
+    optimizer = sl.SLAdamW(swapped.parameters(), lr=1e-2)
+    train(swapped, optimizer, data[:2])
+    swapped[4].weight.data = swapped[4].weight.data.clone()  # e.g. a reload that swaps storage
+    before = swapped[4].weight.detach().clone()
+    train(swapped, optimizer, data[2:])
+    train(straight, sl.SLAdamW(straight.parameters(), lr=1e-2), data)
+    assert not torch.equal(swapped[4].weight, before)
+    assert_same_parameters(swapped, straight)
+
+
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_clipping_scales_each_gradient_as_clip_grad_norm_per_parameter(per_layer):
+    # One fused norm computation per step, the per-parameter semantics of
+    # clip_grad_norm_(param, max_grad_norm), float32 and bfloat16 params mixed.
+    gen = torch.Generator().manual_seed(3)
+    params = [nn.Parameter(torch.zeros(shape, dtype=dtype)) for shape, dtype in
+              [((300,), torch.float32), ((20, 30), torch.bfloat16), ((7,), torch.float32), ((5,), torch.float32)]]
+    grads = [torch.randn(p.shape, generator=gen).to(p.dtype) * scale for p, scale in zip(params, (3.0, 2.0, 0.01, 0.0))]
+    expected = []
+    for grad in grads:
+        reference = nn.Parameter(torch.zeros_like(grad))
+        reference.grad = grad.clone()
+        torch.nn.utils.clip_grad_norm_(reference, 0.5)
+        expected.append(reference.grad)
+    optimizer = sl.SLAdamW(params, lr=0.0, max_grad_norm=0.5)
+    seen = []
+    update = optimizer._update
+
+    def recording_update(group, updated):
+        update(group, updated)
+        seen.extend(p.grad.clone() for p in updated)
+
+    optimizer._update = recording_update
+    if per_layer:
+        for param, grad in zip(params, grads):
+            param.grad = grad.clone()
+            optimizer._update(optimizer.param_groups[0], [param])
+    else:
+        for param, grad in zip(params, grads):
+            param.grad = grad.clone()
+        optimizer.step()
+    for clipped, want, param in zip(seen, expected, params):
+        tolerance = 1e-2 if param.dtype == torch.bfloat16 else 1e-6
+        torch.testing.assert_close(clipped, want, rtol=tolerance, atol=0.0)
+        assert clipped.float().norm() <= 0.5 * (1 + tolerance)
+
+
+@pytest.mark.parametrize("state_bits", [32, 8])
+def test_capturable_steps_equal_eager_ones_and_resume(state_bits):
+    # Step counts on the device, a float64 tensor learning rate read there:
+    # the same trajectory as the eager optimizer's, also across a state_dict resume.
+    data = batches(8)
+    kwargs = dict(weight_decay=0.05, state_bits=state_bits, min_8bit_numel=64, max_grad_norm=0.5)
+    eager, captured = make_model(), make_model()
+    train(eager, sl.SLAdamW(eager.parameters(), lr=5e-3, **kwargs), data)
+    lr = torch.tensor(5e-3, dtype=torch.float64)
+    optimizer = sl.SLAdamW(captured.parameters(), lr=lr, capturable=True, **kwargs)
+    train(captured, optimizer, data[:4])
+    steps = [optimizer.state[p]["step"] for p in captured.parameters()]
+    assert all(torch.is_tensor(step) and step.dtype == torch.int64 and step.item() == 4 for step in steps)
+    saved = io.BytesIO()
+    torch.save(optimizer.state_dict(), saved)
+    saved.seek(0)
+    resumed = sl.SLAdamW(captured.parameters(), lr=lr, capturable=True, **kwargs)
+    resumed.load_state_dict(torch.load(saved))
+    train(captured, resumed, data[4:])
+    assert_same_parameters(eager, captured)
+    assert all(resumed.state[p]["step"].item() == 8 for p in captured.parameters())
+
+
+def test_capturable_is_refused_with_per_layer_updates():
+    with pytest.raises(ValueError, match="`capturable` cannot be combined with per_layer"):
+        sl.SLAdamW([nn.Parameter(torch.zeros(2))], capturable=True, per_layer=True)
+
+
+def test_clipping_a_group_whose_parameters_live_on_two_devices():
+    # The norms are taken per device (one stack of norms cannot span devices):
+    # the CPU parameter is clipped and updated as if it were alone.
+    alone, mixed = nn.Parameter(torch.ones(300)), nn.Parameter(torch.ones(300))
+    elsewhere = nn.Parameter(torch.ones(50, device="meta"))
+    for param in (alone, mixed):
+        param.grad = torch.linspace(-3, 3, 300)
+    elsewhere.grad = torch.ones(50, device="meta")
+    sl.SLAdamW([alone], lr=1e-2, max_grad_norm=0.5).step()
+    sl.SLAdamW([mixed, elsewhere], lr=1e-2, max_grad_norm=0.5).step()
+    assert torch.equal(mixed, alone) and torch.equal(mixed.grad, alone.grad)
+    assert mixed.grad.norm() <= 0.5 * (1 + 1e-6)
+
+
+def test_gradients_on_ever_changing_subsets_keep_a_bounded_number_of_plans():
+    params = [nn.Parameter(torch.zeros(3)) for _ in range(6)]
+    optimizer = sl.SLAdamW(params, lr=1e-2)
+    for subset in range(1, 64):  # 63 distinct lists of parameters with a gradient
+        for i, param in enumerate(params):
+            param.grad = torch.ones(3) if subset >> i & 1 else None
+        optimizer.step()
+    assert len(optimizer._plans) <= 2 * len(params) + 9
+    assert [optimizer.state[p]["step"] for p in params] == [32] * 6

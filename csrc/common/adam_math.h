@@ -23,21 +23,34 @@ struct AdamScalars {
       decay;
   bool decoupled;
 
-  explicit AdamScalars(const AdamHyper& h)
+  // Host and device: capturable steps form them on the device from a step
+  // count in device memory (::pow and ::sqrt name the double functions of both).
+  SLTRAIN_HOST_DEVICE explicit AdamScalars(const AdamHyper& h)
       : weight_decay(S(h.weight_decay)),
         one_minus_beta1(S(1.0 - h.beta1)),
         beta2(S(h.beta2)),
         one_minus_beta2(S(1.0 - h.beta2)),
         eps(S(h.eps)),
-        step_size(S(h.lr / (1.0 - std::pow(h.beta1, double(h.step))))),
-        bias_correction2_sqrt(S(std::sqrt(1.0 - std::pow(h.beta2, double(h.step))))),
+        step_size(S(h.lr / (1.0 - ::pow(h.beta1, double(h.step))))),
+        bias_correction2_sqrt(S(::sqrt(1.0 - ::pow(h.beta2, double(h.step))))),
         decay(S(1) - S(h.lr) * S(h.weight_decay)),
         decoupled(h.decoupled) {}
 
   // One element, in torch.optim.AdamW's order of operations.
   SLTRAIN_HOST_DEVICE void update(S& p, S g, S& m, S& v) const {
-    using std::sqrt;
     if (decoupled) {
+      update_as<true>(p, g, m, v);
+    } else {
+      update_as<false>(p, g, m, v);
+    }
+  }
+
+  // The same with the kind of decay fixed at compile time: loops that decide
+  // it once, outside, have no branch left inside and vectorise.
+  template <bool kDecoupled>
+  SLTRAIN_HOST_DEVICE void update_as(S& p, S g, S& m, S& v) const {
+    using std::sqrt;
+    if constexpr (kDecoupled) {
       p *= decay;
     } else {
       g += weight_decay * p;

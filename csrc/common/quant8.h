@@ -68,26 +68,27 @@ struct Octave<16> {
                                           1.7186192981f, 1.7947090750f, 1.8741676341f, 1.9571441242f};
 };
 
-// One octave's codes as the encoder and decoder read them: the steps, the
-// midpoints, and for each of 128 equal bins of the mantissa range [1, 2) how
-// many midpoints lie at or below the bin's start. Midpoints are over 1/128
-// apart, so a bin holds at most one and a single comparison finishes the
-// rounding.
+// One octave's codes as the encoder and decoder read them: the steps, and
+// for each of 128 equal bins of the mantissa range [1, 2) one word holding
+// how many midpoints lie at or below the bin's start (bits 24-31) and the
+// 23-bit mantissa field of the next midpoint (bits 0-23; 2^23, never reached,
+// when there is none). Midpoints are over 1/128 apart, so a bin holds at most
+// one and one integer comparison finishes the rounding: mantissas of one
+// octave compare as their bit fields do.
 template <int Steps>
 struct Table {
   float step[Steps];
-  float midpoint[Steps];
-  uint8_t below[128];
-  constexpr Table() : step(), midpoint(), below() {
-    for (int j = 0; j < Steps; ++j) {
-      step[j] = Octave<Steps>::kStep[j];
-      midpoint[j] = Octave<Steps>::kMidpoint[j];
-    }
-    for (int bin = 0; bin < 128; ++bin) {
-      const float start = 1.0f + float(bin) / 128.0f;
-      uint8_t count = 0;
-      for (int j = 0; j < Steps; ++j) count += midpoint[j] <= start ? 1 : 0;
-      below[bin] = count;
+  uint32_t bin[128];
+  constexpr Table() : step(), bin() {
+    for (int j = 0; j < Steps; ++j) step[j] = Octave<Steps>::kStep[j];
+    for (int b = 0; b < 128; ++b) {
+      const float start = 1.0f + float(b) / 128.0f;
+      uint32_t below = 0;
+      for (int j = 0; j < Steps; ++j) below += Octave<Steps>::kMidpoint[j] <= start ? 1 : 0;
+      // The midpoint's mantissa field: (midpoint - 1) * 2^23 is exact for floats in [1, 2).
+      const uint32_t next = below < Steps ? uint32_t((Octave<Steps>::kMidpoint[below] - 1.0f) * 8388608.0f)
+                                          : (1u << 23);
+      bin[b] = (below << 24) | next;
     }
   }
 };
@@ -114,18 +115,20 @@ SLTRAIN_HOST_DEVICE const Table<Steps>& table() {
 #endif
 }
 
-// Nearest number of 1/Steps-octave steps from 1 down to r, for 0 < r <= 1:
-// round(-Steps * log2(r)), or a large value when r is subnormal.
+// round(-Steps * log2(r)) for 2^-126 <= r < 1, by the rule of the midpoints
+// above; <= 0 for r >= 1 (including +inf) and > 126 * Steps for subnormal r,
+// so callers clamp instead of branching. r must not be negative or NaN.
+// Branch-free, one table load: vectorises.
 template <int Steps>
 SLTRAIN_HOST_DEVICE int steps_below_one(float r) {
-  const Table<Steps>& codes = table<Steps>();
   const uint32_t bits = bits_of(r);
-  const int exponent = int((bits >> 23) & 0xffu) - 127;  // r = 2^exponent * mantissa
-  if (exponent < -126) return 1 << 20;
-  const float mantissa = from_bits((bits & 0x7fffffu) | 0x3f800000u);  // in [1, 2)
-  const int below = codes.below[(bits >> 16) & 0x7fu];  // steps above 2^exponent, rounded down
-  const int k = below + (below < Steps && mantissa >= codes.midpoint[below] ? 1 : 0);
-  return -(exponent * Steps + k);
+  const uint32_t entry = table<Steps>().bin[(bits >> 16) & 0x7fu];
+  const int within_octave = int(entry >> 24) + ((bits & 0x7fffffu) >= (entry & 0xffffffu) ? 1 : 0);
+  return (127 - int(bits >> 23)) * Steps - within_octave;
+}
+
+SLTRAIN_HOST_DEVICE int clamp_steps(int steps, int most) {
+  return steps < 0 ? 0 : (steps > most ? most : steps);
 }
 
 // 2^(-steps / Steps) for steps >= 0.
@@ -145,13 +148,15 @@ SLTRAIN_HOST_DEVICE float decode_signed8(int8_t q, float absmax) {
 }
 
 // Encoders take 1 / absmax: one division per block instead of per element.
+// Both are branch-free selects (so the CPU kernel's encode loop vectorises).
+// A NaN x encodes as the largest magnitude (its block's absmax is NaN then
+// too: the NaN is not hidden). x == 0 is tested apart: 0 * inf is NaN.
 SLTRAIN_HOST_DEVICE int8_t encode_signed8(float x, float inv_absmax) {
-  if (!(inv_absmax > 0.0f) || x == 0.0f) return 0;
   const float r = (x < 0.0f ? -x : x) * inv_absmax;
-  const int steps = r >= 1.0f ? 0 : quant8_detail::steps_below_one<12>(r);
-  if (steps > 126) return 0;  // below the smallest code: flush to zero
-  const int8_t magnitude = int8_t(127 - steps);
-  return x < 0.0f ? int8_t(-magnitude) : magnitude;
+  // 127 steps or more below the absmax: flush to zero.
+  const int magnitude = 127 - quant8_detail::clamp_steps(quant8_detail::steps_below_one<12>(r), 127);
+  const int code = x < 0.0f ? -magnitude : magnitude;
+  return int8_t(inv_absmax > 0.0f && x != 0.0f ? code : 0);
 }
 
 SLTRAIN_HOST_DEVICE float decode_unsigned8(uint8_t q, float absmax) {
@@ -159,10 +164,10 @@ SLTRAIN_HOST_DEVICE float decode_unsigned8(uint8_t q, float absmax) {
 }
 
 SLTRAIN_HOST_DEVICE uint8_t encode_unsigned8(float x, float inv_absmax) {
-  if (!(x > 0.0f) || !(inv_absmax > 0.0f)) return 0;
   const float r = x * inv_absmax;
-  const int steps = r >= 1.0f ? 0 : quant8_detail::steps_below_one<16>(r);
-  return steps > 254 ? uint8_t(1) : uint8_t(255 - steps);
+  // Never below code 1: a positive sqrt(v) stays positive.
+  const int code = 255 - quant8_detail::clamp_steps(quant8_detail::steps_below_one<16>(r), 254);
+  return uint8_t(x > 0.0f && inv_absmax > 0.0f ? code : 0);
 }
 
 }  // namespace sltrain

@@ -305,11 +305,22 @@ void adam_step_tensor(const Tensor& param, const Tensor& grad, const Tensor& exp
                        exp_avg_sq.data_ptr<S>(), hyper);
 }
 
+// The step and learning rate of a call: read from step_tensor (plus the 1 the
+// call adds) and lr_tensor where given, else the arguments.
+std::pair<int64_t, double> adam_step_and_lr(const char* op, const std::optional<Tensor>& step_tensor,
+                                            const std::optional<Tensor>& lr_tensor, int64_t step, double lr) {
+  check_adam_device_scalars(op, step_tensor, lr_tensor, c10::Device(c10::kCPU));
+  return {step_tensor ? step_tensor->item<int64_t>() + 1 : step, lr_tensor ? lr_tensor->item<double>() : lr};
+}
+
 void fused_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-                    at::TensorList exp_avg_sqs, double lr, double beta1, double beta2, double eps,
-                    double weight_decay, int64_t step, bool decoupled) {
+                    at::TensorList exp_avg_sqs, double lr_arg, double beta1, double beta2, double eps,
+                    double weight_decay, int64_t step_arg, bool decoupled,
+                    const std::optional<Tensor>& step_tensor, const std::optional<Tensor>& lr_tensor) {
+  const auto [step, lr] = adam_step_and_lr("fused_adam_", step_tensor, lr_tensor, step_arg, lr_arg);
   check_fused_adam("fused_adam_", params, grads, exp_avgs, exp_avg_sqs, lr, beta1, beta2, eps,
                    weight_decay, step, c10::Device(c10::kCPU));
+  if (step_tensor) step_tensor->fill_(step);  // only once every argument is valid
   const AdamHyper hyper{lr, beta1, beta2, eps, weight_decay, step, decoupled};
   for (size_t i = 0; i < params.size(); ++i) {
     const Tensor &param = params[i], &m = exp_avgs[i], &v = exp_avg_sqs[i];
@@ -343,14 +354,17 @@ void check_absmaxes(const char* name, at::TensorList absmaxes) {
 
 void fused_adam8bit_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                         at::TensorList exp_avg_absmaxes, at::TensorList sqrt_exp_avg_sqs,
-                        at::TensorList sqrt_exp_avg_sq_absmaxes, double lr, double beta1,
-                        double beta2, double eps, double weight_decay, int64_t step,
-                        bool decoupled) {
+                        at::TensorList sqrt_exp_avg_sq_absmaxes, double lr_arg, double beta1,
+                        double beta2, double eps, double weight_decay, int64_t step_arg,
+                        bool decoupled, const std::optional<Tensor>& step_tensor,
+                        const std::optional<Tensor>& lr_tensor) {
+  const auto [step, lr] = adam_step_and_lr("fused_adam8bit_", step_tensor, lr_tensor, step_arg, lr_arg);
   check_fused_adam8bit("fused_adam8bit_", params, grads, exp_avgs, exp_avg_absmaxes,
                        sqrt_exp_avg_sqs, sqrt_exp_avg_sq_absmaxes, lr, beta1, beta2, eps,
                        weight_decay, step, c10::Device(c10::kCPU));
   check_absmaxes("exp_avg_absmaxes", exp_avg_absmaxes);
   check_absmaxes("sqrt_exp_avg_sq_absmaxes", sqrt_exp_avg_sq_absmaxes);
+  if (step_tensor) step_tensor->fill_(step);  // only once every argument is valid
   const AdamHyper hyper{lr, beta1, beta2, eps, weight_decay, step, decoupled};
   for (size_t i = 0; i < params.size(); ++i) {
     const Tensor& param = params[i];

@@ -2,7 +2,21 @@
 // float64 states) and fused_adam8bit_ (the 8-bit block codes of
 // common/quant8.h). Both apply common/adam_math.h's update, element for
 // element the CPU kernels' arithmetic.
+//
+// Bytes per element of one step (each read or written once):
+//   32-bit states, float32 params: param r+w 8, grad 4, moments r+w 16 = 28
+//   32-bit states, bf16 params:    4 + 2 + 16 = 22
+//   8-bit states, float32 params:  8 + 4 + codes r+w 4 (+ 2 absmaxes per 256) = 16.03
+//   8-bit states, bf16 params:     4 + 2 + 4 = 10.03
+// PREDICTION, not measured (the GPU issue measures it): both kernels stream
+// every byte once in 16-byte (codes: 8-byte) accesses with enough blocks to
+// fill every SM, so they should run at 0.8-0.9 of an H100's measured 3.0 TB/s
+// copy ceiling (DESIGN.md). LLaMA-1B's 555 SLTrain tensors hold 645.5 M
+// elements: float32 params 18.1 GB a step (32-bit states, ~7.1 ms at 0.85)
+// or 10.3 GB (8-bit, ~4.1 ms); bf16 params 14.2 GB (~5.6 ms) or 6.5 GB (~2.5 ms).
 #pragma once
+
+#include <type_traits>
 
 #include "../common/adam_math.h"
 #include "../common/quant8.h"
@@ -11,127 +25,233 @@
 namespace sltrain::cuda {
 
 constexpr int kAdamThreads = 512;
-constexpr int64_t kAdamChunk = 65536;  // elements per block
-using AdamChunks = TensorChunks<4, 36, 320>;  // param, grad, exp_avg, exp_avg_sq
+constexpr int64_t kAdamChunk = 65536;  // elements per chunk (a block walks several)
+// param, grad, exp_avg, exp_avg_sq: 90 tensors a launch fill 3.9 of the 4 KiB.
+using AdamChunks = TensorChunks<4, 90>;
+
+// Elements per vector access: 16 bytes of the param type (4 floats, 8 bf16
+// or fp16, 2 doubles); the float32 states of bf16 params then move as two
+// 16-byte accesses.
+template <class P>
+constexpr int kAdamVector = int(16 / sizeof(P));
 
 // P: the param and grad type; S: the state type, Acc<P>.
 template <class P, class S>
 __global__ void __launch_bounds__(kAdamThreads)
-    adam_kernel(AdamChunks chunks, AdamScalars<S> scalars) {
-  const auto slice = block_slice(chunks, kAdamChunk);
-  P* param = list_pointer<P>(chunks, 0, slice);
-  const P* grad = list_pointer<P>(chunks, 1, slice);
-  S* exp_avg = list_pointer<S>(chunks, 2, slice);
-  S* exp_avg_sq = list_pointer<S>(chunks, 3, slice);
-  constexpr int kVec = 4;
-  const bool aligned = is_aligned(param, kVec * sizeof(P)) && is_aligned(grad, kVec * sizeof(P)) &&
-                       is_aligned(exp_avg, kVec * sizeof(S)) && is_aligned(exp_avg_sq, kVec * sizeof(S));
-  const int64_t vector_end = aligned ? slice.count / kVec * kVec : 0;
-  for (int64_t i = int64_t(threadIdx.x) * kVec; i < vector_end; i += int64_t(blockDim.x) * kVec) {
-    Vec<P, kVec> p = load_vec<kVec>(param + i);
-    const Vec<P, kVec> g = load_vec<kVec>(grad + i);
-    Vec<S, kVec> m = load_vec<kVec>(exp_avg + i), v = load_vec<kVec>(exp_avg_sq + i);
-    for (int j = 0; j < kVec; ++j) {
-      S value = widen(p.v[j]);
-      scalars.update(value, widen(g.v[j]), m.v[j], v.v[j]);
-      p.v[j] = narrow<P>(value);
+    adam_kernel(AdamChunks chunks, AdamScalars<S> host_scalars, const AdamScalars<S>* device_scalars) {
+  const AdamScalars<S> scalars = device_scalars != nullptr ? *device_scalars : host_scalars;
+  for_each_chunk(chunks, kAdamChunk, [&](const ChunkSlice& slice) {
+    P* param = list_pointer<P>(chunks, 0, slice);
+    const P* grad = list_pointer<P>(chunks, 1, slice);
+    S* exp_avg = list_pointer<S>(chunks, 2, slice);
+    S* exp_avg_sq = list_pointer<S>(chunks, 3, slice);
+    constexpr int kVec = kAdamVector<P>;
+    const bool aligned = is_aligned(param, kVec * sizeof(P)) && is_aligned(grad, kVec * sizeof(P)) &&
+                         is_aligned(exp_avg, kVec * sizeof(S)) && is_aligned(exp_avg_sq, kVec * sizeof(S));
+    const int64_t vector_end = aligned ? slice.count / kVec * kVec : 0;
+    for (int64_t i = int64_t(threadIdx.x) * kVec; i < vector_end; i += int64_t(blockDim.x) * kVec) {
+      Vec<P, kVec> p = load_vec<kVec>(param + i);
+      const Vec<P, kVec> g = load_vec<kVec>(grad + i);
+      Vec<S, kVec> m = load_vec<kVec>(exp_avg + i), v = load_vec<kVec>(exp_avg_sq + i);
+      for (int j = 0; j < kVec; ++j) {
+        S value = widen(p.v[j]);
+        scalars.update(value, widen(g.v[j]), m.v[j], v.v[j]);
+        p.v[j] = narrow<P>(value);
+      }
+      store_vec(param + i, p);
+      store_vec(exp_avg + i, m);
+      store_vec(exp_avg_sq + i, v);
     }
-    store_vec(param + i, p);
-    store_vec(exp_avg + i, m);
-    store_vec(exp_avg_sq + i, v);
+    for (int64_t i = vector_end + threadIdx.x; i < slice.count; i += blockDim.x) {
+      S value = widen(param[i]);
+      scalars.update(value, widen(grad[i]), exp_avg[i], exp_avg_sq[i]);
+      param[i] = narrow<P>(value);
+    }
+  });
+}
+
+// Capturable steps: the per-step scalars formed on the device, after adding
+// 1 to the step count there, for float and double states alike.
+struct DeviceAdamScalars {
+  AdamScalars<float> single;
+  AdamScalars<double> twice;
+};
+
+// One thread: *step += 1, then both sets of scalars from it and from *lr
+// (float or double per lr_is_double; nullptr: hyper.lr).
+__global__ void advance_adam_step_kernel(int64_t* step, const void* lr, bool lr_is_double, AdamHyper hyper,
+                                         DeviceAdamScalars* out) {
+  hyper.step = *step + 1;
+  *step = hyper.step;
+  if (lr != nullptr) {
+    hyper.lr = lr_is_double ? *static_cast<const double*>(lr) : double(*static_cast<const float*>(lr));
   }
-  for (int64_t i = vector_end + threadIdx.x; i < slice.count; i += blockDim.x) {
-    S value = widen(param[i]);
-    scalars.update(value, widen(grad[i]), exp_avg[i], exp_avg_sq[i]);
-    param[i] = narrow<P>(value);
+  out->single = AdamScalars<float>(hyper);
+  out->twice = AdamScalars<double>(hyper);
+}
+
+inline cudaError_t advance_adam_step(int64_t* step, const void* lr, bool lr_is_double, const AdamHyper& hyper,
+                                     DeviceAdamScalars* out, cudaStream_t stream) {
+  SLTRAIN_LAUNCH(advance_adam_step_kernel, 1, 1, 0, stream)(step, lr, lr_is_double, hyper, out);
+  return cudaGetLastError();
+}
+
+template <class S>
+const AdamScalars<S>* scalars_of(const DeviceAdamScalars* device_scalars) {
+  if (device_scalars == nullptr) return nullptr;
+  if constexpr (std::is_same_v<S, double>) {
+    return &device_scalars->twice;
+  } else {
+    return &device_scalars->single;
   }
 }
 
 // One Adam step over `count` tensors (tensors[i] = {param, grad, exp_avg,
 // exp_avg_sq}, all sizes[i] elements, param and grad of type P, states S).
+// With device_scalars (filled by advance_adam_step on the same stream) the
+// kernels read the step's scalars there instead of hyper's.
 template <class P, class S>
 cudaError_t adam_step(int64_t count, const std::array<void*, 4>* tensors, const int64_t* sizes,
-                      const AdamHyper& hyper, cudaStream_t stream) {
+                      const AdamHyper& hyper, cudaStream_t stream,
+                      const DeviceAdamScalars* device_scalars = nullptr) {
   const AdamScalars<S> scalars(hyper);
+  const AdamScalars<S>* from_device = scalars_of<S>(device_scalars);
   const auto kernel = adam_kernel<P, S>;
-  for_each_chunk_batch<AdamChunks>(count, tensors, sizes, kAdamChunk, [&](const AdamChunks& chunks, int blocks) {
-    SLTRAIN_LAUNCH(kernel, blocks, kAdamThreads, 0, stream)(chunks, scalars);
+  const int fill = blocks_to_fill_device(kAdamThreads);
+  for_each_chunk_batch<AdamChunks>(count, tensors, sizes, kAdamChunk, [&](const AdamChunks& chunks) {
+    const int grid = chunks.chunks < fill ? chunks.chunks : fill;
+    SLTRAIN_LAUNCH(kernel, grid, kAdamThreads, 0, stream)(chunks, scalars, from_device);
   });
   return cudaGetLastError();
 }
 
 // ---- 8-bit states -----------------------------------------------------------------
 
-constexpr int kAdam8bitThreads = int(kQuantBlock);  // one thread per element of a code block
-constexpr int64_t kAdam8bitChunk = 16 * kQuantBlock;
+// A warp per code block of 256 elements, 8 consecutive elements per lane: the
+// absmaxes are warp reductions (shuffles, no block barrier), and each lane
+// moves its codes as one 8-byte access and its params as 16- or 32-byte ones.
+constexpr int kAdam8bitThreads = 256;
+constexpr int kAdam8bitWarps = kAdam8bitThreads / kWarp;
+constexpr int kAdam8bitPerLane = int(kQuantBlock) / kWarp;
+constexpr int64_t kAdam8bitChunk = 4 * kAdam8bitWarps * kQuantBlock;  // 4 code blocks a warp
 // param, grad, exp_avg codes, their absmaxes, sqrt(exp_avg_sq) codes, their absmaxes
-using Adam8bitChunks = TensorChunks<6, 24, 320>;
+using Adam8bitChunks = TensorChunks<6, 64>;
 
-// The largest value of `x` over the block (all threads receive it). Uses
-// `shared` [kWarps] and leaves it free for reuse.
-__device__ __forceinline__ float block_max(float x, float* shared) {
-  constexpr int kWarps = kAdam8bitThreads / kWarp;
-  x = warp_max(x);
-  if (threadIdx.x % kWarp == 0) shared[threadIdx.x / kWarp] = x;
-  __syncthreads();
-  float total = shared[0];
-  for (int w = 1; w < kWarps; ++w) total = fmaxf(total, shared[w]);
-  __syncthreads();
-  return total;
+// Maxima of non-negative floats compared as their bits (the same order; a
+// NaN wins, as in the CPU kernel's integer maxima).
+__device__ __forceinline__ float larger_nonnegative(float a, float b) {
+  return __float_as_uint(b) > __float_as_uint(a) ? b : a;
+}
+
+// The largest of the warp's non-negative floats, in every lane.
+__device__ __forceinline__ float warp_max_nonnegative(float x) {
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+    x = larger_nonnegative(x, __uint_as_float(__shfl_xor_sync(kFullMask, __float_as_uint(x), offset)));
+  }
+  return x;
 }
 
 // Per code block: decode the moments against the old absmaxes, update as the
-// 32-bit kernel does, take the new absmaxes by a block reduction, re-encode.
+// 32-bit kernel does, take the new absmaxes by warp reductions, re-encode.
 template <class P>
 __global__ void __launch_bounds__(kAdam8bitThreads)
-    adam8bit_kernel(Adam8bitChunks chunks, AdamScalars<float> scalars) {
-  __shared__ float shared[kAdam8bitThreads / kWarp];
-  const auto slice = block_slice(chunks, kAdam8bitChunk);
-  P* param = list_pointer<P>(chunks, 0, slice);
-  const P* grad = list_pointer<P>(chunks, 1, slice);
-  int8_t* exp_avg = list_pointer<int8_t>(chunks, 2, slice);
-  uint8_t* sqrt_exp_avg_sq = list_pointer<uint8_t>(chunks, 4, slice);
-  // The absmax lists have one entry per code block: a chunk is whole blocks.
-  const int64_t first_block = slice.begin / kQuantBlock;
-  float* exp_avg_absmax = static_cast<float*>(chunks.pointers[3][slice.tensor]) + first_block;
-  float* sqrt_exp_avg_sq_absmax = static_cast<float*>(chunks.pointers[5][slice.tensor]) + first_block;
-  const int64_t blocks = ceil_div(slice.count, kQuantBlock);
-  for (int64_t block = 0; block < blocks; ++block) {
-    const int64_t i = block * kQuantBlock + threadIdx.x;
-    const bool valid = i < slice.count;
-    float m = 0.0f, sqrt_v = 0.0f;
-    if (valid) {
-      m = decode_signed8(exp_avg[i], exp_avg_absmax[block]);
-      const float old_sqrt_v = decode_unsigned8(sqrt_exp_avg_sq[i], sqrt_exp_avg_sq_absmax[block]);
-      float v = old_sqrt_v * old_sqrt_v;
-      float value = widen(param[i]);
-      scalars.update(value, widen(grad[i]), m, v);
-      param[i] = narrow<P>(value);
-      sqrt_v = sqrtf(v);
+    adam8bit_kernel(Adam8bitChunks chunks, AdamScalars<float> host_scalars,
+                    const AdamScalars<float>* device_scalars) {
+  const AdamScalars<float> scalars = device_scalars != nullptr ? *device_scalars : host_scalars;
+  constexpr int kLane = kAdam8bitPerLane;
+  const int warp = int(threadIdx.x) / kWarp, lane = int(threadIdx.x) % kWarp;
+  for_each_chunk(chunks, kAdam8bitChunk, [&](const ChunkSlice& slice) {
+    P* param = list_pointer<P>(chunks, 0, slice);
+    const P* grad = list_pointer<P>(chunks, 1, slice);
+    int8_t* exp_avg = list_pointer<int8_t>(chunks, 2, slice);
+    uint8_t* sqrt_exp_avg_sq = list_pointer<uint8_t>(chunks, 4, slice);
+    // The absmax lists have one entry per code block: a chunk is whole blocks.
+    const int64_t first_block = slice.begin / kQuantBlock;
+    float* exp_avg_absmax = static_cast<float*>(chunks.pointers[3][slice.tensor]) + first_block;
+    float* sqrt_exp_avg_sq_absmax = static_cast<float*>(chunks.pointers[5][slice.tensor]) + first_block;
+    const bool aligned = is_aligned(param, kLane * sizeof(P)) && is_aligned(grad, kLane * sizeof(P)) &&
+                         is_aligned(exp_avg, kLane) && is_aligned(sqrt_exp_avg_sq, kLane);
+    const int64_t blocks = ceil_div(slice.count, kQuantBlock);
+    // Every lane of a warp runs the same blocks: the shuffles see all 32.
+    for (int64_t block = warp; block < blocks; block += kAdam8bitWarps) {
+      const int64_t first = block * kQuantBlock + lane * kLane;
+      const int64_t left = slice.count - first;
+      const int mine = left <= 0 ? 0 : (left < kLane ? int(left) : kLane);
+      Vec<P, kLane> p, g;
+      Vec<int8_t, kLane> m_code;
+      Vec<uint8_t, kLane> v_code;
+      if (aligned && mine == kLane) {
+        p = load_vec<kLane>(param + first);
+        g = load_vec<kLane>(grad + first);
+        m_code = load_vec<kLane>(exp_avg + first);
+        v_code = load_vec<kLane>(sqrt_exp_avg_sq + first);
+      } else {
+        // Fixed trip counts (unrolled by nvcc): the lane's arrays stay in registers.
+        for (int j = 0; j < kLane; ++j) {
+          if (j >= mine) continue;
+          p.v[j] = param[first + j];
+          g.v[j] = grad[first + j];
+          m_code.v[j] = exp_avg[first + j];
+          v_code.v[j] = sqrt_exp_avg_sq[first + j];
+        }
+      }
+      // Every lane reads the old absmaxes before the shuffles below, which
+      // lane 0's writes follow.
+      const float m_absmax_old = exp_avg_absmax[block], sqrt_v_absmax_old = sqrt_exp_avg_sq_absmax[block];
+      float m[kLane], sqrt_v[kLane], m_local = 0.0f, sqrt_v_local = 0.0f;
+      for (int j = 0; j < kLane; ++j) {
+        m[j] = sqrt_v[j] = 0.0f;
+        if (j >= mine) continue;
+        m[j] = decode_signed8(m_code.v[j], m_absmax_old);
+        const float old_sqrt_v = decode_unsigned8(v_code.v[j], sqrt_v_absmax_old);
+        float v = old_sqrt_v * old_sqrt_v;
+        float value = widen(p.v[j]);
+        scalars.update(value, widen(g.v[j]), m[j], v);
+        p.v[j] = narrow<P>(value);
+        sqrt_v[j] = sqrtf(v);
+        m_local = larger_nonnegative(m_local, fabsf(m[j]));
+        sqrt_v_local = larger_nonnegative(sqrt_v_local, sqrt_v[j]);
+      }
+      const float m_absmax = warp_max_nonnegative(m_local);
+      const float sqrt_v_absmax = warp_max_nonnegative(sqrt_v_local);
+      const float m_scale = m_absmax > 0.0f ? 1.0f / m_absmax : 0.0f;
+      const float sqrt_v_scale = sqrt_v_absmax > 0.0f ? 1.0f / sqrt_v_absmax : 0.0f;
+      for (int j = 0; j < kLane; ++j) {
+        m_code.v[j] = encode_signed8(m[j], m_scale);
+        v_code.v[j] = encode_unsigned8(sqrt_v[j], sqrt_v_scale);
+      }
+      if (aligned && mine == kLane) {
+        store_vec(param + first, p);
+        store_vec(exp_avg + first, m_code);
+        store_vec(sqrt_exp_avg_sq + first, v_code);
+      } else {
+        for (int j = 0; j < kLane; ++j) {
+          if (j >= mine) continue;
+          param[first + j] = p.v[j];
+          exp_avg[first + j] = m_code.v[j];
+          sqrt_exp_avg_sq[first + j] = v_code.v[j];
+        }
+      }
+      if (lane == 0) {
+        exp_avg_absmax[block] = m_absmax;
+        sqrt_exp_avg_sq_absmax[block] = sqrt_v_absmax;
+      }
     }
-    // Every thread has read the old absmaxes before the first barrier here.
-    const float m_absmax = block_max(fabsf(m), shared);
-    const float sqrt_v_absmax = block_max(sqrt_v, shared);
-    if (valid) {
-      exp_avg[i] = encode_signed8(m, m_absmax > 0.0f ? 1.0f / m_absmax : 0.0f);
-      sqrt_exp_avg_sq[i] = encode_unsigned8(sqrt_v, sqrt_v_absmax > 0.0f ? 1.0f / sqrt_v_absmax : 0.0f);
-    }
-    if (threadIdx.x == 0) {
-      exp_avg_absmax[block] = m_absmax;
-      sqrt_exp_avg_sq_absmax[block] = sqrt_v_absmax;
-    }
-  }
+  });
 }
 
 // tensors[i] = {param, grad, exp_avg, exp_avg_absmax, sqrt_exp_avg_sq,
 // sqrt_exp_avg_sq_absmax}; sizes[i] the param's elements.
 template <class P>
 cudaError_t adam8bit_step(int64_t count, const std::array<void*, 6>* tensors, const int64_t* sizes,
-                          const AdamHyper& hyper, cudaStream_t stream) {
+                          const AdamHyper& hyper, cudaStream_t stream,
+                          const DeviceAdamScalars* device_scalars = nullptr) {
   const AdamScalars<float> scalars(hyper);
-  for_each_chunk_batch<Adam8bitChunks>(count, tensors, sizes, kAdam8bitChunk,
-                                       [&](const Adam8bitChunks& chunks, int blocks) {
-    SLTRAIN_LAUNCH(adam8bit_kernel<P>, blocks, kAdam8bitThreads, 0, stream)(chunks, scalars);
+  const AdamScalars<float>* from_device = scalars_of<float>(device_scalars);
+  const int fill = blocks_to_fill_device(kAdam8bitThreads);
+  for_each_chunk_batch<Adam8bitChunks>(count, tensors, sizes, kAdam8bitChunk, [&](const Adam8bitChunks& chunks) {
+    const int grid = chunks.chunks < fill ? chunks.chunks : fill;
+    SLTRAIN_LAUNCH(adam8bit_kernel<P>, grid, kAdam8bitThreads, 0, stream)(chunks, scalars, from_device);
   });
   return cudaGetLastError();
 }

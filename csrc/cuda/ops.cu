@@ -504,11 +504,31 @@ struct AdamGroup {
   std::vector<Tensor> keep_alive;
 
   template <class Step>
-  void run(Step step_fn, const AdamHyper& hyper) const {
+  void run(Step step_fn, const AdamHyper& hyper, const cuda::DeviceAdamScalars* device_scalars) const {
     if (tensors.empty()) return;
-    C10_CUDA_CHECK(step_fn(int64_t(tensors.size()), tensors.data(), sizes.data(), hyper, stream()));
+    C10_CUDA_CHECK(
+        step_fn(int64_t(tensors.size()), tensors.data(), sizes.data(), hyper, stream(), device_scalars));
   }
 };
+
+// Capturable steps: with step_tensor, one kernel adds 1 to it and forms the
+// step's scalars on the device (from lr_tensor if given) in a buffer that the
+// Adam kernels read; nullptr otherwise. The buffer lives in `keep_alive`
+// until the launches are queued (the caching allocator orders its reuse).
+const cuda::DeviceAdamScalars* advance_on_device(const std::optional<Tensor>& step_tensor,
+                                                 const std::optional<Tensor>& lr_tensor,
+                                                 const AdamHyper& hyper, c10::Device device,
+                                                 Tensor& keep_alive) {
+  if (!step_tensor) return nullptr;
+  keep_alive = at::empty({int64_t(sizeof(cuda::DeviceAdamScalars))},
+                         at::TensorOptions().dtype(at::kByte).device(device));
+  auto* scalars = reinterpret_cast<cuda::DeviceAdamScalars*>(keep_alive.data_ptr());
+  C10_CUDA_CHECK(cuda::advance_adam_step(step_tensor->data_ptr<int64_t>(),
+                                         lr_tensor ? lr_tensor->data_ptr() : nullptr,
+                                         lr_tensor && lr_tensor->scalar_type() == at::kDouble, hyper,
+                                         scalars, stream()));
+  return scalars;
+}
 
 // params[i], grads[i] and states[s][i] for every i, grouped by param dtype.
 template <int kLists>
@@ -529,36 +549,44 @@ std::map<at::ScalarType, AdamGroup<kLists>> group_by_dtype(
 
 void fused_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                      at::TensorList exp_avg_sqs, double lr, double beta1, double beta2, double eps,
-                     double weight_decay, int64_t step, bool decoupled) {
+                     double weight_decay, int64_t step, bool decoupled,
+                     const std::optional<Tensor>& step_tensor, const std::optional<Tensor>& lr_tensor) {
   constexpr const char* op = "fused_adam_";
   const c10::Device device = device_of(params);
   check_fused_adam(op, params, grads, exp_avgs, exp_avg_sqs, lr, beta1, beta2, eps, weight_decay,
                    step, device);
+  check_adam_device_scalars(op, step_tensor, lr_tensor, device);
   const c10::cuda::CUDAGuard guard(device);
   const AdamHyper hyper{lr, beta1, beta2, eps, weight_decay, step, decoupled};
   auto groups = group_by_dtype<4>(params, grads, {exp_avgs, exp_avg_sqs});
-  groups[at::kFloat].run(cuda::adam_step<float, float>, hyper);
-  groups[at::kDouble].run(cuda::adam_step<double, double>, hyper);
-  groups[at::kBFloat16].run(cuda::adam_step<__nv_bfloat16, float>, hyper);
-  groups[at::kHalf].run(cuda::adam_step<__half, float>, hyper);
+  Tensor scalars_buffer;
+  const auto* device_scalars = advance_on_device(step_tensor, lr_tensor, hyper, device, scalars_buffer);
+  groups[at::kFloat].run(cuda::adam_step<float, float>, hyper, device_scalars);
+  groups[at::kDouble].run(cuda::adam_step<double, double>, hyper, device_scalars);
+  groups[at::kBFloat16].run(cuda::adam_step<__nv_bfloat16, float>, hyper, device_scalars);
+  groups[at::kHalf].run(cuda::adam_step<__half, float>, hyper, device_scalars);
 }
 
 void fused_adam8bit_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                          at::TensorList exp_avg_absmaxes, at::TensorList sqrt_exp_avg_sqs,
                          at::TensorList sqrt_exp_avg_sq_absmaxes, double lr, double beta1,
                          double beta2, double eps, double weight_decay, int64_t step,
-                         bool decoupled) {
+                         bool decoupled, const std::optional<Tensor>& step_tensor,
+                         const std::optional<Tensor>& lr_tensor) {
   constexpr const char* op = "fused_adam8bit_";
   const c10::Device device = device_of(params);
   check_fused_adam8bit(op, params, grads, exp_avgs, exp_avg_absmaxes, sqrt_exp_avg_sqs,
                        sqrt_exp_avg_sq_absmaxes, lr, beta1, beta2, eps, weight_decay, step, device);
+  check_adam_device_scalars(op, step_tensor, lr_tensor, device);
   const c10::cuda::CUDAGuard guard(device);
   const AdamHyper hyper{lr, beta1, beta2, eps, weight_decay, step, decoupled};
   auto groups = group_by_dtype<6>(
       params, grads, {exp_avgs, exp_avg_absmaxes, sqrt_exp_avg_sqs, sqrt_exp_avg_sq_absmaxes});
-  groups[at::kFloat].run(cuda::adam8bit_step<float>, hyper);
-  groups[at::kBFloat16].run(cuda::adam8bit_step<__nv_bfloat16>, hyper);
-  groups[at::kHalf].run(cuda::adam8bit_step<__half>, hyper);
+  Tensor scalars_buffer;
+  const auto* device_scalars = advance_on_device(step_tensor, lr_tensor, hyper, device, scalars_buffer);
+  groups[at::kFloat].run(cuda::adam8bit_step<float>, hyper, device_scalars);
+  groups[at::kBFloat16].run(cuda::adam8bit_step<__nv_bfloat16>, hyper, device_scalars);
+  groups[at::kHalf].run(cuda::adam8bit_step<__half>, hyper, device_scalars);
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <set>
@@ -138,6 +139,73 @@ void test_quant8_codes() {
   expect(encode_signed8(1e-30f, 1.0f) == 0, "a negligible moment flushes to 0");
 }
 
+// The encoders' definition, as the former scalar encoder computed it: the
+// code nearest in the log domain, where "nearest" means the mantissa is at or
+// above the float midpoint 2^((k + 0.5) / Steps) of one octave (a linear count
+// here, no tables), with the same flush and floor rules.
+template <int Steps>
+int reference_steps_below_one(float r) {
+  uint32_t bits;
+  std::memcpy(&bits, &r, 4);
+  const int exponent = int((bits >> 23) & 0xffu) - 127;
+  if (exponent < -126) return 1 << 20;
+  const uint32_t mantissa_bits = (bits & 0x7fffffu) | 0x3f800000u;
+  float mantissa;
+  std::memcpy(&mantissa, &mantissa_bits, 4);
+  int k = 0;
+  for (int j = 0; j < Steps; ++j) k += mantissa >= quant8_detail::Octave<Steps>::kMidpoint[j] ? 1 : 0;
+  return -(exponent * Steps + k);
+}
+
+int8_t reference_encode_signed8(float x, float inv_absmax) {
+  if (!(inv_absmax > 0.0f) || x == 0.0f) return 0;
+  const float r = std::fabs(x) * inv_absmax;
+  const int steps = r >= 1.0f ? 0 : reference_steps_below_one<12>(r);
+  if (steps > 126) return 0;
+  return int8_t(x < 0.0f ? steps - 127 : 127 - steps);
+}
+
+uint8_t reference_encode_unsigned8(float x, float inv_absmax) {
+  if (!(x > 0.0f) || !(inv_absmax > 0.0f)) return 0;
+  const float r = x * inv_absmax;
+  const int steps = r >= 1.0f ? 0 : reference_steps_below_one<16>(r);
+  return steps > 254 ? uint8_t(1) : uint8_t(255 - steps);
+}
+
+void test_quant8_encoders_match_definition() {
+  // Every float from 2^-20 to 4, both signs, which covers every code with an
+  // octave to spare (smaller moments flush or floor, larger ones saturate),
+  // then every 61st float over the whole non-NaN range, zero, subnormals and inf included.
+  int64_t mismatches = 0;
+  const auto check = [&](uint32_t bits) {
+    float x;
+    std::memcpy(&x, &bits, 4);
+    mismatches += encode_signed8(x, 1.0f) != reference_encode_signed8(x, 1.0f);
+    mismatches += encode_signed8(-x, 1.0f) != reference_encode_signed8(-x, 1.0f);
+    mismatches += encode_unsigned8(x, 1.0f) != reference_encode_unsigned8(x, 1.0f);
+  };
+  constexpr uint32_t kFrom = (127u - 20u) << 23, kTo = (127u + 2u) << 23, kInf = 0x7f800000u;
+  for (uint32_t bits = kFrom; bits < kTo; ++bits) check(bits);
+  for (uint32_t bits = 0; bits <= kInf - 61; bits += 61) check(bits);
+  check(kInf);
+  expect(mismatches == 0, "8-bit encoders equal their definition on every float near the codes");
+  // Scales that are not 1: a product rounded once, then the same rule.
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> log_uniform(-40.0f, 40.0f);
+  int64_t scaled_mismatches = 0;
+  for (int i = 0; i < 1000000; ++i) {
+    const float x = std::exp2(log_uniform(rng)) * (i % 2 ? -1.0f : 1.0f);
+    const float inv_absmax = std::exp2(log_uniform(rng));
+    scaled_mismatches += encode_signed8(x, inv_absmax) != reference_encode_signed8(x, inv_absmax);
+    scaled_mismatches += encode_unsigned8(std::fabs(x), inv_absmax) != reference_encode_unsigned8(std::fabs(x), inv_absmax);
+  }
+  const float inf = std::numeric_limits<float>::infinity();
+  scaled_mismatches += encode_signed8(0.0f, inf) != 0;  // 0 * inf is NaN, still code 0
+  scaled_mismatches += encode_unsigned8(0.0f, inf) != 0;
+  scaled_mismatches += encode_signed8(1.0f, 0.0f) != 0;  // an all-zero block
+  expect(scaled_mismatches == 0, "8-bit encoders equal their definition at any scale");
+}
+
 void test_adam8bit_first_step() {
   // From zero states the first step is exactly 32-bit Adam's.
   const AdamHyper hyper{1e-2, 0.9, 0.999, 1e-8, 0.0, 1, true};
@@ -182,6 +250,7 @@ int main() {
   test_sparse_products(9, 7, 0, 20);         // no tokens
   test_adam();
   test_quant8_codes();
+  test_quant8_encoders_match_definition();
   test_adam8bit_first_step();
   test_half_round_trips();
   std::printf("%d passed, %d failed\n", passes, failures);

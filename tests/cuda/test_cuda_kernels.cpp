@@ -52,9 +52,10 @@ struct DeviceArray {
   }
   DeviceArray(const DeviceArray&) = delete;
   ~DeviceArray() { cudaFree(data); }
-  std::vector<T> host() const {
-    std::vector<T> out(size);
-    cudaMemcpy(out.data(), data, size * sizeof(T), cudaMemcpyDeviceToHost);
+  std::vector<T> host() const { return host_of(data, size); }
+  static std::vector<T> host_of(const T* device, size_t n) {
+    std::vector<T> out(n);
+    cudaMemcpy(out.data(), device, n * sizeof(T), cudaMemcpyDeviceToHost);
     return out;
   }
 };
@@ -371,6 +372,15 @@ void test_sddmm(int64_t m, int64_t n, int64_t nnz, int64_t tokens) {
 
 // ---- Adam --------------------------------------------------------------------------
 
+// Adds 1 to every element of every tensor of a launch, chunk by chunk.
+template <class Chunks>
+__global__ void count_chunk_elements(Chunks chunks, int64_t chunk_size) {
+  cuda::for_each_chunk(chunks, chunk_size, [&](const cuda::ChunkSlice& slice) {
+    int* data = cuda::list_pointer<int>(chunks, 0, slice);
+    for (int64_t i = 0; i < slice.count; ++i) ++data[i];
+  });
+}
+
 // Both kernels on several tensors of the given sizes (one tensor may start
 // `misalign` elements into its allocation, which turns vector loads off).
 template <class P>
@@ -504,10 +514,84 @@ void test_adam8bit(const std::vector<int64_t>& sizes) {
                  std::to_string(sizes.size()) + " tensors");
 }
 
+// Capturable steps: the same launches, arguments unchanged, repeated 4 times
+// (as a replayed CUDA graph repeats them) take steps 1..4 from the step count
+// in device memory and the learning rate there, as 4 eager CPU steps do.
+void test_adam_device_step() {
+  constexpr int kSteps = 4;
+  constexpr double kLr = 2e-2;
+  const std::vector<int64_t> sizes = {300, 5461};
+  std::mt19937 gen(5);
+  std::vector<std::vector<float>> p_cpu, p8_cpu, m_cpu, v_cpu, m_abs_cpu, v_abs_cpu;
+  std::vector<std::vector<int8_t>> m8_cpu;
+  std::vector<std::vector<uint8_t>> v8_cpu;
+  std::vector<std::vector<float>> g_host;
+  std::vector<std::unique_ptr<DeviceArray<float>>> keep;
+  std::vector<std::unique_ptr<DeviceArray<int8_t>>> m8;
+  std::vector<std::unique_ptr<DeviceArray<uint8_t>>> v8;
+  std::vector<std::array<void*, 4>> pointers;
+  std::vector<std::array<void*, 6>> pointers8;
+  const auto device_copy = [&](const std::vector<float>& host) {
+    keep.push_back(std::make_unique<DeviceArray<float>>(host));
+    return static_cast<void*>(keep.back()->data);
+  };
+  for (int64_t size : sizes) {
+    const int64_t blocks = (size + kQuantBlock - 1) / kQuantBlock;
+    p_cpu.push_back(random_values<float>(size, gen));
+    p8_cpu.push_back(p_cpu.back());
+    g_host.push_back(random_values<float>(size, gen));
+    m_cpu.emplace_back(size, 0.0f);
+    v_cpu.emplace_back(size, 0.0f);
+    m8_cpu.emplace_back(size, 0);
+    v8_cpu.emplace_back(size, 0);
+    m_abs_cpu.emplace_back(blocks, 0.0f);
+    v_abs_cpu.emplace_back(blocks, 0.0f);
+    void* grad = device_copy(g_host.back());
+    pointers.push_back({device_copy(p_cpu.back()), grad, device_copy(m_cpu.back()), device_copy(v_cpu.back())});
+    m8.push_back(std::make_unique<DeviceArray<int8_t>>(size, 0));
+    v8.push_back(std::make_unique<DeviceArray<uint8_t>>(size, 0));
+    pointers8.push_back({device_copy(p8_cpu.back()), grad, m8.back()->data, device_copy(m_abs_cpu.back()),
+                         v8.back()->data, device_copy(v_abs_cpu.back())});
+  }
+  DeviceArray<int64_t> step(std::vector<int64_t>{0});
+  DeviceArray<int64_t> step8(std::vector<int64_t>{0});
+  DeviceArray<float> lr(std::vector<float>{float(kLr)});
+  DeviceArray<cuda::DeviceAdamScalars> scalars(1), scalars8(1);
+  // The host-side hyper-parameters hold a wrong step and lr: only the device's may count.
+  const AdamHyper stale{1.0, 0.9, 0.999, 1e-8, 0.1, 1, true};
+  bool ok = true;
+  for (int i = 0; i < kSteps; ++i) {
+    ok = ok && cuda::advance_adam_step(step.data, lr.data, false, stale, scalars.data, nullptr) == cudaSuccess;
+    ok = ok && cuda::adam_step<float, float>(int64_t(sizes.size()), pointers.data(), sizes.data(), stale, nullptr,
+                                             scalars.data) == cudaSuccess;
+    ok = ok && cuda::advance_adam_step(step8.data, lr.data, false, stale, scalars8.data, nullptr) == cudaSuccess;
+    ok = ok && cuda::adam8bit_step<float>(int64_t(sizes.size()), pointers8.data(), sizes.data(), stale, nullptr,
+                                          scalars8.data) == cudaSuccess;
+    const AdamHyper eager{double(float(kLr)), 0.9, 0.999, 1e-8, 0.1, i + 1, true};
+    for (size_t t = 0; t < sizes.size(); ++t) {
+      cpu::adam_step<float, float>(sizes[t], p_cpu[t].data(), g_host[t].data(), m_cpu[t].data(), v_cpu[t].data(),
+                                   eager);
+      cpu::adam8bit_step<float>(sizes[t], p8_cpu[t].data(), g_host[t].data(), m8_cpu[t].data(), m_abs_cpu[t].data(),
+                                v8_cpu[t].data(), v_abs_cpu[t].data(), eager);
+    }
+  }
+  ok = ok && step.host()[0] == kSteps && step8.host()[0] == kSteps;
+  for (size_t t = 0; t < sizes.size(); ++t) {
+    const std::vector<float> p_got = DeviceArray<float>::host_of(static_cast<float*>(pointers[t][0]), sizes[t]);
+    const std::vector<float> p8_got = DeviceArray<float>::host_of(static_cast<float*>(pointers8[t][0]), sizes[t]);
+    for (int64_t i = 0; i < sizes[t]; ++i) {
+      ok = ok && std::abs(p_got[i] - p_cpu[t][i]) <= 1e-5f * (std::abs(p_cpu[t][i]) + 1e-2f);
+      ok = ok && std::abs(p8_got[i] - p8_cpu[t][i]) <= 1e-5f * (std::abs(p8_cpu[t][i]) + 1e-2f);
+    }
+  }
+  expect(ok, "capturable steps: 4 repeated launches equal 4 eager steps (32- and 8-bit)");
+}
+
 // The multi-tensor batching on the host: every element of every tensor is
-// covered exactly once, however the tensors and chunks fall into batches.
+// covered exactly once, whole tensors per launch, however they fall into
+// batches; the device walk (for_each_chunk) maps each chunk back to its tensor.
 void test_chunk_batches() {
-  using Small = cuda::TensorChunks<1, 3, 5>;
+  using Small = cuda::TensorChunks<1, 3>;
   const std::vector<int64_t> sizes = {0, 1, 9, 4, 0, 23, 2, 2, 2, 17, 0};
   std::vector<std::vector<int>> covered;
   std::vector<std::array<void*, 1>> tensors;
@@ -516,21 +600,17 @@ void test_chunk_batches() {
   int launches = 0;
   bool within_limits = true;
   cuda::for_each_chunk_batch<Small>(int64_t(sizes.size()), tensors.data(), sizes.data(), 4,
-                                    [&](const Small& chunks, int blocks) {
+                                    [&](const Small& chunks) {
     ++launches;
-    within_limits = within_limits && blocks >= 1 && blocks <= Small::kBlocks;
-    for (int block = 0; block < blocks; ++block) {
-      const int tensor = chunks.block_tensor[block];
-      within_limits = within_limits && tensor < Small::kTensors;
-      const int64_t begin = int64_t(chunks.block_chunk[block]) * 4;
-      int* data = static_cast<int*>(chunks.pointers[0][tensor]);
-      for (int64_t i = begin; i < std::min(begin + 4, chunks.sizes[tensor]); ++i) ++data[i];
-    }
+    within_limits = within_limits && chunks.chunks >= 1;
+    // A grid of 2 blocks of 1 thread walks the chunks on the emulator.
+    cudaStream_t stream = nullptr;
+    SLTRAIN_LAUNCH(count_chunk_elements<Small>, 2, 1, 0, stream)(chunks, int64_t(4));
   });
   bool once = true;
   for (const auto& c : covered)
     for (int count : c) once = once && count == 1;
-  expect(within_limits && once && launches > 1, "multi-tensor batches cover every element once");
+  expect(within_limits && once && launches == 3, "multi-tensor batches cover every element once");
 }
 
 }  // namespace
@@ -583,8 +663,12 @@ int main() {
   test_adam<__nv_bfloat16>(sizes, 0);
   test_adam<__half>({6, 100, 5461}, 1);
   test_adam8bit<float>({1, 255, 256, 257, 5461, cuda::kAdam8bitChunk + 100});
+  // More tensors than one launch takes, more chunks than the grid has blocks.
+  test_adam8bit<float>(std::vector<int64_t>(cuda::Adam8bitChunks::kTensors + 5, 3 * 256 + 7));
+  test_adam8bit<float>({cuda::kAdam8bitChunk * 1100 + 9});
   test_adam8bit<__nv_bfloat16>({300, 4096});
   test_adam8bit<__half>({513});
+  test_adam_device_step();
 
   std::printf("%d passed, %d failed\n", passes, failures);
   return failures == 0 ? 0 : 1;

@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 
 #include "../../common/quant8.h"
@@ -29,13 +30,14 @@ P store(S x) {
   }
 }
 
-template <class P, class S>
+// The decay kind is a template argument: with no branch left in the loop it vectorises.
+template <bool kDecoupled, class P, class S>
 SLTRAIN_SIMD_CLONES void adam_range(int64_t begin, int64_t end, P* __restrict param,
                                     const P* __restrict grad, S* __restrict exp_avg,
                                     S* __restrict exp_avg_sq, const AdamScalars<S>& scalars) {
   for (int64_t i = begin; i < end; ++i) {
     S p = load<S>(param[i]);
-    scalars.update(p, load<S>(grad[i]), exp_avg[i], exp_avg_sq[i]);
+    scalars.template update_as<kDecoupled>(p, load<S>(grad[i]), exp_avg[i], exp_avg_sq[i]);
     param[i] = store<P>(p);
   }
 }
@@ -53,6 +55,72 @@ struct DecodeTables {
   }
 };
 
+uint32_t bits_of(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  return u;
+}
+
+float from_bits(uint32_t u) {
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+
+// The decoded moments of a block at absmax 1: table loads, kept out of the
+// vector loops (vectorised, each load becomes an extract and an insert).
+__attribute__((noinline, optimize("no-tree-vectorize"))) void decode_block(
+    int64_t count, const int8_t* __restrict exp_avg, const uint8_t* __restrict sqrt_exp_avg_sq,
+    const DecodeTables& tables, float* __restrict m, float* __restrict sqrt_v) {
+  for (int64_t j = 0; j < count; ++j) {
+    m[j] = tables.signed_code[uint8_t(exp_avg[j])];
+    sqrt_v[j] = tables.unsigned_code[sqrt_exp_avg_sq[j]];
+  }
+}
+
+// One code block of count <= kQuantBlock elements: decode against the old
+// absmaxes, the 32-bit update, the new absmaxes, re-encode. The loops over
+// floats see only 32-bit types, so they vectorise 8 wide without spilling;
+// the absmaxes are integer maxima of the float bits (the same order for
+// non-negative floats; a NaN moment wins and makes its block's absmax NaN
+// instead of vanishing from it).
+template <bool kDecoupled, class P>
+SLTRAIN_SIMD_CLONES_WITH_AVX512 void adam8bit_block(int64_t count, P* __restrict param, const P* __restrict grad,
+                                        int8_t* __restrict exp_avg, float* exp_avg_absmax,
+                                        uint8_t* __restrict sqrt_exp_avg_sq, float* sqrt_exp_avg_sq_absmax,
+                                        const AdamScalars<float>& scalars, const DecodeTables& tables) {
+  float m[kQuantBlock], sqrt_v[kQuantBlock];
+  int32_t m_code[kQuantBlock], sqrt_v_code[kQuantBlock];
+  decode_block(count, exp_avg, sqrt_exp_avg_sq, tables, m, sqrt_v);
+  const float m_absmax_old = *exp_avg_absmax, sqrt_v_absmax_old = *sqrt_exp_avg_sq_absmax;
+  uint32_t m_absmax_bits = 0, sqrt_v_absmax_bits = 0;
+  for (int64_t j = 0; j < count; ++j) {
+    float m_j = m_absmax_old * m[j];
+    const float old_sqrt_v = sqrt_v_absmax_old * sqrt_v[j];
+    float v_j = old_sqrt_v * old_sqrt_v;
+    float p = load<float>(param[j]);
+    scalars.template update_as<kDecoupled>(p, load<float>(grad[j]), m_j, v_j);
+    param[j] = store<P>(p);
+    m[j] = m_j;
+    sqrt_v[j] = std::sqrt(v_j);
+    m_absmax_bits = std::max(m_absmax_bits, bits_of(std::fabs(m_j)));
+    sqrt_v_absmax_bits = std::max(sqrt_v_absmax_bits, bits_of(sqrt_v[j]));
+  }
+  const float m_absmax = from_bits(m_absmax_bits), sqrt_v_absmax = from_bits(sqrt_v_absmax_bits);
+  const float m_scale = m_absmax > 0.0f ? 1.0f / m_absmax : 0.0f;
+  const float sqrt_v_scale = sqrt_v_absmax > 0.0f ? 1.0f / sqrt_v_absmax : 0.0f;
+  for (int64_t j = 0; j < count; ++j) {
+    m_code[j] = encode_signed8(m[j], m_scale);
+    sqrt_v_code[j] = encode_unsigned8(sqrt_v[j], sqrt_v_scale);
+  }
+  for (int64_t j = 0; j < count; ++j) {
+    exp_avg[j] = int8_t(m_code[j]);
+    sqrt_exp_avg_sq[j] = uint8_t(sqrt_v_code[j]);
+  }
+  *exp_avg_absmax = m_absmax;
+  *sqrt_exp_avg_sq_absmax = sqrt_v_absmax;
+}
+
 }  // namespace
 
 template <class P, class S>
@@ -60,7 +128,8 @@ void adam_step(int64_t numel, P* param, const P* grad, S* exp_avg, S* exp_avg_sq
                const AdamHyper& hyper) {
   const AdamScalars<S> scalars(hyper);
   parallel_for(0, numel, 16384, [&](int64_t begin, int64_t end) {
-    adam_range(begin, end, param, grad, exp_avg, exp_avg_sq, scalars);
+    const auto run = scalars.decoupled ? adam_range<true, P, S> : adam_range<false, P, S>;
+    run(begin, end, param, grad, exp_avg, exp_avg_sq, scalars);
   });
 }
 
@@ -70,35 +139,12 @@ void adam8bit_step(int64_t numel, P* param, const P* grad, int8_t* exp_avg, floa
   const AdamScalars<float> scalars(hyper);
   const int64_t blocks = (numel + kQuantBlock - 1) / kQuantBlock;
   static const DecodeTables tables;
-  // Per block: decode, the same vectorised update as the 32-bit path on the
-  // decoded moments, then requantise against the new absmaxes.
   parallel_for(0, blocks, 64, [&](int64_t block_begin, int64_t block_end) {
-    float m[kQuantBlock], v[kQuantBlock];
     for (int64_t block = block_begin; block < block_end; ++block) {
       const int64_t first = block * kQuantBlock;
-      const int64_t count = std::min(kQuantBlock, numel - first);
-      const float m_absmax_old = exp_avg_absmax[block];
-      const float sqrt_v_absmax_old = sqrt_exp_avg_sq_absmax[block];
-      for (int64_t j = 0; j < count; ++j) {
-        m[j] = m_absmax_old * tables.signed_code[uint8_t(exp_avg[first + j])];
-        const float sqrt_v = sqrt_v_absmax_old * tables.unsigned_code[sqrt_exp_avg_sq[first + j]];
-        v[j] = sqrt_v * sqrt_v;
-      }
-      adam_range(0, count, param + first, grad + first, m, v, scalars);
-      float m_absmax = 0.0f, sqrt_v_absmax = 0.0f;
-      for (int64_t j = 0; j < count; ++j) {
-        v[j] = std::sqrt(v[j]);
-        m_absmax = std::max(m_absmax, std::fabs(m[j]));
-        sqrt_v_absmax = std::max(sqrt_v_absmax, v[j]);
-      }
-      const float m_scale = m_absmax > 0.0f ? 1.0f / m_absmax : 0.0f;
-      const float sqrt_v_scale = sqrt_v_absmax > 0.0f ? 1.0f / sqrt_v_absmax : 0.0f;
-      for (int64_t j = 0; j < count; ++j) {
-        exp_avg[first + j] = encode_signed8(m[j], m_scale);
-        sqrt_exp_avg_sq[first + j] = encode_unsigned8(v[j], sqrt_v_scale);
-      }
-      exp_avg_absmax[block] = m_absmax;
-      sqrt_exp_avg_sq_absmax[block] = sqrt_v_absmax;
+      const auto run = scalars.decoupled ? adam8bit_block<true, P> : adam8bit_block<false, P>;
+      run(std::min(kQuantBlock, numel - first), param + first, grad + first, exp_avg + first,
+          exp_avg_absmax + block, sqrt_exp_avg_sq + first, sqrt_exp_avg_sq_absmax + block, scalars, tables);
     }
   });
 }

@@ -16,10 +16,14 @@
 // picked at load time: one portable binary, full-width SIMD.
 // (Not under ThreadSanitizer: it instruments the clones' ifunc resolvers,
 // which run before it is initialised.)
+// Compute-bound loops (8-bit Adam's decode and encode) add an AVX-512 clone.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
 #define SLTRAIN_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define SLTRAIN_SIMD_CLONES_WITH_AVX512 \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define SLTRAIN_SIMD_CLONES
+#define SLTRAIN_SIMD_CLONES_WITH_AVX512
 #endif
 
 namespace sltrain::cpu {
