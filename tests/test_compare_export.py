@@ -1,0 +1,137 @@
+"""sltrain-compare and sltrain-export on real (tiny) runs of sltrain-train."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from sltrain_ext import compare, export, load_pretrained, train
+from sltrain_ext.tokenization import load_tokenizer
+
+BATCH, SEQ = 2, 32
+TINY = ["--config", "9m", "--batch-size", str(BATCH), "--seq-len", str(SEQ), "--eval-batches", "1"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two finished runs (one with two methods, one with another seed and
+    learning rate) and one stopped before its first evaluation."""
+    root = tmp_path_factory.mktemp("runs")
+    train.main(TINY + ["--method", "sltrain,full", "--steps", "4", "--eval-every", "2", "--out", str(root / "a")])
+    train.main(TINY + ["--method", "sltrain", "--steps", "4", "--eval-every", "2", "--lr", "1e-2", "--seed", "1",
+                       "--out", str(root / "b")])
+    train.main(TINY + ["--method", "sltrain", "--steps", "4", "--eval-every", "4", "--stop-after", "1",
+                       "--out", str(root / "stopped")])
+    return root
+
+
+def records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_compare_overlays_every_method_of_every_run_against_tokens_seen(runs, tmp_path, capsys):
+    plot = tmp_path / "comparison.png"
+    curves = compare.main([str(runs / "a"), str(runs / "b"), "--plot", str(plot)])
+    assert [(c.run.name, c.method) for c in curves] == [("a", "full"), ("a", "sltrain"), ("b", "sltrain")]
+    table = capsys.readouterr().out.splitlines()
+    for curve, row in zip(curves, table[1:]):
+        evaluations = [r for r in records(curve.run / curve.method / "metrics.jsonl") if "val_bpb" in r]
+        assert curve.tokens == [r["step"] * BATCH * SEQ for r in evaluations]
+        assert curve.bpb == [r["val_bpb"] for r in evaluations]
+        summary = json.loads((curve.run / "summary.json").read_text())
+        result = next(r for r in summary["results"] if r["method"] == curve.method)
+        # run, method, final bpb, perplexity, parameters, tokens/s, peak memory (not recorded on the CPU)
+        assert row.split() == [curve.run.name, curve.method, f"{result['val_bpb']:.4f}", f"{result['val_ppl']:.3f}",
+                               f"{result['parameters']:,}", f"{result['tokens_per_s']:,.0f}", "-"]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_single_run_is_titled_with_its_model_methods_data_and_tokens_a_step(runs):
+    title = compare._title(compare.read_run(runs / "a"))
+    assert "LLaMA-9m" in title and "full, sltrain" in title and "builtin" in title and f"{BATCH} x {SEQ}" in title
+
+
+def test_compare_reads_a_log_whose_last_line_was_torn_by_a_kill(runs, tmp_path):
+    run = tmp_path / "torn"
+    shutil.copytree(runs / "b", run)
+    with (run / "sltrain" / "metrics.jsonl").open("a") as log:
+        log.write('{"step": 5, "lo')
+    [curve] = compare.main([str(run), "--plot", str(tmp_path / "plot.png")])
+    assert curve.final_bpb == records(runs / "b" / "sltrain" / "metrics.jsonl")[-1]["val_bpb"]
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "stopped", "bad summary", "bad line", "plot folder"])
+def test_compare_names_what_is_wrong(runs, tmp_path, capsys, case):
+    run, plot = tmp_path / "run", tmp_path / "plot.png"
+    if case in ("bad summary", "bad line"):
+        shutil.copytree(runs / "b", run)
+    if case == "empty":
+        run.mkdir()
+    if case == "stopped":
+        run = runs / "stopped"
+    if case == "bad summary":
+        (run / "summary.json").write_text("[1, 2")
+    if case == "bad line":
+        lines = (run / "sltrain" / "metrics.jsonl").read_text().splitlines()
+        (run / "sltrain" / "metrics.jsonl").write_text("\n".join(lines[:1] + ["not json"] + lines[1:]) + "\n")
+    if case == "plot folder":
+        run, plot = runs / "a", tmp_path / "absent" / "plot.png"
+    expected = {"missing": f"{run}: no such folder", "empty": f"{run} is not a run of sltrain-train",
+                "stopped": f"{run / 'sltrain' / 'metrics.jsonl'} has no held-out evaluation",
+                "bad summary": f"{run / 'summary.json'}: not a summary",
+                "bad line": f"{run / 'sltrain' / 'metrics.jsonl'}, line 2", "plot folder": f"--plot {plot}"}[case]
+    with pytest.raises(SystemExit) as exit:
+        compare.main([str(run), "--plot", str(plot)])
+    assert exit.value.code == 2
+    assert expected in capsys.readouterr().err
+    assert not plot.exists()
+
+
+@pytest.mark.parametrize("method", ["sltrain", "full"])
+def test_the_export_loads_in_transformers_with_our_logits_and_tokenizer(runs, tmp_path, method):
+    transformers = pytest.importorskip("transformers")
+    export.main([str(runs / "a"), "--method", method, "--hf", str(tmp_path / "hf")])
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    ours = load_pretrained(runs / "a" / method / "model").eval()
+    tokens = torch.randint(0, ours.config.vocab_size, (2, 48), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(tokens).logits, ours(tokens), rtol=1e-5, atol=1e-5)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    text = "def merge(model):\n    return model  # SLTrain"
+    trained_with = load_tokenizer(tmp_path / "hf" / "tokenizer.json")
+    assert tokenizer(text).input_ids == trained_with.encode_batch([text])[0].tolist()
+    assert [tokenizer.eos_token_id] == trained_with.separator == [hf.config.eos_token_id]
+
+
+def test_keep_sparse_writes_the_sl_form_that_load_pretrained_reads(runs, tmp_path):
+    export.main([str(runs / "b"), "--hf", str(tmp_path / "sparse"), "--keep-sparse"])
+    assert sorted(p.name for p in (tmp_path / "sparse").iterdir()) == [
+        "model.safetensors", "sltrain_config.json", "tokenizer.json", "tokenizer_config.json"]
+    loaded, trained = load_pretrained(tmp_path / "sparse"), load_pretrained(runs / "b" / "sltrain" / "model")
+    assert hasattr(loaded, "sltrain_settings")
+    for (name, tensor), (_, expected) in zip(loaded.state_dict().items(), trained.state_dict().items()):
+        assert torch.equal(tensor, expected), name
+
+
+@pytest.mark.parametrize("case", ["several methods", "absent method", "not empty", "stopped", "data"])
+def test_export_names_what_is_wrong_and_writes_nothing(runs, tmp_path, capsys, case):
+    out = tmp_path / "out"
+    argv = {"several methods": [str(runs / "a")], "absent method": [str(runs / "a"), "--method", "lowrank"],
+            "not empty": [str(runs / "b")], "stopped": [str(runs / "stopped")],
+            "data": [str(runs / "b"), "--data", str(tmp_path)]}[case]
+    expected = {"several methods": "choose one with --method",
+                "absent method": f"--method lowrank: {runs / 'a' / 'lowrank' / 'model'} does not exist",
+                "not empty": f"--hf {out}: exists and is not an empty folder",
+                "stopped": "the run has not finished", "data": f"{tmp_path} (--data) holds no index.json"}[case]
+    if case == "not empty":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as exit:
+        export.main(argv + ["--hf", str(out)])
+    assert expected in str(exit.value.code)
+    if case == "not empty":
+        assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
+    else:
+        assert not out.exists()
+    assert not out.with_name("out.partial").exists()
