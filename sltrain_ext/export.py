@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -24,7 +25,7 @@ from .convert import merge
 from .corpus import BUILTIN, builtin_tag, cache_dir
 from .llama import LlamaForCausalLM
 from .prepare import BUILTIN_VOCAB
-from .pretrained import load_pretrained, save_pretrained
+from .pretrained import _new_file_mode, load_pretrained, save_pretrained
 from .shards import INDEX, read_index
 from .tokenization import load_tokenizer, padded_vocab_size
 
@@ -127,14 +128,16 @@ def export(run_folder: Path, out: Path, method: str | None = None, keep_sparse: 
     except ValueError as error:
         raise RunError(str(error)) from None
     folder = data_folder(run, data)
-    partial = out.with_name(out.name + ".partial")  # the finished folder appears whole or not at all
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # written beside OUT under a new name and renamed: the folder appears whole or not at all
+    partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         written = _write(model, method, folder, partial, keep_sparse)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    file_mode = _new_file_mode()
+    partial.chmod(file_mode | (file_mode & 0o444) >> 2)  # mkdtemp's 0700 -> a new folder's mode (0755 under umask 022)
     if out.exists():
         out.rmdir()
     partial.rename(out)
@@ -152,6 +155,7 @@ def _write(model: LlamaForCausalLM, method: str, data: Path, out: Path, keep_spa
         hf_config(model, eos).save_pretrained(out)
         save_file({name: t.contiguous() for name, t in model.state_dict().items()}, str(out / "model.safetensors"),
                   metadata={"format": "pt"})
+        (out / "model.safetensors").chmod(_new_file_mode())  # safetensors writes 0600 whatever the umask
         written = [f"{method}, merged to dense weights: config.json (LlamaConfig), model.safetensors"]
     return written + [f"tokenizer: {tokenizer_note}"]
 

@@ -1,6 +1,7 @@
 """sltrain-compare and sltrain-export on real (tiny) runs of sltrain-train."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -97,6 +98,13 @@ def test_the_export_loads_in_transformers_with_our_logits_and_tokenizer(runs, tm
     tokens = torch.randint(0, ours.config.vocab_size, (2, 48), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(hf(tokens).logits, ours(tokens), rtol=1e-5, atol=1e-5)
+    # the modes of any folder and file made under the umask (0755 and 0644 under 022), not mkdtemp's or
+    # safetensors' 0700 and 0600 that others could not read
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert {p.name: p.stat().st_mode & 0o777 for p in [tmp_path / "hf", *(tmp_path / "hf").iterdir()]} == {
+        "hf": 0o777 & ~umask, **{name: 0o666 & ~umask for name in
+                                 ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")}}
     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     text = "def merge(model):\n    return model  # SLTrain"
     trained_with = load_tokenizer(tmp_path / "hf" / "tokenizer.json")
@@ -134,4 +142,4 @@ def test_export_names_what_is_wrong_and_writes_nothing(runs, tmp_path, capsys, c
         assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
     else:
         assert not out.exists()
-    assert not out.with_name("out.partial").exists()
+    assert [p.name for p in tmp_path.iterdir()] == (["out"] if case == "not empty" else [])
