@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .llama import perplexity
-
 __all__ = ["Run", "MethodCurve", "read_run", "curves", "main", "cli"]
 
 METHODS = ("full", "lowrank", "sltrain")  # train.METHODS, without importing the trainer
@@ -112,7 +110,7 @@ class MethodCurve:
     tokens: list[int]  # tokens seen at each evaluation
     bpb: list[float]
     final_bpb: float
-    final_ppl: float
+    final_ppl: float | None
     parameters: int | None
     tokens_per_s: float | None
     peak_memory_gib: float | None
@@ -142,7 +140,7 @@ def curves(run: Run) -> list[MethodCurve]:
             tokens=[r.get("tokens", r["step"] * tokens_per_step) for r in evaluations],
             bpb=[r["val_bpb"] for r in evaluations],
             final_bpb=last["val_bpb"],
-            final_ppl=last["val_ppl"] if "val_ppl" in last else perplexity(last["val_loss"]),
+            final_ppl=last.get("val_ppl"),
             parameters=result.get("parameters"),
             tokens_per_s=steps[-1]["tokens_per_s"] if steps else None,
             peak_memory_gib=result.get("peak_memory_gib", max(memory) if memory else None)))
@@ -155,10 +153,11 @@ def _run_labels(runs: list[Run]) -> dict[Path, str]:
     return {run.folder: name if names.count(name) == 1 else str(run.folder) for run, name in zip(runs, names)}
 
 
-def _title(run: Run) -> str:
-    """What a single run's plot says it is: model, data, tokens a step, methods."""
+def _title(run: Run, found: list[MethodCurve]) -> str:
+    """What a single run's plot says it is: model, methods, data and tokens."""
     return (f"{run.folder.name}: LLaMA-{run.flags.config}, {', '.join(run.methods)}\n"
-            f"data {run.flags.data}, {run.flags.batch_size} x {run.flags.seq_len} tokens a step")
+            f"data {run.flags.data}, {max(max(c.tokens) for c in found):,} tokens "
+            f"({run.flags.batch_size} x {run.flags.seq_len} a step)")
 
 
 def plot(runs: list[Run], found: list[MethodCurve], path: Path) -> Path:
@@ -173,7 +172,7 @@ def plot(runs: list[Run], found: list[MethodCurve], path: Path) -> Path:
         ax.plot(curve.tokens, curve.bpb, "o-", label=f"{labels[curve.run]}: {curve.method}")
     ax.set_xlabel("tokens seen")
     ax.set_ylabel("held-out bits per byte")
-    ax.set_title(_title(runs[0]) if len(runs) == 1 else "held-out bits per byte", fontsize=9)
+    ax.set_title(_title(runs[0], found) if len(runs) == 1 else "held-out bits per byte", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from .compare import Run, RunError, read_run
+from .compare import SUMMARY, Run, RunError, read_run
 from .convert import merge
 from .corpus import BUILTIN, builtin_tag, cache_dir
 from .llama import LlamaForCausalLM
@@ -36,7 +36,8 @@ ROPE_THETA = 10000.0  # llama.rotary_tables' base
 
 def hf_config(model: LlamaForCausalLM, eos_token_id: int | None):
     """The ``transformers.LlamaConfig`` of the same network: multi-head (not
-    grouped) attention, SiLU, no biases, rotary base 10000, untied head."""
+    grouped) attention, SiLU, no biases, rotary base 10000, and an untied
+    head (llama.LlamaForCausalLM always has its own ``lm_head``)."""
     import inspect
 
     from transformers import LlamaConfig
@@ -50,7 +51,7 @@ def hf_config(model: LlamaForCausalLM, eos_token_id: int | None):
         num_hidden_layers=ours.num_hidden_layers, num_attention_heads=ours.num_attention_heads,
         num_key_value_heads=ours.num_attention_heads, head_dim=ours.hidden_size // ours.num_attention_heads,
         hidden_act="silu", max_position_embeddings=ours.max_position_embeddings, rms_norm_eps=ours.rms_norm_eps,
-        tie_word_embeddings=ours.tie_word_embeddings, attention_bias=False, mlp_bias=False,
+        tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
         bos_token_id=None, eos_token_id=eos_token_id, pad_token_id=None,
         architectures=["LlamaForCausalLM"], dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
         **rope)
@@ -61,10 +62,17 @@ def data_folder(run: Run, named: Path | None) -> Path:
     --data put it), or ``named`` (export's --data) where that is not found."""
     if named is not None:
         folder, source = named, "--data"
+    elif run.summary is None:
+        raise RunError(f"{run.folder / SUMMARY} does not exist (a method of the run has not finished), so its "
+                       "--data is unknown: name the prepared data folder it used with --data")
     elif run.flags.data == BUILTIN:
         # as prepare.training_corpus names the cached built-in corpus
-        tag = (f"bpe{run.flags.vocab_size or BUILTIN_VOCAB}" if run.flags.tokenizer is None
-               else load_tokenizer(run.flags.tokenizer).sha256[:16])
+        try:
+            tag = (f"bpe{run.flags.vocab_size or BUILTIN_VOCAB}" if run.flags.tokenizer is None
+                   else load_tokenizer(run.flags.tokenizer).sha256[:16])
+        except (OSError, ValueError) as error:
+            raise RunError(f"the run's --tokenizer {run.flags.tokenizer} cannot be read here ({error}): name the "
+                           "prepared data folder it used with --data") from None
         folder, source = cache_dir() / f"builtin_{builtin_tag()}_{tag}", "the built-in corpus's cache"
     elif (Path(run.flags.data) / INDEX).is_file():
         folder, source = Path(run.flags.data), "the run's --data"

@@ -16,10 +16,10 @@ TINY = ["--config", "9m", "--batch-size", str(BATCH), "--seq-len", str(SEQ), "--
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Two finished runs (one with two methods, one with another seed and
+    """Two finished runs (one with every method, one with another seed and
     learning rate) and one stopped before its first evaluation."""
     root = tmp_path_factory.mktemp("runs")
-    train.main(TINY + ["--method", "sltrain,full", "--steps", "4", "--eval-every", "2", "--out", str(root / "a")])
+    train.main(TINY + ["--method", "sltrain,lowrank,full", "--steps", "4", "--eval-every", "2", "--out", str(root / "a")])
     train.main(TINY + ["--method", "sltrain", "--steps", "4", "--eval-every", "2", "--lr", "1e-2", "--seed", "1",
                        "--out", str(root / "b")])
     train.main(TINY + ["--method", "sltrain", "--steps", "4", "--eval-every", "4", "--stop-after", "1",
@@ -34,7 +34,8 @@ def records(path):
 def test_compare_overlays_every_method_of_every_run_against_tokens_seen(runs, tmp_path, capsys):
     plot = tmp_path / "comparison.png"
     curves = compare.main([str(runs / "a"), str(runs / "b"), "--plot", str(plot)])
-    assert [(c.run.name, c.method) for c in curves] == [("a", "full"), ("a", "sltrain"), ("b", "sltrain")]
+    assert [(c.run.name, c.method) for c in curves] == [("a", "full"), ("a", "lowrank"), ("a", "sltrain"),
+                                                        ("b", "sltrain")]
     table = capsys.readouterr().out.splitlines()
     for curve, row in zip(curves, table[1:]):
         evaluations = [r for r in records(curve.run / curve.method / "metrics.jsonl") if "val_bpb" in r]
@@ -48,9 +49,11 @@ def test_compare_overlays_every_method_of_every_run_against_tokens_seen(runs, tm
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_single_run_is_titled_with_its_model_methods_data_and_tokens_a_step(runs):
-    title = compare._title(compare.read_run(runs / "a"))
-    assert "LLaMA-9m" in title and "full, sltrain" in title and "builtin" in title and f"{BATCH} x {SEQ}" in title
+def test_a_single_run_is_titled_with_its_model_methods_data_and_tokens(runs):
+    run = compare.read_run(runs / "a")
+    title = compare._title(run, compare.curves(run))
+    assert "LLaMA-9m" in title and "full, lowrank, sltrain" in title and "builtin" in title
+    assert f"{4 * BATCH * SEQ:,} tokens ({BATCH} x {SEQ} a step)" in title
 
 
 def test_compare_reads_a_log_whose_last_line_was_torn_by_a_kill(runs, tmp_path):
@@ -62,11 +65,14 @@ def test_compare_reads_a_log_whose_last_line_was_torn_by_a_kill(runs, tmp_path):
     assert curve.final_bpb == records(runs / "b" / "sltrain" / "metrics.jsonl")[-1]["val_bpb"]
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "stopped", "bad summary", "bad line", "plot folder"])
+@pytest.mark.parametrize("case", ["missing", "empty", "stopped", "unfinished", "bad summary", "bad line",
+                                  "plot folder"])
 def test_compare_names_what_is_wrong(runs, tmp_path, capsys, case):
     run, plot = tmp_path / "run", tmp_path / "plot.png"
-    if case in ("bad summary", "bad line"):
+    if case in ("unfinished", "bad summary", "bad line"):
         shutil.copytree(runs / "b", run)
+    if case == "unfinished":  # killed before the end: evaluations, but no summary.json with the command
+        (run / "summary.json").unlink()
     if case == "empty":
         run.mkdir()
     if case == "stopped":
@@ -80,6 +86,7 @@ def test_compare_names_what_is_wrong(runs, tmp_path, capsys, case):
         run, plot = runs / "a", tmp_path / "absent" / "plot.png"
     expected = {"missing": f"{run}: no such folder", "empty": f"{run} is not a run of sltrain-train",
                 "stopped": f"{run / 'sltrain' / 'metrics.jsonl'} has no held-out evaluation",
+                "unfinished": f"{run / 'summary.json'} does not exist (the run has not finished)",
                 "bad summary": f"{run / 'summary.json'}: not a summary",
                 "bad line": f"{run / 'sltrain' / 'metrics.jsonl'}, line 2", "plot folder": f"--plot {plot}"}[case]
     with pytest.raises(SystemExit) as exit:
@@ -89,7 +96,7 @@ def test_compare_names_what_is_wrong(runs, tmp_path, capsys, case):
     assert not plot.exists()
 
 
-@pytest.mark.parametrize("method", ["sltrain", "full"])
+@pytest.mark.parametrize("method", ["sltrain", "lowrank", "full"])
 def test_the_export_loads_in_transformers_with_our_logits_and_tokenizer(runs, tmp_path, method):
     transformers = pytest.importorskip("transformers")
     export.main([str(runs / "a"), "--method", method, "--hf", str(tmp_path / "hf")])
@@ -125,11 +132,11 @@ def test_keep_sparse_writes_the_sl_form_that_load_pretrained_reads(runs, tmp_pat
 @pytest.mark.parametrize("case", ["several methods", "absent method", "not empty", "stopped", "data"])
 def test_export_names_what_is_wrong_and_writes_nothing(runs, tmp_path, capsys, case):
     out = tmp_path / "out"
-    argv = {"several methods": [str(runs / "a")], "absent method": [str(runs / "a"), "--method", "lowrank"],
+    argv = {"several methods": [str(runs / "a")], "absent method": [str(runs / "b"), "--method", "lowrank"],
             "not empty": [str(runs / "b")], "stopped": [str(runs / "stopped")],
             "data": [str(runs / "b"), "--data", str(tmp_path)]}[case]
     expected = {"several methods": "choose one with --method",
-                "absent method": f"--method lowrank: {runs / 'a' / 'lowrank' / 'model'} does not exist",
+                "absent method": f"--method lowrank: {runs / 'b' / 'lowrank' / 'model'} does not exist",
                 "not empty": f"--hf {out}: exists and is not an empty folder",
                 "stopped": "the run has not finished", "data": f"{tmp_path} (--data) holds no index.json"}[case]
     if case == "not empty":
@@ -143,3 +150,16 @@ def test_export_names_what_is_wrong_and_writes_nothing(runs, tmp_path, capsys, c
     else:
         assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == (["out"] if case == "not empty" else [])
+
+
+def test_export_of_a_run_killed_after_its_first_method_needs_the_data_folder_named(runs, tmp_path, capsys):
+    run = tmp_path / "killed"
+    shutil.copytree(runs / "a", run)
+    (run / "summary.json").unlink()  # written only once every method has finished
+    shutil.rmtree(run / "full" / "model")
+    with pytest.raises(SystemExit) as exit:
+        export.main([str(run), "--method", "sltrain", "--hf", str(tmp_path / "hf")])
+    assert f"{run / 'summary.json'} does not exist" in exit.value.code and "--data" in exit.value.code
+    data = export.data_folder(compare.read_run(runs / "a"), None)
+    export.main([str(run), "--method", "sltrain", "--hf", str(tmp_path / "hf"), "--data", str(data)])
+    assert (tmp_path / "hf" / "tokenizer.json").read_bytes() == (data / "tokenizer.json").read_bytes()
