@@ -127,13 +127,16 @@ def export(run_folder: Path, out: Path, method: str | None = None, keep_sparse: 
             raise RunError(f"{run.folder} holds the final models of {', '.join(trained)}: choose one with --method")
         method = trained[0]
     elif method not in trained:
-        raise RunError(f"--method {method}: {run.method_folder(method) / 'model'} does not exist"
-                       + f" (this run's final models: {', '.join(trained)})")
+        raise RunError(f"--method {method}: {run.method_folder(method) / 'model'} does not exist "
+                       f"(this run's final models: {', '.join(trained)})")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RunError(f"--hf {out}: exists and is not an empty folder; choose a new one")
+    if not keep_sparse and not _transformers_installed():
+        raise RunError("--hf writes a transformers LlamaConfig: install transformers (pip install transformers), "
+                       "or keep the SL form with --keep-sparse")
     try:
         model = load_pretrained(run.method_folder(method) / "model")
-    except ValueError as error:
+    except (OSError, ValueError) as error:
         raise RunError(str(error)) from None
     folder = data_folder(run, data)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -150,6 +153,14 @@ def export(run_folder: Path, out: Path, method: str | None = None, keep_sparse: 
         out.rmdir()
     partial.rename(out)
     return written + [f"written to {out}"]
+
+
+def _transformers_installed() -> bool:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _write(model: LlamaForCausalLM, method: str, data: Path, out: Path, keep_sparse: bool) -> list[str]:

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import sys
 
 import pytest
 import torch
@@ -163,3 +164,32 @@ def test_export_of_a_run_killed_after_its_first_method_needs_the_data_folder_nam
     data = export.data_folder(compare.read_run(runs / "a"), None)
     export.main([str(run), "--method", "sltrain", "--hf", str(tmp_path / "hf"), "--data", str(data)])
     assert (tmp_path / "hf" / "tokenizer.json").read_bytes() == (data / "tokenizer.json").read_bytes()
+
+
+def test_a_byte_level_run_on_raw_files_exports_without_a_tokenizer_file(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(40):
+        (corpus / f"doc{i}.txt").write_text(f"document {i}: " + "the quick brown fox jumps over the lazy dog. " * 5)
+    run = tmp_path / "run"  # the raw files are prepared into run/data, where the export finds them
+    train.main(TINY + ["--method", "sltrain", "--steps", "2", "--data", str(corpus), "--tokenizer", "byte",
+                       "--out", str(run)])
+    export.main([str(run), "--hf", str(tmp_path / "hf")])
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "model.safetensors"]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    assert hf.config.vocab_size == 256 and hf.config.eos_token_id is None  # the separator is two bytes
+    tokens = torch.tensor([list(b"the quick brown fox")])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(tokens).logits, load_pretrained(run / "sltrain" / "model")(tokens),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_without_transformers_the_export_says_what_to_install_or_keep_sparse(runs, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # what `import transformers` meets when it is absent
+    with pytest.raises(SystemExit) as exit:
+        export.main([str(runs / "b"), "--hf", str(tmp_path / "hf")])
+    assert "install transformers" in exit.value.code and "--keep-sparse" in exit.value.code
+    assert not (tmp_path / "hf").exists()
+    export.main([str(runs / "b"), "--hf", str(tmp_path / "hf"), "--keep-sparse"])
+    assert (tmp_path / "hf" / "sltrain_config.json").is_file()
