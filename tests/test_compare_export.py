@@ -166,20 +166,36 @@ def test_export_of_a_run_killed_after_its_first_method_needs_the_data_folder_nam
     assert (tmp_path / "hf" / "tokenizer.json").read_bytes() == (data / "tokenizer.json").read_bytes()
 
 
-def test_a_byte_level_run_on_raw_files_exports_without_a_tokenizer_file(tmp_path):
+@pytest.mark.parametrize("tokenizer", ["byte", "sentencepiece"])
+def test_a_run_on_raw_files_exports_its_tokenizer_as_it_can(tmp_path, tokenizer):
+    """Byte-level: no file to copy, no single end-of-document token; a
+    SentencePiece model: copied as tokenizer.model with its eos id."""
     transformers = pytest.importorskip("transformers")
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for i in range(40):
         (corpus / f"doc{i}.txt").write_text(f"document {i}: " + "the quick brown fox jumps over the lazy dog. " * 5)
+    spec = "byte"
+    if tokenizer == "sentencepiece":
+        sentencepiece = pytest.importorskip("sentencepiece")
+        sentencepiece.SentencePieceTrainer.train(
+            sentence_iterator=(path.read_text() for path in sorted(corpus.iterdir())),
+            model_prefix=str(tmp_path / "sp"), vocab_size=44, model_type="unigram", minloglevel=2)
+        spec = str(tmp_path / "sp.model")
     run = tmp_path / "run"  # the raw files are prepared into run/data, where the export finds them
-    train.main(TINY + ["--method", "sltrain", "--steps", "2", "--data", str(corpus), "--tokenizer", "byte",
+    train.main(TINY + ["--method", "sltrain", "--steps", "2", "--data", str(corpus), "--tokenizer", spec,
                        "--out", str(run)])
     export.main([str(run), "--hf", str(tmp_path / "hf")])
-    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "model.safetensors"]
+    files = sorted(p.name for p in (tmp_path / "hf").iterdir())
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
-    assert hf.config.vocab_size == 256 and hf.config.eos_token_id is None  # the separator is two bytes
-    tokens = torch.tensor([list(b"the quick brown fox")])
+    if tokenizer == "byte":
+        assert files == ["config.json", "model.safetensors"]
+        assert hf.config.eos_token_id is None  # documents end with two bytes, a blank line
+    else:
+        assert files == ["config.json", "model.safetensors", "tokenizer.model"]
+        assert (tmp_path / "hf" / "tokenizer.model").read_bytes() == (tmp_path / "sp.model").read_bytes()
+        assert [hf.config.eos_token_id] == load_tokenizer(tmp_path / "sp.model").separator
+    tokens = torch.tensor([[5, 17, 3, 42, 9, 11]])
     with torch.no_grad():
         torch.testing.assert_close(hf(tokens).logits, load_pretrained(run / "sltrain" / "model")(tokens),
                                    rtol=1e-5, atol=1e-5)
