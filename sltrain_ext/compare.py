@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .train import METHODS
+from .train import parse_args as training_args
+
 __all__ = ["Run", "MethodCurve", "read_run", "curves", "main", "cli"]
 
-METHODS = ("full", "lowrank", "sltrain")  # train.METHODS, without importing the trainer
 SUMMARY, METRICS = "summary.json", "metrics.jsonl"
 
 
@@ -51,9 +53,7 @@ class Run:
 def _training_flags(argv: list[str]) -> argparse.Namespace:
     """The flags of an sltrain-train command line that say what a step and the
     data were, with sltrain-train's own defaults where the command left them out."""
-    from .train import parse_args  # its defaults, from the one place they are defined
-
-    defaults = parse_args([])
+    defaults = training_args([])  # sltrain-train's defaults, from the one place they are defined
     parser = argparse.ArgumentParser(add_help=False)
     for flag in ("config", "data", "tokenizer", "vocab_size", "batch_size", "seq_len"):
         kind = int if flag in ("vocab_size", "batch_size", "seq_len") else str
