@@ -339,3 +339,21 @@ def test_factored_path_scales_after_each_product(cuda_ops, tokens):
     torch.testing.assert_close(y.double(), x.double() @ S.T, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(dx.double(), grad_y.double() @ S, rtol=1e-5, atol=1e-4)
     assert torch.equal(dA, torch.zeros_like(dA))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_zero_tokens_cost_nothing_on_either_path(cuda_ops, path):
+    # W would be 4 x 2^40 (16 TiB in float32): a call with no token must never
+    # build it, nor allocate anything but its (empty or zero) outputs.
+    n = 2**40
+    A, B = torch.empty(0, n), torch.empty(4, 0)
+    values, row_ptr = torch.ones(1), torch.tensor([0, 1, 1, 1, 1], dtype=torch.int32)
+    col_idx, x = torch.tensor([5], dtype=torch.int32), torch.empty(2, 0, n)
+    with sl.matmul_config(path), emulated_cuda.Ledger() as ledger:
+        y = cuda_ops.sl_matmul(x, A, B, values, row_ptr, col_idx, 1.0, torch.ones(4))
+        dx, dA, dB, dvalues = cuda_ops.sl_matmul_backward(torch.empty(2, 0, 4), x, A, B, values, row_ptr, col_idx,
+                                                          1.0, [True] * 4)
+    assert y.shape == (2, 0, 4) and dx.shape == (2, 0, n)
+    assert dA.shape == (0, n) and dB.shape == (4, 0)
+    assert torch.equal(dvalues, torch.zeros(1))
+    assert ledger.peak <= 64  # the bias and dvalues: nothing of size n
