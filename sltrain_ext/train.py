@@ -235,8 +235,9 @@ def model_settings(args: argparse.Namespace, method: str, vocab_size: int) -> di
             "config": f"{config.name}: hidden {config.hidden_size}, intermediate {config.intermediate_size}, "
                       f"{config.num_hidden_layers} layers, {config.num_attention_heads} heads",
             "rank": (config.rank if args.rank is None else args.rank) if low_rank else None,
-            "alpha": (config.alpha if args.alpha is None else args.alpha) if low_rank else None,
-            "density": (config.density if args.density is None else args.density) if method == "sltrain" else None}
+            "alpha": float(config.alpha if args.alpha is None else args.alpha) if low_rank else None,
+            "density": float(config.density if args.density is None else args.density) if method == "sltrain"
+            else None}
 
 
 def build_model(args: argparse.Namespace, settings: dict[str, Any]) -> tuple[nn.Module, int]:

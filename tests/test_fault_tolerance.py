@@ -256,3 +256,39 @@ def test_a_save_that_fills_the_disk_is_removed_and_named(small_disk, monkeypatch
                                          r"free .*\); the partial checkpoint was removed and there is no checkpoint"):
         train.main(FULL_DISK_RUN + ["--out", str(out)])
     assert not list((out / "full" / "checkpoints").iterdir())
+
+
+# ---- a preempted run of several methods ------------------------------------------------------
+
+
+def test_a_preempted_two_method_run_continues_with_the_same_command(tmp_path, capsys):
+    """SIGTERM while the first of two methods trains; the same command with
+    --resume finishes it and starts the second, which has no checkpoint
+    yet, from step 0, then writes the summary and the plot."""
+    argv = SMALL + ["--method", "sltrain,full", "--steps", "24", "--eval-every", "12", "--save-every", "1000",
+                    "--out", str(tmp_path)]
+    process = subprocess.Popen([sys.executable, "-m", "sltrain_ext.train", *argv], cwd=ROOT,
+                               env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "sltrain" / "metrics.jsonl"
+    try:
+        deadline = time.monotonic() + 300
+        while not (log.exists() and len(log.read_text().splitlines()) >= 3):
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert process.returncode == PREEMPTED_EXIT_STATUS, err
+    stopped_at = checkpoint_step(tmp_path / "sltrain")
+    assert stopped_at < 24 and not (tmp_path / "full").exists()
+
+    results = train.main(argv + ["--resume"])
+    out = capsys.readouterr().out
+    assert f"sltrain: resuming from {tmp_path / 'sltrain' / 'checkpoints'}/step_{stopped_at:08d}" in out
+    assert f"full: no checkpoint in {tmp_path / 'full'}, starting from step 0" in out
+    assert [(r["method"], r["steps"]) for r in results] == [("sltrain", 24), ("full", 24)]
+    assert [r["step"] for r in metrics(tmp_path / "full") if "loss" in r] == list(range(1, 25))
+    assert (tmp_path / "summary.json").exists() and (tmp_path / "loss_curves.png").exists()
