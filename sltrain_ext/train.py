@@ -53,7 +53,7 @@ from .prepare import training_corpus
 from .pretrained import save_pretrained
 from .run_log import RunLog
 from .shards import PreparedCorpus, WindowSampler
-from .tokenization import padded_vocab_size
+from .tokenization import MIN_BPE_VOCAB, padded_vocab_size
 
 METHODS = ("full", "lowrank", "sltrain")
 DEFAULT_LR = {"full": 1e-3, "lowrank": 3e-3, "sltrain": 3e-3}  # the SLTrain paper's settings
@@ -186,8 +186,8 @@ def validate_settings(args: argparse.Namespace) -> None:
         _positive_int("--" + name.replace("_", "-"), getattr(args, name))
     for name in ("lr", "alpha", "weight_decay", "max_grad_norm"):
         _finite_at_least_zero("--" + name.replace("_", "-"), getattr(args, name))
-    if args.vocab_size is not None and args.vocab_size < 258:
-        raise ValueError(f"--vocab-size must be at least 258 (256 bytes, a separator and one merge), "
+    if args.vocab_size is not None and args.vocab_size < MIN_BPE_VOCAB:
+        raise ValueError(f"--vocab-size must be at least {MIN_BPE_VOCAB} (256 bytes, a separator and one merge), "
                          f"got {args.vocab_size}")
     if not 0 <= args.seed < 2**63:
         raise ValueError(f"--seed must be in [0, 2**63), got {args.seed}")
