@@ -46,8 +46,13 @@ def training_corpus(data: str, out: Path, tokenizer: str | None, vocab_size: int
     else:
         folder, inputs, workers = out / "data", [data], None
     if inputs is not None and leader:
-        shards.prepare(inputs, folder, tokenizer=tokenizer, vocab_size=vocab_size or
-                       (BUILTIN_VOCAB if data == BUILTIN else 32000), workers=workers)
+        try:
+            shards.prepare(inputs, folder, tokenizer=tokenizer, vocab_size=vocab_size or
+                           (BUILTIN_VOCAB if data == BUILTIN else 32000), workers=workers)
+        except ValueError as error:  # the inputs are sltrain-train's --data, sltrain-prepare's --input
+            message = str(error)
+            raise ValueError("--data" + message.removeprefix("--input") if message.startswith("--input ")
+                             else message) from None
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
     return open_prepared(folder, tokenizer=tokenizer if inputs is None else None)

@@ -494,3 +494,14 @@ def test_prepare_refuses_an_out_that_is_a_file_and_a_missing_input(tmp_path, cap
         with pytest.raises(SystemExit) as exit_info:
             prepare_main(argv)
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_resuming_on_data_with_another_vocabulary_names_data_and_a_missing_data_path_is_named(prepared, tmp_path):
+    argv = SMALL + ["--steps", "4", "--method", "full", "--out", str(tmp_path / "run")]
+    train.main(argv + ["--data", str(prepared), "--stop-after", "2"])
+    shards.prepare([write_jsonl(tmp_path / "bytes.jsonl", documents(300))], tmp_path / "bytes", tokenizer="byte",
+                   progress=False)
+    with pytest.raises(SystemExit, match=re.escape("another --data (its tokenizer's vocabulary) (320, now 256)")):
+        train.main(argv + ["--data", str(tmp_path / "bytes"), "--resume"])
+    with pytest.raises(SystemExit, match=f"sltrain-train: --data {tmp_path / 'nowhere'}: no such file"):
+        train.main(argv + ["--data", str(tmp_path / "nowhere")])
