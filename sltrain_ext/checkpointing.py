@@ -154,20 +154,17 @@ def _megabytes(count: int) -> str:
 
 
 def _check_free_space(root: Path, needed: int, step: int) -> None:
-    """Refuses a save that cannot fit before writing anything (every rank
-    agrees, so none blocks in dcp.save while another gave up)."""
-    local = torch.tensor([needed], dtype=torch.int64)
+    """Refuses a save that cannot fit before writing anything. Every rank
+    gives its share and its disk's free space, so all agree (none blocks in
+    dcp.save while another gave up), whether the ranks share a disk or not."""
+    mine = (needed, shutil.disk_usage(root).free)
+    ranks = [mine]
     if torch.distributed.is_initialized():
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.distributed.get_backend() == "nccl" \
-            else torch.device("cpu")
-        local = local.to(device)
-        torch.distributed.all_reduce(local)
-    total = int(local.item()) + _SAVE_MARGIN_BYTES
-    free = shutil.disk_usage(root).free
-    fits = torch.tensor([int(free >= total)], device=local.device)
-    if torch.distributed.is_initialized():
-        torch.distributed.all_reduce(fits, op=torch.distributed.ReduceOp.MIN)
-    if not fits.item():
+        ranks = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(ranks, mine)
+    total = sum(share for share, _ in ranks) + _SAVE_MARGIN_BYTES
+    free = min(space for _, space in ranks)
+    if free < total:
         raise CheckpointError(f"not enough free space for the step-{step} checkpoint in {root}: it needs about "
                               f"{_megabytes(total)}, the disk has {_megabytes(free)} free; nothing was written "
                               f"and {newest_checkpoint_note(root)}; free some space (or give another --out) and "

@@ -7,7 +7,9 @@
 Inputs: .txt (a document per file), .jsonl and C4's .json.gz (a "text" field
 per line), .parquet (a "text" column), folders of them, or `builtin`. Every
 --validation-every-th document is held out of training. Running the command
-again continues an unfinished preparation and does nothing for a finished one.
+again continues an unfinished preparation and, for a finished one, checks its
+shards against index.json (those changed since they were last verified;
+`sltrain-prepare --verify --out data/c4` checks every shard).
 """
 
 from __future__ import annotations
