@@ -469,3 +469,12 @@ def test_the_final_progress_bar_shows_the_last_evaluation(tmp_path, capsys):
     assert last["step"] == 10
     bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
     assert f"val_bpb={last['val_bpb']:.3f}" in bar, bar
+
+
+@pytest.mark.parametrize("flag,reason", [("--data", "no such file or directory"), ("--tokenizer", "no such file")])
+def test_flags_checked_when_the_data_is_opened_are_named(tmp_path, flag, reason):
+    (tmp_path / "c.txt").write_text("some text " * 50)
+    data = ["--data", str(tmp_path / "c.txt")] if flag == "--tokenizer" else []
+    missing = tmp_path / "nowhere.json"
+    with pytest.raises(SystemExit, match=re.escape(f"sltrain-train: {flag} {missing}: {reason}")):
+        train.main(SMALL + ["--steps", "1", "--method", "full", "--out", str(tmp_path)] + data + [flag, str(missing)])
