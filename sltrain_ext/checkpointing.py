@@ -38,7 +38,8 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from .files import file_sha256
 from .optim import SLAdamW
 
-__all__ = ["find_checkpoint", "has_checkpoints", "load_checkpoint", "save_checkpoint", "newest_checkpoint_note", "CheckpointError"]
+__all__ = ["find_checkpoint", "has_checkpoints", "load_checkpoint", "save_checkpoint", "newest_checkpoint_note",
+           "CheckpointError"]
 
 MANIFEST = "manifest.json"
 _STEP = re.compile(r"step_(\d+)")
@@ -193,7 +194,8 @@ def _why_the_save_failed(error: BaseException, root: Path) -> str:
     if full or free < _SAVE_MARGIN_BYTES:
         return f"the disk is full ({_megabytes(free)} free on the filesystem of {root})"
     first = errors[0] if errors else error
-    return f"{first.__class__.__name__}: {str(first).strip().splitlines()[-1] if str(first).strip() else ''}"
+    lines = str(first).strip().splitlines()  # a CheckpointException's own text is a traceback per rank
+    return f"{type(first).__name__}: {lines[-1] if lines else ''}"
 
 
 def save_checkpoint(root: Path, model: nn.Module, optimizer: SLAdamW,

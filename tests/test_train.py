@@ -172,6 +172,26 @@ def test_a_full_disk_stops_with_a_clear_message_and_the_last_checkpoint_intact(t
     assert not list((tmp_path / "full" / "checkpoints").glob("*.partial"))
 
 
+def test_a_save_that_dcp_fails_for_another_reason_names_it_and_removes_the_partial_folder(tmp_path, monkeypatch):
+    """dcp.save wraps each rank's error in a CheckpointException (a
+    BaseException, not an OSError); the message names the wrapped error."""
+    import traceback
+
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    def denied(state_dict, checkpoint_id):
+        checkpoint_id.mkdir(parents=True)
+        (checkpoint_id / "__0_0.distcp").write_bytes(b"partial")
+        error = PermissionError(13, "Permission denied", str(checkpoint_id / "__0_0.distcp"))
+        raise CheckpointException("save failed", {0: (error, traceback.StackSummary())})
+
+    monkeypatch.setattr(checkpointing.dcp, "save", denied)
+    with pytest.raises(SystemExit, match=r"could not write the step-2 checkpoint .*: PermissionError: \[Errno 13\] "
+                                         r"Permission denied: .*; the partial checkpoint was removed"):
+        train.main(SMALL + ["--steps", "2", "--method", "full", "--save-every", "2", "--out", str(tmp_path)])
+    assert not list((tmp_path / "full" / "checkpoints").iterdir())
+
+
 def test_resume_refuses_an_old_single_file_checkpoint(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "checkpoint.pt").write_bytes(b"")
