@@ -322,8 +322,9 @@ def restore(method: str, folder: Path, args: argparse.Namespace, model: nn.Modul
 
 
 def train_one(method: str, args: argparse.Namespace, corpus: PreparedCorpus, stop: StopOnSignal,
-              skip: frozenset[int] = frozenset()) -> dict[str, Any]:
-    """Trains one method; steps in `skip` are skipped as bad (see ReplayWithout)."""
+              skip: frozenset[int] = frozenset(), replay_end: int | None = None) -> dict[str, Any]:
+    """Trains one method; steps in `skip` are skipped as bad and a replay
+    ends at `replay_end`, where the command was to end (see ReplayWithout)."""
     folder = args.out / method
     folder.mkdir(parents=True, exist_ok=True)
     vocab_size = padded_vocab_size(corpus.tokenizer.vocab_size)
@@ -359,8 +360,9 @@ def train_one(method: str, args: argparse.Namespace, corpus: PreparedCorpus, sto
             log.close_bar()
             raise SystemExit(f"sltrain-train: {method}: {error}") from None
 
-    # --stop-after counts the steps of this command, so the same command with --resume goes on.
-    end = min(start + args.stop_after, args.steps) if args.stop_after else args.steps
+    # --stop-after counts the steps of this command, so the same command with --resume goes on
+    # (a replay, which starts again from a later checkpoint, keeps the end the command began with).
+    end = replay_end or (min(start + args.stop_after, args.steps) if args.stop_after else args.steps)
     share = args.batch_size // args.world_size
     micro = share // args.accumulation
     tokens_per_step = args.batch_size * args.seq_len
@@ -393,7 +395,7 @@ def train_one(method: str, args: argparse.Namespace, corpus: PreparedCorpus, sto
                 log.say(f"step {done}: a non-finite gradient after --per-layer had updated "
                         f"{optimizer.updated_in_step} parameters in backward; going back to the newest checkpoint "
                         f"(or step 0) to replay without step {done}")
-                raise ReplayWithout(done)
+                raise ReplayWithout(done, end)
             if not finite:
                 optimizer.discard_step()
         else:
@@ -465,12 +467,14 @@ def train_with_replays(method: str, args: argparse.Namespace, corpus: PreparedCo
     """train_one, started again from the newest checkpoint (or step 0) after a
     ReplayWithout, as many times as it takes."""
     skip: set[int] = set()
+    end: int | None = None
     while True:
         try:
             with _names_the_checkpoint_on_error(method, args):
-                return train_one(method, args, corpus, stop, frozenset(skip))
+                return train_one(method, args, corpus, stop, frozenset(skip), end)
         except ReplayWithout as replay:
             skip.add(replay.step)
+            end = replay.end
         args = argparse.Namespace(**{**vars(args), "resume": args.resume or "if-exists"})
 
 

@@ -80,6 +80,18 @@ def test_per_layer_replays_without_a_step_whose_gradient_turned_non_finite(tmp_p
     assert_same_models(final_model(tmp_path / "per_layer"), final_model(tmp_path / "default"))
 
 
+def test_a_replay_in_a_resumed_command_keeps_its_stop_after_end(tmp_path, monkeypatch):
+    """--stop-after 3 from step 3 ends at step 6, even when a replay starts
+    again from the step-4 checkpoint this command wrote."""
+    argv = SMALL + ["--steps", "10", "--method", "sltrain", "--per-layer", "--max-grad-norm", "0", "--save-every", "1",
+                    "--stop-after", "3", "--out", str(tmp_path)]
+    train.main(argv)
+    poison_embedding_gradient(monkeypatch, {2})  # the second training call of the next command: step 5
+    train.main(argv + ["--resume"])
+    assert checkpoint_step(tmp_path / "sltrain") == 6
+    assert [r["step"] for r in metrics(tmp_path / "sltrain") if "skipped" in r] == [5]
+
+
 def test_per_layer_skips_a_non_finite_loss_or_gradients_before_any_update(tmp_path, monkeypatch, capsys):
     """A non-finite loss is seen before its backward, and a gradient that is
     non-finite from the first parameter on stops every update: no replay."""
