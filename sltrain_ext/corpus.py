@@ -112,8 +112,14 @@ def corpus_files(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def _json_lines(path: Path, lines: Iterator[str]) -> Iterator[str]:
-    for number, line in enumerate(lines, start=1):
+def _json_lines(path: Path, lines: Iterator[bytes]) -> Iterator[str]:
+    """The 'text' of each line, decoded line by line so that bad UTF-8 is named by its line."""
+    for number, raw in enumerate(lines, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path}: line {number} is not valid UTF-8 (byte 0x{raw[error.start]:02x} at "
+                             f"column {error.start + 1})") from None
         if not line.strip():
             continue
         try:
@@ -129,11 +135,11 @@ def _documents_of(path: Path) -> Iterator[str]:
     if path.name.endswith(".txt"):
         yield path.read_text(encoding="utf-8", errors="replace")
     elif path.name.endswith(".jsonl"):
-        with path.open(encoding="utf-8") as f:
+        with path.open("rb") as f:
             yield from _json_lines(path, f)
     elif path.name.endswith(".json.gz"):
         try:
-            with gzip.open(path, "rt", encoding="utf-8") as f:
+            with gzip.open(path, "rb") as f:
                 yield from _json_lines(path, f)
         except (EOFError, OSError, zlib.error) as error:
             raise ValueError(f"{path}: truncated or corrupt gzip file ({error or error.__class__.__name__})") from None

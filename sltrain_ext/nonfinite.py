@@ -30,8 +30,8 @@ class ReplayWithout(Exception):
     """--per-layer: step `step` updated some parameters inside backward before
     a non-finite gradient showed. The run goes back to its newest checkpoint
     (or to step 0) and replays the steps since, skipping this one, which
-    leaves the state a skipped step leaves."""
+    leaves the state a skipped step leaves; it still ends at step `end`."""
 
-    def __init__(self, step: int) -> None:
-        super().__init__(step)
-        self.step = step
+    def __init__(self, step: int, end: int) -> None:
+        super().__init__(step, end)
+        self.step, self.end = step, end

@@ -16,6 +16,12 @@ shard is finished, each split's unfinished one is set aside in a
 re-run starts there. ``index.json`` is written last, so its presence means
 the folder is complete.
 
+Opening a folder checks every shard against the SHA-256 in ``index.json``
+once per file state: what was verified is remembered (in the cache folder,
+by device, inode, size and modification and change times), so a large
+corpus is hashed again only where a file changed. ``sltrain-prepare
+--verify`` hashes everything.
+
 Training samples windows of ``seq_len + 1`` tokens at multiples of
 ``seq_len``, each window once per epoch, in an order that a seeded Feistel
 permutation gives without a table in memory (``WindowSampler``). The data
@@ -40,11 +46,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .corpus import corpus_files, read_documents
+from .corpus import cache_dir, corpus_files, read_documents
 from .files import file_sha256, write_atomically
-from .tokenization import Tokenizer, load_tokenizer, train_bpe
+from .tokenization import MIN_BPE_VOCAB, Tokenizer, load_tokenizer, train_bpe
 
-__all__ = ["prepare", "TokenShards", "WindowSampler", "open_prepared", "INDEX", "SPLITS"]
+__all__ = ["prepare", "check_settings", "verify_shards", "TokenShards", "WindowSampler", "open_prepared", "INDEX",
+           "SPLITS", "DEFAULT_TOKENIZER_TRAIN_BYTES"]
 
 INDEX = "index.json"
 PROGRESS = "progress.json"
@@ -52,6 +59,9 @@ FORMAT = "sltrain-token-shards"
 VERSION = 1
 SPLITS = ("train", "validation")
 _CHUNK_BYTES = 1 << 20  # text per tokenization task
+# The text a byte-level BPE is trained on, for sltrain-prepare and for sltrain-train's raw --data alike.
+DEFAULT_TOKENIZER_TRAIN_BYTES = 256_000_000
+VERIFIED = "verified_shards.json"  # in cache_dir(): the shard states whose SHA-256 matched
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -229,24 +239,35 @@ def _trained_tokenizer(out: Path, files: Sequence[Path], vocab_size: int, valida
     return tokenizer
 
 
+def check_settings(vocab_size: int, shard_tokens: int, validation_every: int, workers: int | None,
+                   tokenizer_train_bytes: int) -> None:
+    """A ValueError naming the sltrain-prepare flag whose value cannot be used."""
+    if vocab_size < MIN_BPE_VOCAB:
+        raise ValueError(f"--vocab-size must be at least {MIN_BPE_VOCAB} for a byte-level BPE (256 bytes, a "
+                         f"separator and one merge), got {vocab_size}")
+    if shard_tokens < 1:
+        raise ValueError(f"--shard-tokens must be at least 1, got {shard_tokens}")
+    if validation_every < 2:
+        raise ValueError(f"--validation-every must be at least 2, got {validation_every}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
+    if tokenizer_train_bytes < 1:
+        raise ValueError(f"--tokenizer-train-mb must be above 0, got {tokenizer_train_bytes / 1e6:g}")
+
+
 def prepare(inputs: Sequence[str | Path], out: Path, tokenizer: str | None = None, vocab_size: int = 32000,
             shard_tokens: int = 1 << 25, validation_every: int = 20, workers: int | None = None,
-            tokenizer_train_bytes: int = 1 << 28, progress: bool = True) -> dict[str, Any]:
+            tokenizer_train_bytes: int = DEFAULT_TOKENIZER_TRAIN_BYTES, progress: bool = True) -> dict[str, Any]:
     """Tokenizes ``inputs`` into shards under ``out`` and returns the index.
 
     ``tokenizer`` is ``byte``, a ``tokenizer.json`` or a SentencePiece
     ``.model``; None trains a byte-level BPE of ``vocab_size`` tokens on the
     first ``tokenizer_train_bytes`` of training text (or reuses the one
     trained in ``out`` before). A finished folder with the same settings is
-    returned as it is; an unfinished one is continued.
+    returned as it is, its shards verified; an unfinished one is continued.
     """
-    if shard_tokens < 1:
-        raise ValueError(f"--shard-tokens must be at least 1, got {shard_tokens}")
-    if validation_every < 2:
-        raise ValueError(f"--validation-every must be at least 2, got {validation_every}")
+    check_settings(vocab_size, shard_tokens, validation_every, workers, tokenizer_train_bytes)
     workers = (os.cpu_count() or 1) if workers is None else workers
-    if workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {workers}")
     files = corpus_files(inputs)
     out.mkdir(parents=True, exist_ok=True)
     if tokenizer is None:
@@ -261,6 +282,7 @@ def prepare(inputs: Sequence[str | Path], out: Path, tokenizer: str | None = Non
         if {k: index.get(k) for k in settings} != settings:
             raise ValueError(f"{out} already holds shards prepared from other inputs or settings; "
                              "use another --out, or delete it")
+        verify_shards(out, index, cache_dir() / VERIFIED)
         return index
     if tokenizer not in (None, "byte"):
         copy = out / tokenizer_file  # the folder carries its tokenizer
@@ -325,14 +347,74 @@ def read_index(folder: Path) -> dict[str, Any]:
         raise ValueError(f"{folder}: no {INDEX}; prepare the corpus with sltrain-prepare first")
     try:
         index = json.loads(path.read_text())
-        if index.get("format") != FORMAT:
+        if not isinstance(index, dict) or index.get("format") != FORMAT:
             raise ValueError
-    except ValueError:
+    except (ValueError, UnicodeDecodeError):
         raise ValueError(f"{path}: not an index of sltrain token shards") from None
     if index.get("version") != VERSION:
         raise ValueError(f"{path}: token shards of format version {index.get('version')}; this sltrain_ext "
                          f"reads version {VERSION}: prepare the corpus again")
+    try:
+        np.dtype(index["dtype"])
+        for key in ("file", "sha256", "vocab_size"):
+            index["tokenizer"][key]
+        for split in SPLITS:
+            meta = index["splits"][split]
+            for key in ("documents", "bytes", "tokens"):
+                meta[key]
+            for shard in meta["shards"]:
+                for key in ("file", "tokens", "sha256", "max_id"):
+                    shard[key]
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{path}: incomplete, no {error} entry where sltrain-prepare writes one (edited or "
+                         "damaged); prepare the corpus again") from None
     return index
+
+
+def _every_shard(folder: Path, index: dict[str, Any]) -> Iterator[tuple[Path, dict[str, Any]]]:
+    for split in SPLITS:
+        for shard in index["splits"][split]["shards"]:
+            yield folder / shard["file"], shard
+
+
+def _file_state(path: Path) -> str:
+    """Changes whenever the file's bytes may have: a rewrite, a replacement,
+    or an edit in place (the change time moves even if the modification time
+    is set back)."""
+    stat = path.stat()
+    return f"{stat.st_dev}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}"
+
+
+def verify_shards(folder: Path, index: dict[str, Any], cache: Path | None) -> None:
+    """Checks every shard's SHA-256 against the index; a ValueError names
+    the first that differs. With a ``cache`` file, shards verified before in
+    the same file state are not read again; None hashes everything."""
+    remembered: dict[str, Any] = {}
+    if cache is not None and cache.is_file():
+        try:
+            remembered = json.loads(cache.read_text())
+        except ValueError:
+            remembered = {}  # a damaged cache only costs a re-hash
+    verified = dict(remembered)
+    for path, shard in _every_shard(folder, index):
+        key = str(path.resolve())
+        state = _file_state(path)
+        if remembered.get(key) == [state, shard["sha256"]]:
+            continue
+        if file_sha256(path) != shard["sha256"]:
+            verified.pop(key, None)
+            _remember(cache, verified)
+            raise ValueError(f"{path}: the shard does not match its SHA-256 in {folder / INDEX} (damaged or changed "
+                             "since it was prepared); prepare the corpus again into a new folder")
+        verified[key] = [state, shard["sha256"]]
+    if verified != remembered:
+        _remember(cache, verified)
+
+
+def _remember(cache: Path | None, verified: dict[str, Any]) -> None:
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(cache, json.dumps(verified).encode())
 
 
 class TokenShards:
@@ -458,9 +540,12 @@ class PreparedCorpus:
         return loss * shards.tokens / shards.bytes / math.log(2)
 
 
-def open_prepared(folder: Path, tokenizer: str | None = None) -> PreparedCorpus:
+def open_prepared(folder: Path, tokenizer: str | None = None, full_check: bool = False) -> PreparedCorpus:
     """A prepared folder, checked: its tokenizer file against the index's
-    hash (and against ``tokenizer`` if one is named), its shards' sizes."""
+    hash (and against ``tokenizer`` if one is named), its shards' largest
+    ids against the tokenizer's vocabulary, their sizes, and their SHA-256
+    (see verify_shards; ``full_check`` hashes every shard, whatever was
+    verified before)."""
     index = read_index(folder)
     recorded = index["tokenizer"]
     tok = load_tokenizer(recorded["file"] if recorded["file"] == "byte" else folder / recorded["file"])
@@ -470,5 +555,12 @@ def open_prepared(folder: Path, tokenizer: str | None = None) -> PreparedCorpus:
     if tokenizer is not None and load_tokenizer(tokenizer).sha256 != tok.sha256:
         raise ValueError(f"--tokenizer {tokenizer}: the shards in {folder} were made with another tokenizer "
                          f"({tok.spec})")
-    return PreparedCorpus(folder, index, tok, TokenShards(folder, "train", index),
-                          TokenShards(folder, "validation", index), file_sha256(folder / INDEX))
+    for path, shard in _every_shard(folder, index):
+        if shard["max_id"] >= tok.vocab_size:
+            raise ValueError(f"{path}: its largest token id, {shard['max_id']} ({INDEX}), is beyond the vocabulary "
+                             f"of {tok.vocab_size} of the tokenizer {tok.spec}; the shard does not match its "
+                             "tokenizer: prepare the corpus again")
+    # Sizes first (TokenShards, cheap), then contents.
+    splits = {split: TokenShards(folder, split, index) for split in SPLITS}
+    verify_shards(folder, index, None if full_check else cache_dir() / VERIFIED)
+    return PreparedCorpus(folder, index, tok, splits["train"], splits["validation"], file_sha256(folder / INDEX))

@@ -16,9 +16,10 @@ import numpy as np
 from .files import file_sha256, write_atomically
 
 __all__ = ["Tokenizer", "ByteTokenizer", "HFTokenizer", "SentencePieceTokenizer", "load_tokenizer", "train_bpe",
-           "padded_vocab_size", "END_OF_TEXT"]
+           "padded_vocab_size", "END_OF_TEXT", "MIN_BPE_VOCAB"]
 
 END_OF_TEXT = "<|endoftext|>"  # the document separator of the BPE tokenizers trained here
+MIN_BPE_VOCAB = 256 + 1 + 1  # the bytes, END_OF_TEXT and one merge
 # Tokens that end a document in common tokenizer.json files, in order of preference.
 _SEPARATOR_NAMES = (END_OF_TEXT, "</s>", "<eos>", "<|end_of_text|>", "[SEP]")
 _VOCAB_MULTIPLE = 64  # embedding and head rows padded to this: whole tiles for the kernels
@@ -130,9 +131,9 @@ def train_bpe(texts: Iterable[str], vocab_size: int, path: Path) -> HFTokenizer:
     """A byte-level BPE of ``vocab_size`` tokens (256 byte tokens, the
     document separator, merges) trained on ``texts`` and saved to ``path``.
     The same texts give the same file."""
-    if vocab_size < 257 + 1:
-        raise ValueError(f"--vocab-size must be at least 258 for a byte-level BPE (256 bytes, {END_OF_TEXT} "
-                         f"and one merge), got {vocab_size}")
+    if vocab_size < MIN_BPE_VOCAB:
+        raise ValueError(f"--vocab-size must be at least {MIN_BPE_VOCAB} for a byte-level BPE (256 bytes, "
+                         f"{END_OF_TEXT} and one merge), got {vocab_size}")
     from tokenizers import Tokenizer as Backend
     from tokenizers import decoders, models, pre_tokenizers, trainers
 

@@ -24,6 +24,7 @@ any --dist.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -31,26 +32,28 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from tqdm import tqdm
 
 from . import configs
-from .checkpointing import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint
+from .checkpointing import (CheckpointError, find_checkpoint, has_checkpoints, load_checkpoint,
+                            newest_checkpoint_note, save_checkpoint)
 from .convert import convert
 from .corpus import BUILTIN
-from .llama import LlamaForCausalLM, causal_lm_loss, perplexity
+from .llama import LlamaForCausalLM, causal_lm_loss
 from .nonfinite import ReplayWithout, gradients_finite, on_every_rank
 from .optim import SLAdamW
 from .preemption import PREEMPTED_EXIT_STATUS, StopOnSignal
 from .prepare import training_corpus
 from .pretrained import save_pretrained
+from .run_log import RunLog
 from .shards import PreparedCorpus, WindowSampler
-from .tokenization import padded_vocab_size
+from .tokenization import MIN_BPE_VOCAB, padded_vocab_size
 
 METHODS = ("full", "lowrank", "sltrain")
 DEFAULT_LR = {"full": 1e-3, "lowrank": 3e-3, "sltrain": 3e-3}  # the SLTrain paper's settings
@@ -69,7 +72,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     model.add_argument("--alpha", type=float, help="low-rank scale numerator, s = alpha / r (default: the config's)")
     train = parser.add_argument_group("training")
     train.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200: the main job)")
-    train.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this step; --resume continues")
+    train.add_argument("--stop-after", type=int,
+                       help="train at most this many steps in this command, then stop with a checkpoint; "
+                            "the same command with --resume trains as many more (up to --steps)")
     train.add_argument("--batch-size", type=int, default=16, help="sequences per optimizer step (default 16)")
     train.add_argument("--accumulation", type=int, default=1, help="micro-batches per step (default 1)")
     train.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")
@@ -111,61 +116,138 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                      help="parameter dtype: auto is bfloat16 on a GPU, float32 on the CPU")
     args = parser.parse_args(argv)
+    try:
+        validate_settings(args)
+    except ValueError as error:
+        parser.error(str(error))
+    return args
 
+
+def _positive_int(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+
+
+def _finite_at_least_zero(name: str, value: float | None) -> None:
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+
+
+def _load_config(name: str) -> configs.LlamaConfig:
+    """--config, with every field checked: a hand-written JSON fails here,
+    naming the field, not inside the model."""
+    try:
+        config = configs.load(name)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--config {name}: not valid JSON ({error})") from None
+    except KeyError as error:
+        raise ValueError(f"--config {name}: the JSON has no {error} field (see the configs in "
+                         f"{Path(configs.__file__).parent} for the form)") from None
+    except (ValueError, AttributeError, OSError) as error:
+        raise ValueError(f"--config {name}: {error}") from None
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        wanted = {"int": int, "float": (int, float), "bool": bool, "str": str}[str(field.type)]
+        if not isinstance(value, wanted) or (field.type != "bool" and isinstance(value, bool)):
+            raise ValueError(f"--config {name}: {field.name!r} must be of type {field.type}, got {value!r}")
+        if field.type in ("int", "float") and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"--config {name}: {field.name!r} must be positive, got {value!r}")
+    if config.hidden_size % config.num_attention_heads:
+        raise ValueError(f"--config {name}: hidden_size {config.hidden_size} is not a multiple of "
+                         f"num_attention_heads {config.num_attention_heads}")
+    return config
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device("cuda" if name == "auto" and torch.cuda.is_available()
+                              else "cpu" if name == "auto" else name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: not a device of this program; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available")
+    return device
+
+
+def validate_settings(args: argparse.Namespace) -> None:
+    """Checks every flag of sltrain-train and derives the settings the run
+    uses (methods, config, device, dtype, processes); a ValueError names the
+    flag at fault. Nothing is written before this has passed."""
     args.methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    if not args.methods:
+        raise ValueError("--method: no method given; choose from " + ", ".join(METHODS))
     for method in args.methods:
         if method not in METHODS:
-            parser.error(f"--method: unknown method {method!r}; choose from {', '.join(METHODS)}")
-    for name in ("steps", "batch_size", "accumulation", "seq_len", "eval_every", "eval_batches", "save_every"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+            raise ValueError(f"--method: unknown method {method!r}; choose from {', '.join(METHODS)}")
+    for name in ("steps", "batch_size", "accumulation", "seq_len", "eval_every", "eval_batches", "save_every",
+                 "keep_checkpoints", "max_bad_steps", "rank"):
+        _positive_int("--" + name.replace("_", "-"), getattr(args, name))
+    for name in ("lr", "alpha", "weight_decay", "max_grad_norm"):
+        _finite_at_least_zero("--" + name.replace("_", "-"), getattr(args, name))
+    if args.vocab_size is not None and args.vocab_size < MIN_BPE_VOCAB:
+        raise ValueError(f"--vocab-size must be at least {MIN_BPE_VOCAB} (256 bytes, a separator and one merge), "
+                         f"got {args.vocab_size}")
+    if not 0 <= args.seed < 2**63:
+        raise ValueError(f"--seed must be in [0, 2**63), got {args.seed}")
     distributed = args.dist != "none"
     args.world_size = int(os.environ.get("WORLD_SIZE", "1")) if distributed else 1
     args.dist_rank = int(os.environ.get("RANK", "0")) if distributed else 0
     if distributed and "WORLD_SIZE" not in os.environ:
-        parser.error(f"--dist {args.dist} runs under torchrun "
-                     f"(torchrun --nproc_per_node N -m sltrain_ext.train --dist {args.dist})")
+        raise ValueError(f"--dist {args.dist} runs under torchrun "
+                         f"(torchrun --nproc_per_node N -m sltrain_ext.train --dist {args.dist})")
     if args.dist == "ddp" and args.per_layer:
-        parser.error("--per-layer cannot be combined with --dist ddp: DDP keeps every gradient in its all-reduce "
-                     "buckets (so nothing would be freed) and reduces them after the per-layer hooks run; "
-                     "use --dist fsdp, which reduces each gradient before its update")
+        raise ValueError("--per-layer cannot be combined with --dist ddp: DDP keeps every gradient in its "
+                         "all-reduce buckets (so nothing would be freed) and reduces them after the per-layer "
+                         "hooks run; use --dist fsdp, which reduces each gradient before its update")
     if args.dist == "fsdp" and args.state_bits == 8:
-        parser.error("--state-bits 8 cannot be combined with --dist fsdp yet: 8-bit state blocks do not reshard")
+        raise ValueError("--state-bits 8 cannot be combined with --dist fsdp yet: 8-bit state blocks do not reshard")
     if args.batch_size % (args.accumulation * args.world_size):
-        parser.error("--batch-size must be a multiple of --accumulation times the number of processes")
+        raise ValueError("--batch-size must be a multiple of --accumulation times the number of processes")
     if args.density is not None and not 0.0 < args.density <= 1.0:
-        parser.error(f"--density must be in (0, 1], got {args.density}")
-    if args.keep_checkpoints < 1:
-        parser.error("--keep-checkpoints must be at least 1")
-    if args.max_bad_steps < 1:
-        parser.error("--max-bad-steps must be at least 1")
+        raise ValueError(f"--density must be in (0, 1], got {args.density}")
     if args.stop_after is not None and not 1 <= args.stop_after <= args.steps:
-        parser.error("--stop-after must be between 1 and --steps")
+        raise ValueError("--stop-after must be between 1 and --steps")
     if not 0.0 <= args.warmup < 1.0:
-        parser.error("--warmup must be in [0, 1)")
-    try:
-        args.llama = configs.load(args.config)
-    except ValueError as error:
-        parser.error(f"--config: {error}")
-    args.device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                               else "cpu" if args.device == "auto" else args.device)
-    if args.device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available")
+        raise ValueError(f"--warmup must be in [0, 1), got {args.warmup}")
+    if not 0.0 <= args.min_lr_ratio <= 1.0:
+        raise ValueError(f"--min-lr-ratio must be in [0, 1], got {args.min_lr_ratio}")
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out}: a file, not a folder")
+    args.llama = _load_config(args.config)
+    if args.seq_len > args.llama.max_position_embeddings:
+        raise ValueError(f"--seq-len {args.seq_len} exceeds the {args.llama.max_position_embeddings} positions of "
+                         f"--config {args.config} (max_position_embeddings)")
+    args.device = _device(args.device)
     if args.device.type == "cuda" and distributed:
         args.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     args.dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
         args.dtype, torch.bfloat16 if args.device.type == "cuda" else torch.float32)
-    return args
 
 
-def build_model(args: argparse.Namespace, method: str, vocab_size: int) -> tuple[nn.Module, int]:
-    config = dataclasses.replace(args.llama, vocab_size=vocab_size)
+def model_settings(args: argparse.Namespace, method: str, vocab_size: int) -> dict[str, Any]:
+    """What shapes the model of a method: the flags' values or the config's
+    defaults. Checkpoints record it, and resuming compares it first."""
+    config = args.llama
+    low_rank = method != "full"
+    return {"method": method, "vocab_size": vocab_size,
+            "config": f"{config.name}: hidden {config.hidden_size}, intermediate {config.intermediate_size}, "
+                      f"{config.num_hidden_layers} layers, {config.num_attention_heads} heads",
+            "rank": (config.rank if args.rank is None else args.rank) if low_rank else None,
+            "alpha": float(config.alpha if args.alpha is None else args.alpha) if low_rank else None,
+            "density": float(config.density if args.density is None else args.density) if method == "sltrain"
+            else None}
+
+
+def build_model(args: argparse.Namespace, settings: dict[str, Any]) -> tuple[nn.Module, int]:
+    config = dataclasses.replace(args.llama, vocab_size=settings["vocab_size"])
     torch.manual_seed(args.seed)
     model = LlamaForCausalLM(config)
-    if method != "full":
+    if settings["method"] != "full":
         try:
-            convert(model, rank=args.rank or config.rank, alpha=args.alpha or config.alpha, seed=args.seed,
-                    density=None if method == "lowrank" else (args.density or config.density))
+            convert(model, rank=settings["rank"], alpha=settings["alpha"], seed=args.seed,
+                    density=settings["density"])
         except ValueError as error:
             raise SystemExit(f"sltrain-train: {error}") from None
     parameters = sum(p.numel() for p in model.parameters())
@@ -207,16 +289,49 @@ def memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
+def restore(method: str, folder: Path, args: argparse.Namespace, model: nn.Module, optimizer: SLAdamW,
+            scheduler: torch.optim.lr_scheduler.LRScheduler, corpus: PreparedCorpus, settings: dict[str, Any],
+            windows_per_epoch: int, log: RunLog) -> tuple[int, dict[str, Any]]:
+    """The step and data position `method` starts from: under --resume its
+    newest intact checkpoint, loaded into the model, optimizer and scheduler;
+    else (or when it has none yet) step 0."""
+    root = folder / "checkpoints"
+    fresh = corpus.position(args.seq_len, args.seed)
+    if not args.resume:
+        log.start_fresh()
+        return 0, fresh
+    saved, damaged = find_checkpoint(root, legacy=folder / "checkpoint")
+    log.passed_over(damaged, intact_found=saved is not None)
+    if saved is not None:
+        start, saved_data = load_checkpoint(saved, model, optimizer, scheduler, args.steps, settings)
+        try:
+            data_state = corpus.continue_from(saved_data, args.seq_len, args.seed)
+        except ValueError as error:
+            raise SystemExit(f"sltrain-train: --resume: {saved}: {error}") from None
+        log.resumed(saved, start, args.steps, data_state["next_window"], windows_per_epoch, args.seq_len)
+        return start, data_state
+    if (folder / "checkpoint.pt").exists():
+        raise SystemExit(f"{folder / 'checkpoint.pt'} is a single-file checkpoint of sltrain_ext 0.1.x; "
+                         "resume it with that version (this one reads torch.distributed.checkpoint folders)")
+    if damaged and args.resume == "required":
+        raise SystemExit(f"sltrain-train: --resume: every checkpoint of {method} in {root} is damaged (listed "
+                         f"above); `--resume if-exists` starts {method} again from step 0")
+    log.say(f"no {'intact ' if damaged else ''}checkpoint in {folder}, starting from step 0")
+    log.start_fresh()
+    return 0, fresh
+
+
 def train_one(method: str, args: argparse.Namespace, corpus: PreparedCorpus, stop: StopOnSignal,
-              skip: frozenset[int] = frozenset()) -> dict[str, Any]:
-    """Trains one method; steps in `skip` are skipped as bad (see ReplayWithout)."""
+              skip: frozenset[int] = frozenset(), replay_end: int | None = None) -> dict[str, Any]:
+    """Trains one method; steps in `skip` are skipped as bad and a replay
+    ends at `replay_end`, where the command was to end (see ReplayWithout)."""
     folder = args.out / method
     folder.mkdir(parents=True, exist_ok=True)
     vocab_size = padded_vocab_size(corpus.tokenizer.vocab_size)
-    model, parameters = build_model(args, method, vocab_size)
+    settings = model_settings(args, method, vocab_size)
+    model, parameters = build_model(args, settings)
     train_windows = WindowSampler(corpus.train, args.seq_len, args.seed, vocab_size)
     held_out = WindowSampler(corpus.validation, args.seq_len, 10_000 + args.seed, vocab_size)
-    data_state = corpus.position(args.seq_len, args.seed)
     forward_module: nn.Module = model
     if args.dist == "ddp":
         # Gradients as views of the all-reduce buckets: one copy of them, not two.
@@ -225,61 +340,35 @@ def train_one(method: str, args: argparse.Namespace, corpus: PreparedCorpus, sto
             gradient_as_bucket_view=True)
     loss_of = torch.compile(causal_lm_loss) if args.compile else causal_lm_loss
     leader = args.dist_rank == 0
-    lr = args.lr or DEFAULT_LR[method]
+    log = RunLog(method, folder, leader)
     clip = args.max_grad_norm or None
-    optimizer = SLAdamW(model.parameters(), lr=lr, weight_decay=args.weight_decay, state_bits=args.state_bits,
+    optimizer = SLAdamW(model.parameters(), lr=DEFAULT_LR[method] if args.lr is None else args.lr,
+                        weight_decay=args.weight_decay, state_bits=args.state_bits,
                         per_layer=args.per_layer, accumulation_steps=args.accumulation if args.per_layer else 1,
                         max_grad_norm=clip if args.per_layer else None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, args.steps, args.warmup, args.min_lr_ratio))
-    checkpoint, metrics_path = folder / "checkpoints", folder / "metrics.jsonl"
-    start = 0
-    saved, damaged = find_checkpoint(checkpoint, legacy=folder / "checkpoint") if args.resume else (None, [])
-    for line in damaged if leader else []:
-        print(f"{method}: {line}; falling back to an older checkpoint", flush=True)
-    if saved is not None:
-        start, saved_data = load_checkpoint(saved, model, optimizer, scheduler, args.steps)
-        try:
-            data_state = corpus.continue_from(saved_data, args.seq_len, args.seed)
-        except ValueError as error:
-            raise SystemExit(f"sltrain-train: --resume: {saved}: {error}") from None
-        if leader:
-            kept = [line for line in metrics_path.read_text().splitlines() if json.loads(line)["step"] <= start]
-            metrics_path.write_text("".join(line + "\n" for line in kept))
-    elif args.resume and (folder / "checkpoint.pt").exists():
-        raise SystemExit(f"{folder / 'checkpoint.pt'} is a single-file checkpoint of sltrain_ext 0.1.x; "
-                         "resume it with that version (this one reads torch.distributed.checkpoint folders)")
-    elif args.resume == "required":
-        raise SystemExit(f"sltrain-train: --resume: no checkpoint of {method} in {checkpoint}; "
-                         "use `--resume if-exists` to start from step 0 where there is none")
-    else:
-        if args.resume and leader:
-            print(f"{method}: no checkpoint in {folder}, starting from step 0")
-        if metrics_path.exists() and leader:
-            metrics_path.unlink()
+    checkpoint = folder / "checkpoints"
+    start, data_state = restore(method, folder, args, model, optimizer, scheduler, corpus, settings,
+                                train_windows.count, log)
 
     def save(step: int) -> None:
         try:
             save_checkpoint(checkpoint, model, optimizer, scheduler, step, args.steps, args.keep_checkpoints,
-                            data=data_state)
+                            data=data_state, settings=settings)
         except CheckpointError as error:
+            log.close_bar()
             raise SystemExit(f"sltrain-train: {method}: {error}") from None
 
-    def log(record: dict[str, Any]) -> None:
-        if not leader:
-            return
-        with metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    end = args.stop_after or args.steps
+    # --stop-after counts the steps of this command, so the same command with --resume goes on
+    # (a replay, which starts again from a later checkpoint, keeps the end the command began with).
+    end = replay_end or (min(start + args.stop_after, args.steps) if args.stop_after else args.steps)
     share = args.batch_size // args.world_size
     micro = share // args.accumulation
     tokens_per_step = args.batch_size * args.seq_len
     began = time.perf_counter()
-    bad_steps, bpb = 0, None
-    progress = tqdm(range(start, end), desc=f"{method:>7}", unit="step", mininterval=1.0, initial=start,
-                    total=args.steps, dynamic_ncols=True, disable=not leader)
-    for step in progress:
+    bad_steps = 0
+    for step in log.open_bar(start, end, args.steps):
         batch = train_windows.batch(data_state["next_window"], args.batch_size, args.dist_rank, args.world_size)
         batch = batch.to(args.device)
         data_state["next_window"] += args.batch_size
@@ -302,16 +391,16 @@ def train_one(method: str, args: argparse.Namespace, corpus: PreparedCorpus, sto
             finite = (not replayed_bad and math.isfinite(loss_sum)
                       and on_every_rank(optimizer.skipped_nonfinite == 0, args.device))
             if not finite and not on_every_rank(optimizer.updated_in_step == 0, args.device):
-                progress.close()
-                if leader:
-                    print(f"{method} step {done}: a non-finite gradient after --per-layer had updated "
-                          f"{optimizer.updated_in_step} parameters in backward; going back to the newest checkpoint "
-                          f"(or step 0) to replay without step {done}", flush=True)
-                raise ReplayWithout(done)
+                log.close_bar()
+                log.say(f"step {done}: a non-finite gradient after --per-layer had updated "
+                        f"{optimizer.updated_in_step} parameters in backward; going back to the newest checkpoint "
+                        f"(or step 0) to replay without step {done}")
+                raise ReplayWithout(done, end)
             if not finite:
                 optimizer.discard_step()
         else:
             finite = math.isfinite(loss_sum) and gradients_finite(model, args.device)
+        lr_used = optimizer.param_groups[0]["lr"]
         if finite:
             bad_steps = 0
             if clip and not args.per_layer:
@@ -319,52 +408,58 @@ def train_one(method: str, args: argparse.Namespace, corpus: PreparedCorpus, sto
             optimizer.step()  # with --per-layer the update already happened inside backward
         else:
             bad_steps += 1
-            log({"step": done, "skipped": "non-finite loss or gradient"})
-            progress.write(f"{method} step {done}: non-finite loss or gradient, update skipped "
-                           f"({bad_steps} in a row)")
+            log.skipped(done, bad_steps)
             if bad_steps >= args.max_bad_steps:
+                log.close_bar()
                 raise SystemExit(f"sltrain-train: {method}: {bad_steps} consecutive steps up to step {done} had a "
                                  "non-finite loss or gradient (--max-bad-steps); stopped without saving, so "
                                  f"{checkpoint} still holds the last good state")
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        rate = (done - start) * tokens_per_step / (time.perf_counter() - began)
         if finite:
-            log({"step": done, "loss": loss_sum, "lr": scheduler.get_last_lr()[0], "tokens_per_s": rate})
-        progress.set_postfix(loss=f"{loss_sum:.3f}", **({"val_bpb": f"{bpb:.3f}"} if bpb is not None else {}),
-                             tok_s=f"{rate:,.0f}", mem=f"{memory_gib(args.device):.1f}G")
+            log.step(done, loss_sum, lr_used, (done - start) * tokens_per_step / (time.perf_counter() - began),
+                     memory_gib(args.device))
         if done % args.eval_every == 0 or done == args.steps:
             val_loss = evaluate(model, held_out, args)
-            bpb = corpus.bits_per_byte(val_loss)
-            log({"step": done, "val_loss": val_loss, "val_ppl": perplexity(val_loss), "val_bpb": bpb})
-            progress.write(f"{method} step {done}: held-out loss {val_loss:.4f}, perplexity {perplexity(val_loss):.3f}, "
-                           f"{bpb:.4f} bits per byte")
+            log.evaluation(done, val_loss, corpus.bits_per_byte(val_loss))
         checkpointed = done % args.save_every == 0 or done == end
         if checkpointed:
             save(done)
         if done < end and stop.requested(args.device):
             if not checkpointed:
                 save(done)
-            progress.close()
-            if leader:
-                print(f"{method}: stopped by {stop.name} after step {done} of {args.steps}; checkpoint in "
-                      f"{checkpoint}; the same command with --resume continues", flush=True)
+            log.close_bar()
+            log.say(f"stopped by {stop.name} after step {done} of {args.steps}; checkpoint in "
+                    f"{checkpoint}; the same command with --resume continues")
             raise SystemExit(PREEMPTED_EXIT_STATUS)
-    progress.close()
+    log.close_bar()
     if end == args.steps:
         model_state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if leader:
             save_pretrained(model, folder / "model", state_dict=model_state)
     if args.dist != "none":
         torch.distributed.barrier()  # every rank sees the leader's files from here on
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
-    evaluations = [r for r in records if "val_loss" in r]
-    steps = [r for r in records if "tokens_per_s" in r]
-    return {"method": method, "parameters": parameters, "steps": end,
-            "val_ppl": evaluations[-1]["val_ppl"] if evaluations else None,
-            "val_bpb": evaluations[-1]["val_bpb"] if evaluations else None,
-            "tokens_per_s": steps[-1]["tokens_per_s"] if steps else None,
+    return {"method": method, "parameters": parameters, "steps": end, **log.latest(),
             "seconds": time.perf_counter() - began, "folder": str(folder)}
+
+
+@contextlib.contextmanager
+def _names_the_checkpoint_on_error(method: str, args: argparse.Namespace) -> Iterator[None]:
+    """An error in the middle of a run (unreadable data, a full disk, a bug)
+    ends it saying which checkpoint is intact and that --resume continues
+    from it: data and disk faults as one message, anything else after its
+    traceback."""
+    def note() -> str:
+        return (f"{newest_checkpoint_note(args.out / method / 'checkpoints')}; once the cause is fixed, the same "
+                "command with --resume continues from it")
+
+    try:
+        yield
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"sltrain-train: {method}: {error}\n{note()}") from None
+    except Exception:
+        print(f"sltrain-train: {method} stopped by the error below; {note()}", file=sys.stderr, flush=True)
+        raise
 
 
 def train_with_replays(method: str, args: argparse.Namespace, corpus: PreparedCorpus,
@@ -372,11 +467,14 @@ def train_with_replays(method: str, args: argparse.Namespace, corpus: PreparedCo
     """train_one, started again from the newest checkpoint (or step 0) after a
     ReplayWithout, as many times as it takes."""
     skip: set[int] = set()
+    end: int | None = None
     while True:
         try:
-            return train_one(method, args, corpus, stop, frozenset(skip))
+            with _names_the_checkpoint_on_error(method, args):
+                return train_one(method, args, corpus, stop, frozenset(skip), end)
         except ReplayWithout as replay:
             skip.add(replay.step)
+            end = replay.end
         args = argparse.Namespace(**{**vars(args), "resume": args.resume or "if-exists"})
 
 
@@ -390,7 +488,7 @@ def plot(results: list[dict[str, Any]], corpus: PreparedCorpus, path: Path) -> P
         return None
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for i, result in enumerate(results):
-        records = [json.loads(line) for line in (Path(result["folder"]) / "metrics.jsonl").read_text().splitlines()]
+        records = RunLog(result["method"], Path(result["folder"]), leader=True).records()
         train = [(r["step"], corpus.bits_per_byte(r["loss"], "train")) for r in records if "loss" in r]
         window = max(1, len(train) // 50)
         smooth = [sum(loss for _, loss in train[max(0, j - window + 1): j + 1]) / len(train[max(0, j - window + 1): j + 1])
@@ -433,6 +531,13 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> list[dict[str, Any]
         print(f"data: {corpus.folder}, {corpus.train.tokens:,} training and {corpus.validation.tokens:,} held-out "
               f"tokens (vocabulary {corpus.tokenizer.vocab_size:,}); LLaMA-{args.config} on {args.device} in "
               f"{str(args.dtype).removeprefix('torch.')}" + (f", {args.world_size} processes" if args.world_size > 1 else ""))
+    if args.resume == "required" and not any(has_checkpoints(args.out / m / "checkpoints", args.out / m / "checkpoint")
+                                             or (args.out / m / "checkpoint.pt").exists() for m in args.methods):
+        # A method without a checkpoint of its own starts from step 0 (a
+        # preempted run may not have reached it); none at all is a mistake.
+        raise SystemExit("sltrain-train: --resume: no checkpoint "
+                         + " or ".join(f"of {m} in {args.out / m / 'checkpoints'}" for m in args.methods)
+                         + "; use `--resume if-exists` to start from step 0 where there is none")
     with StopOnSignal() as stop:
         results = [train_with_replays(method, args, corpus, stop) for method in args.methods]
     if not leader:
@@ -442,15 +547,16 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> list[dict[str, Any]
     for r in results:
         ppl = f"{r['val_ppl']:.3f}" if r["val_ppl"] is not None else "-"
         bpb = f"{r['val_bpb']:.4f}" if r["val_bpb"] is not None else "-"
-        print(f"{r['method']:<8} {r['parameters']:>12,} {ppl:>13} {bpb:>10} {r['tokens_per_s']:>10,.0f} "
-              f"{r['seconds']:>7.1f}s")
+        rate = f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] is not None else "-"
+        print(f"{r['method']:<8} {r['parameters']:>12,} {ppl:>13} {bpb:>10} {rate:>10} {r['seconds']:>7.1f}s")
     (args.out / "summary.json").write_text(json.dumps(
         {"command": " ".join(["sltrain-train", *(sys.argv[1:] if argv is None else argv)]), "results": results},
         indent=2) + "\n")
     chart = plot(results, corpus, args.out / "loss_curves.png")
     print(f"summary: {args.out / 'summary.json'}" + (f"; loss curves: {chart}" if chart else ""))
     if not finished:
-        print(f"stopped at step {args.stop_after} of {args.steps}: run again with --resume to continue")
+        print(f"stopped at step {', '.join(str(r['steps']) for r in results)} of {args.steps} (--stop-after "
+              f"{args.stop_after} steps a command): the same command with --resume trains on")
     return results
 
 

@@ -2,6 +2,7 @@
 resumable, memory-mapped, disjoint across ranks, and loud about bad input."""
 
 import gzip
+import hashlib
 import json
 import math
 import os
@@ -313,8 +314,9 @@ def test_shards_that_do_not_match_their_index_are_named(tmp_path, bpe):
         shards.open_prepared(out)
 
     first.write_bytes(b"\xff\xff" * 1000)  # right size, ids beyond the vocabulary
-    corpus = shards.open_prepared(out)
-    sampler = shards.WindowSampler(corpus.train, 32, 0, vocab_size=320)
+    with pytest.raises(ValueError, match=f"{first}: the shard does not match its SHA-256"):
+        shards.open_prepared(out)
+    sampler = shards.WindowSampler(shards.TokenShards(out, "train"), 32, 0, vocab_size=320)  # the last defence
     with pytest.raises(ValueError, match=f"{first}: token id 65535 is beyond the model's vocabulary of 320"):
         for position in range(0, sampler.count, 64):
             sampler.windows(position, 64)
@@ -352,3 +354,154 @@ def test_the_prepare_console_script_exits_0(tmp_path):
     assert "train:" in done.stdout and (tmp_path / "out" / "index.json").exists()
     with pytest.raises(SystemExit, match="sltrain-prepare: --input .*nowhere: no such file"):
         prepare_main(["--input", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")])
+
+
+# --- damaged data (issue 20) ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def prepared(tmp_path, bpe):
+    out = tmp_path / "prepared"
+    shards.prepare([write_jsonl(tmp_path / "c.jsonl", documents(300))], out, tokenizer=bpe.spec, shard_tokens=2000,
+                   progress=False)
+    return out
+
+
+def flip_a_bit_keeping_the_file_times(path, position):
+    """A bit flip that keeps every id within the vocabulary (the lowest bit
+    of an even id) and sets the modification time back, as a silent disk
+    error or a careless tool would."""
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    position = next(i for i in range(position, len(data), 2) if data[i] % 2 == 0)
+    data[position] ^= 1
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def test_a_bit_flip_that_keeps_ids_in_range_is_found_and_the_shard_named(prepared, tmp_path, capsys):
+    shard = prepared / "train_000001.bin"
+    flip_a_bit_keeping_the_file_times(shard, 100)
+    with pytest.raises(SystemExit, match=f"{shard}: the shard does not match its SHA-256"):
+        train.main(SMALL + ["--data", str(prepared), "--steps", "1", "--method", "full", "--out", str(tmp_path / "r")])
+    index = json.loads((prepared / "index.json").read_text())
+    with pytest.raises(SystemExit, match=f"{shard}: the shard does not match its SHA-256"):  # re-running prepare
+        prepare_main(["--input", index["sources"][0]["path"], "--out", str(prepared), "--tokenizer",
+                      str(prepared / "tokenizer.json"), "--shard-tokens", "2000", "--workers", "1"])
+    with pytest.raises(SystemExit, match=f"--verify: {shard}: the shard does not match"):
+        prepare_main(["--verify", "--out", str(prepared)])
+
+
+def test_shards_are_hashed_once_per_file_state(prepared, monkeypatch, capsys):
+    hashed = []
+    real = shards.file_sha256
+    monkeypatch.setattr(shards, "file_sha256", lambda path: hashed.append(Path(path).name) or real(path))
+    count = len(list(prepared.glob("*.bin")))
+    shards.open_prepared(prepared)
+    assert sorted(n for n in hashed if n.endswith(".bin")) == sorted(p.name for p in prepared.glob("*.bin"))
+    hashed.clear()
+    shards.open_prepared(prepared)
+    assert [n for n in hashed if n.endswith(".bin")] == []  # remembered
+    (prepared / "train_000000.bin").touch()
+    shards.open_prepared(prepared)
+    assert [n for n in hashed if n.endswith(".bin")] == ["train_000000.bin"]  # only what changed
+    hashed.clear()
+    prepare_main(["--verify", "--out", str(prepared)])
+    assert len([n for n in hashed if n.endswith(".bin")]) == count  # --verify hashes everything
+    assert f"all {count} shards match index.json" in capsys.readouterr().out
+
+
+def test_a_shard_whose_recorded_ids_exceed_the_vocabulary_is_refused_when_opened(prepared, tmp_path):
+    index = json.loads((prepared / "index.json").read_text())
+    index["splits"]["train"]["shards"][2]["max_id"] = 5000
+    (prepared / "index.json").write_text(json.dumps(index))
+    shard = prepared / index["splits"]["train"]["shards"][2]["file"]
+    with pytest.raises(SystemExit, match=f"{shard}: its largest token id, 5000 \\(index.json\\), is beyond the "
+                                         "vocabulary of 300"):
+        train.main(SMALL + ["--data", str(prepared), "--steps", "1", "--method", "full", "--out", str(tmp_path / "r")])
+
+
+def test_a_data_error_mid_run_says_which_checkpoint_is_intact(prepared, tmp_path):
+    """A window drawn at step 4 holds an id beyond the vocabulary, in a shard
+    whose index entry (checksum included) was rewritten to match it: the run
+    stops there, naming the shard and the step-2 checkpoint to resume from."""
+    corpus = shards.open_prepared(prepared)
+    sampler = shards.WindowSampler(corpus.train, 32, 0)
+    start = int(sampler._order(0, np.array([12]))[0]) * 32  # window 12: the first of step 4 (4 windows a step)
+    path = corpus.train.file_at(start)
+    offset = start - sum(f.stat().st_size // 2 for f in corpus.train.files[:corpus.train.files.index(path)])
+    tokens = np.fromfile(path, dtype=np.uint16)
+    tokens[offset] = 65535
+    tokens.tofile(path)
+    index = json.loads((prepared / "index.json").read_text())
+    entry = next(s for s in index["splits"]["train"]["shards"] if s["file"] == path.name)
+    entry["sha256"] = hashlib.sha256(tokens.tobytes()).hexdigest()
+    (prepared / "index.json").write_text(json.dumps(index))
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match=re.escape(f"{path}: token id 65535 is beyond the model's vocabulary of 320")
+                       + ".*\n" + re.escape(f"the step-2 checkpoint {out / 'full' / 'checkpoints' / 'step_00000002'} "
+                                            "is intact; once the cause is fixed, the same command with --resume")):
+        train.main(SMALL + ["--data", str(prepared), "--steps", "6", "--method", "full", "--save-every", "2",
+                            "--out", str(out)])
+
+
+def test_an_index_without_splits_and_invalid_utf8_are_named(prepared, tmp_path):
+    index = json.loads((prepared / "index.json").read_text())
+    del index["splits"]
+    (prepared / "index.json").write_text(json.dumps(index))
+    with pytest.raises(SystemExit, match="index.json: incomplete, no 'splits' entry"):
+        train.main(SMALL + ["--data", str(prepared), "--steps", "1", "--method", "full", "--out", str(tmp_path / "r")])
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes(b'{"text": "fine"}\n{"text": "sch\xf6n"}\n')
+    with pytest.raises(ValueError, match=f"{bad}: line 2 is not valid UTF-8 \\(byte 0xf6 at column 14\\)"):
+        shards.prepare([bad], tmp_path / "out", tokenizer="byte", progress=False)
+
+
+def test_sltrain_prepare_accepts_the_folder_sltrain_train_prepared_with_the_same_defaults(tmp_path):
+    """Both train the BPE on the same default budget, so the recipes agree."""
+    corpus = write_jsonl(tmp_path / "c.jsonl", documents(300))
+    train.main(SMALL + ["--data", str(corpus), "--vocab-size", "280", "--steps", "1", "--method", "full",
+                        "--out", str(tmp_path / "run")])
+    index = prepare_main(["--input", str(corpus), "--out", str(tmp_path / "run" / "data"), "--vocab-size", "280"])
+    assert index == json.loads((tmp_path / "run" / "data" / "index.json").read_text())
+
+
+BAD_PREPARE_FLAGS = [
+    (["--vocab-size", "100"], "--vocab-size must be at least 258"),
+    (["--shard-tokens", "0"], "--shard-tokens must be at least 1"),
+    (["--validation-every", "1"], "--validation-every must be at least 2"),
+    (["--workers", "0"], "--workers must be at least 1"),
+    (["--tokenizer-train-mb", "0"], "--tokenizer-train-mb must be above 0"),
+    (["--tokenizer-train-mb", "nan"], "--tokenizer-train-mb must be a finite number"),
+    (["--shard-tokens", "x"], "--shard-tokens: invalid int value"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD_PREPARE_FLAGS, ids=[" ".join(a) for a, _ in BAD_PREPARE_FLAGS])
+def test_every_prepare_flag_refuses_values_it_cannot_use(tmp_path, argv, message, capsys):
+    corpus = write_jsonl(tmp_path / "c.jsonl", documents(30))
+    with pytest.raises(SystemExit) as exit_info:
+        prepare_main(["--input", str(corpus), "--out", str(tmp_path / "out"), *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_prepare_refuses_an_out_that_is_a_file_and_a_missing_input(tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    for argv, message in ((["--input", "builtin", "--out", str(tmp_path / "afile")], "a file, not a folder"),
+                          (["--out", str(tmp_path / "out")], "--input is required")):
+        with pytest.raises(SystemExit) as exit_info:
+            prepare_main(argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_resuming_on_data_with_another_vocabulary_names_data_and_a_missing_data_path_is_named(prepared, tmp_path):
+    argv = SMALL + ["--steps", "4", "--method", "full", "--out", str(tmp_path / "run")]
+    train.main(argv + ["--data", str(prepared), "--stop-after", "2"])
+    shards.prepare([write_jsonl(tmp_path / "bytes.jsonl", documents(300))], tmp_path / "bytes", tokenizer="byte",
+                   progress=False)
+    with pytest.raises(SystemExit, match=re.escape("another --data (its tokenizer's vocabulary) (320, now 256)")):
+        train.main(argv + ["--data", str(tmp_path / "bytes"), "--resume"])
+    with pytest.raises(SystemExit, match=f"sltrain-train: --data {tmp_path / 'nowhere'}: no such file"):
+        train.main(argv + ["--data", str(tmp_path / "nowhere")])

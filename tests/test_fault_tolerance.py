@@ -2,6 +2,7 @@
 in the middle of a save, and SIGTERM reaching one rank of two."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -77,6 +78,18 @@ def test_per_layer_replays_without_a_step_whose_gradient_turned_non_finite(tmp_p
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 4, 5]
     assert without_rates(records) == without_rates(metrics(tmp_path / "default" / "sltrain"))
     assert_same_models(final_model(tmp_path / "per_layer"), final_model(tmp_path / "default"))
+
+
+def test_a_replay_in_a_resumed_command_keeps_its_stop_after_end(tmp_path, monkeypatch):
+    """--stop-after 3 from step 3 ends at step 6, even when a replay starts
+    again from the step-4 checkpoint this command wrote."""
+    argv = SMALL + ["--steps", "10", "--method", "sltrain", "--per-layer", "--max-grad-norm", "0", "--save-every", "1",
+                    "--stop-after", "3", "--out", str(tmp_path)]
+    train.main(argv)
+    poison_embedding_gradient(monkeypatch, {2})  # the second training call of the next command: step 5
+    train.main(argv + ["--resume"])
+    assert checkpoint_step(tmp_path / "sltrain") == 6
+    assert [r["step"] for r in metrics(tmp_path / "sltrain") if "skipped" in r] == [5]
 
 
 def test_per_layer_skips_a_non_finite_loss_or_gradients_before_any_update(tmp_path, monkeypatch, capsys):
@@ -185,3 +198,109 @@ def test_sigterm_to_one_rank_stops_every_rank_at_one_step_with_a_checkpoint(tmp_
     single = [a for a in argv if a not in ("--dist", "ddp")]
     train.main(single + ["--resume"])  # the world-size-2 checkpoint continues in one process
     assert checkpoint_step(tmp_path / "sltrain") == 30
+
+
+# ---- a full disk ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path, request):
+    """A tmpfs of request.param bytes (e.g. "3M") mounted for the test; skipped where mounting is impossible."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={request.param}", "tmpfs", str(folder)],
+                                 capture_output=True, text=True)
+    except FileNotFoundError:
+        pytest.skip("no mount command")
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def run_command(argv):
+    """sltrain-train in a fresh process, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "sltrain_ext.train", *argv], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+FULL_DISK_RUN = SMALL + ["--steps", "6", "--method", "full", "--save-every", "2"]
+
+
+@pytest.mark.parametrize("small_disk", ["3M"], indirect=True)
+def test_a_disk_too_small_for_the_first_checkpoint_stops_before_writing_it(small_disk):
+    """The 9m model's checkpoint (weights and both Adam moments, about 13 MB)
+    cannot fit in 3 MB: the run says so before writing anything."""
+    done = run_command(FULL_DISK_RUN + ["--out", str(small_disk / "run")])
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert re.search(r"not enough free space for the step-2 checkpoint in .*: it needs about 1\d\.\d MB, the disk "
+                     r"has [0-3]\.\d MB free; nothing was written and there is no checkpoint", done.stderr), done.stderr
+    assert not list((small_disk / "run" / "full" / "checkpoints").iterdir())
+
+
+@pytest.mark.parametrize("small_disk", ["16M"], indirect=True)
+def test_a_disk_that_fills_at_the_second_checkpoint_keeps_the_first(small_disk):
+    out = small_disk / "run"
+    done = run_command(FULL_DISK_RUN + ["--out", str(out)])
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert re.search(r"not enough free space for the step-4 checkpoint .* the step-2 checkpoint "
+                     r".*step_00000002 is intact; free some space", done.stderr), done.stderr
+    assert sorted(p.name for p in (out / "full" / "checkpoints").iterdir()) == ["step_00000002"]
+    assert checkpoint_step(out / "full") == 2
+
+
+@pytest.mark.parametrize("small_disk", ["3M"], indirect=True)
+def test_a_save_that_fills_the_disk_is_removed_and_named(small_disk, monkeypatch):
+    """Where the size is not known beforehand (here: the check told it is
+    nothing), dcp.save runs into the full disk itself and raises its
+    CheckpointException (torch.save's 'unexpected pos' RuntimeError inside):
+    the message says the disk is full and the partial folder goes."""
+    from sltrain_ext import checkpointing
+
+    monkeypatch.setattr(checkpointing, "_bytes_to_write", lambda state: 0)
+    out = small_disk / "run"
+    with pytest.raises(SystemExit, match=r"could not write the step-2 checkpoint in .*: the disk is full \(0\.\d MB "
+                                         r"free .*\); the partial checkpoint was removed and there is no checkpoint"):
+        train.main(FULL_DISK_RUN + ["--out", str(out)])
+    assert not list((out / "full" / "checkpoints").iterdir())
+
+
+# ---- a preempted run of several methods ------------------------------------------------------
+
+
+def test_a_preempted_two_method_run_continues_with_the_same_command(tmp_path, capsys):
+    """SIGTERM while the first of two methods trains; the same command with
+    --resume finishes it and starts the second, which has no checkpoint
+    yet, from step 0, then writes the summary and the plot."""
+    argv = SMALL + ["--method", "sltrain,full", "--steps", "24", "--eval-every", "12", "--save-every", "1000",
+                    "--out", str(tmp_path)]
+    process = subprocess.Popen([sys.executable, "-m", "sltrain_ext.train", *argv], cwd=ROOT,
+                               env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "sltrain" / "metrics.jsonl"
+    try:
+        deadline = time.monotonic() + 300
+        while not (log.exists() and len(log.read_text().splitlines()) >= 3):
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert process.returncode == PREEMPTED_EXIT_STATUS, err
+    stopped_at = checkpoint_step(tmp_path / "sltrain")
+    assert stopped_at < 24 and not (tmp_path / "full").exists()
+
+    results = train.main(argv + ["--resume"])
+    out = capsys.readouterr().out
+    assert f"sltrain: resuming from {tmp_path / 'sltrain' / 'checkpoints'}/step_{stopped_at:08d}" in out
+    assert f"full: no checkpoint in {tmp_path / 'full'}, starting from step 0" in out
+    assert [(r["method"], r["steps"]) for r in results] == [("sltrain", 24), ("full", 24)]
+    assert [r["step"] for r in metrics(tmp_path / "full") if "loss" in r] == list(range(1, 25))
+    assert (tmp_path / "summary.json").exists() and (tmp_path / "loss_curves.png").exists()

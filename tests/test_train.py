@@ -1,6 +1,8 @@
 """The training command: runs, learns, resumes exactly, rejects bad input clearly."""
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -161,12 +163,33 @@ def test_a_full_disk_stops_with_a_clear_message_and_the_last_checkpoint_intact(t
         return real_save(state_dict, checkpoint_id=checkpoint_id)
 
     monkeypatch.setattr(checkpointing.dcp, "save", disk_fills_on_the_second_save)
-    with pytest.raises(SystemExit, match=r"could not write the step-4 checkpoint .*No space left on device; "
-                                         r"the step-2 checkpoint .*step_00000002 is intact"):
+    with pytest.raises(SystemExit, match=r"could not write the step-4 checkpoint .*the disk is full .*the "
+                                         r"partial checkpoint was removed and the step-2 checkpoint "
+                                         r".*step_00000002 is intact"):
         train.main(argv)
     monkeypatch.undo()
     assert checkpoint_step(tmp_path / "full") == 2
     assert not list((tmp_path / "full" / "checkpoints").glob("*.partial"))
+
+
+def test_a_save_that_dcp_fails_for_another_reason_names_it_and_removes_the_partial_folder(tmp_path, monkeypatch):
+    """dcp.save wraps each rank's error in a CheckpointException (a
+    BaseException, not an OSError); the message names the wrapped error."""
+    import traceback
+
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    def denied(state_dict, checkpoint_id):
+        checkpoint_id.mkdir(parents=True)
+        (checkpoint_id / "__0_0.distcp").write_bytes(b"partial")
+        error = PermissionError(13, "Permission denied", str(checkpoint_id / "__0_0.distcp"))
+        raise CheckpointException("save failed", {0: (error, traceback.StackSummary())})
+
+    monkeypatch.setattr(checkpointing.dcp, "save", denied)
+    with pytest.raises(SystemExit, match=r"could not write the step-2 checkpoint .*: PermissionError: \[Errno 13\] "
+                                         r"Permission denied: .*; the partial checkpoint was removed"):
+        train.main(SMALL + ["--steps", "2", "--method", "full", "--save-every", "2", "--out", str(tmp_path)])
+    assert not list((tmp_path / "full" / "checkpoints").iterdir())
 
 
 def test_resume_refuses_an_old_single_file_checkpoint(tmp_path):
@@ -302,3 +325,176 @@ def test_too_many_bad_steps_stop_with_the_last_good_checkpoint(tmp_path, monkeyp
     with pytest.raises(SystemExit, match="2 consecutive steps up to step 6 had a non-finite loss"):
         train.main(argv)
     assert checkpoint_step(tmp_path / "full") == 4
+
+
+# ---- what a user meets (issue 20) -----------------------------------------------------------
+
+
+def sltrain_config(out, method="sltrain"):
+    return json.loads((out / method / "model" / "sltrain_config.json").read_text())
+
+
+def test_stop_after_counts_the_steps_of_each_command_so_the_same_command_goes_on(tmp_path, capsys):
+    """`--stop-after 8` kept in the resumed command trains 8 more steps each
+    time, up to --steps; it used to train nothing and ask for --resume again."""
+    argv = SMALL + ["--steps", "20", "--stop-after", "8", "--method", "full", "--save-every", "100",
+                    "--out", str(tmp_path)]
+    train.main(argv)
+    assert checkpoint_step(tmp_path / "full") == 8
+    assert "stopped at step 8 of 20" in capsys.readouterr().out
+    train.main(argv + ["--resume"])
+    assert checkpoint_step(tmp_path / "full") == 16
+    capsys.readouterr()
+    train.main(argv + ["--resume"])
+    assert checkpoint_step(tmp_path / "full") == 20
+    assert [r["step"] for r in metrics(tmp_path / "full") if "loss" in r] == list(range(1, 21))
+    assert (tmp_path / "full" / "model" / "model.safetensors").exists()
+    assert "stopped at step" not in capsys.readouterr().out
+
+
+def test_zero_learning_rate_and_zero_alpha_are_used_not_replaced_by_defaults(tmp_path):
+    train.main(SMALL + ["--steps", "3", "--method", "sltrain", "--lr", "0", "--alpha", "0", "--out", str(tmp_path)])
+    assert [r["lr"] for r in metrics(tmp_path / "sltrain") if "loss" in r] == [0.0, 0.0, 0.0]
+    assert sltrain_config(tmp_path)["sltrain"]["alpha"] == 0.0
+    model = load_file(tmp_path / "sltrain" / "model" / "model.safetensors")
+    assert all(not t.any() for name, t in model.items() if name.endswith(".B"))  # B starts at zero, lr 0 keeps it
+
+
+def test_metrics_log_the_learning_rate_each_step_used(tmp_path):
+    steps, lr = 10, 1e-2
+    train.main(SMALL + ["--steps", str(steps), "--method", "full", "--lr", str(lr), "--warmup", "0.2",
+                        "--out", str(tmp_path)])
+    logged = [r["lr"] for r in metrics(tmp_path / "full") if "loss" in r]
+    expected = [lr * train.lr_factor(step, steps, 0.2, 0.1) for step in range(steps)]
+    assert logged == pytest.approx(expected)
+    assert logged[0] == pytest.approx(lr / 2)  # step 1 of a 2-step warm-up: half the peak
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--rank", "1", "another --rank (8, now 1)"),
+    ("--density", "0.5", "another --density (0.03, now 0.5)"),
+    ("--alpha", "4", "another --alpha (32.0, now 4.0)"),
+    ("--config", "20m", "another --config ('llama_9m: hidden 128"),
+])
+def test_resuming_with_another_model_shape_names_the_flag(tmp_path, flag, value, message):
+    """It used to fail inside the checkpoint loader with `Size mismatch`."""
+    first = {"--config": "9m", "--method": "sltrain", "--rank": "8"}
+    rest = ["--batch-size", "4", "--seq-len", "32", "--eval-batches", "1", "--steps", "4", "--out", str(tmp_path)]
+    train.main([x for item in first.items() for x in item] + rest + ["--stop-after", "2"])
+    resumed = {**first, flag: value}
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        train.main([x for item in resumed.items() for x in item] + rest + ["--resume"])
+
+
+def broken_configs(folder):
+    """Hand-written --config files a user may give: missing a key, not JSON, a wrong type."""
+    good = json.loads((Path(train.configs.__file__).parent / "llama_9m.json").read_text())
+    missing = folder / "missing.json"
+    missing.write_text(json.dumps({k: v for k, v in good.items() if k != "hidden_size"}))
+    (folder / "notjson.json").write_text("{ hidden_size: 128")
+    (folder / "text.json").write_text(json.dumps({**good, "num_hidden_layers": "four"}))
+    return {"missing": (missing, "the JSON has no 'hidden_size' field"), "notjson": (folder / "notjson.json", "not valid JSON"),
+            "type": (folder / "text.json", "'num_hidden_layers' must be of type int")}
+
+
+# Every flag of sltrain-train with a value it cannot use: exit status 2 and a message that names the flag.
+BAD_FLAGS = [
+    (["--lr", "-1"], "--lr must be a finite number >= 0"),
+    (["--lr", "nan"], "--lr must be a finite number >= 0"),
+    (["--alpha", "-2"], "--alpha must be a finite number >= 0"),
+    (["--alpha", "inf"], "--alpha must be a finite number >= 0"),
+    (["--rank", "0"], "--rank must be at least 1"),
+    (["--rank", "-4"], "--rank must be at least 1"),
+    (["--density", "0"], "--density must be in (0, 1]"),
+    (["--density", "nan"], "--density must be in (0, 1]"),
+    (["--weight-decay", "-0.1"], "--weight-decay must be a finite number >= 0"),
+    (["--max-grad-norm", "-1"], "--max-grad-norm must be a finite number >= 0"),
+    (["--warmup", "1"], "--warmup must be in [0, 1)"),
+    (["--min-lr-ratio", "1.5"], "--min-lr-ratio must be in [0, 1]"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--accumulation", "0"], "--accumulation must be at least 1"),
+    (["--seq-len", "0"], "--seq-len must be at least 1"),
+    (["--seq-len", "4096"], "--seq-len 4096 exceeds the 1024 positions of --config 9m"),
+    (["--eval-every", "0"], "--eval-every must be at least 1"),
+    (["--eval-batches", "-1"], "--eval-batches must be at least 1"),
+    (["--save-every", "0"], "--save-every must be at least 1"),
+    (["--keep-checkpoints", "0"], "--keep-checkpoints must be at least 1"),
+    (["--max-bad-steps", "0"], "--max-bad-steps must be at least 1"),
+    (["--stop-after", "0"], "--stop-after must be between"),
+    (["--vocab-size", "100"], "--vocab-size must be at least 258"),
+    (["--seed", "-1"], "--seed must be in [0, 2**63)"),
+    (["--method", ","], "--method: no method given"),
+    (["--device", "tpu"], "--device tpu: not a device of this program"),
+    (["--device", "cuda:x"], "--device cuda:x: not a device"),
+    (["--dist", "ddp"], "--dist ddp runs under torchrun"),
+    (["--state-bits", "4"], "--state-bits: invalid choice"),
+    (["--resume", "maybe"], "--resume: invalid choice"),
+    (["--steps", "many"], "--steps: invalid int value"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD_FLAGS, ids=[" ".join(a) for a, _ in BAD_FLAGS])
+def test_every_flag_refuses_values_it_cannot_use(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_config_files_and_an_out_that_is_a_file_are_refused_by_name(tmp_path, capsys):
+    for path, message in broken_configs(tmp_path).values():
+        with pytest.raises(SystemExit) as exit_info:
+            train.main(["--config", str(path), "--out", str(tmp_path / "run")])
+        assert exit_info.value.code == 2
+        assert f"--config {path}: {message}" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--out", str(tmp_path / "afile")])
+    assert exit_info.value.code == 2
+    assert f"--out {tmp_path / 'afile'}: a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_resumed_run_says_where_it_continues_and_recreates_a_deleted_log(tmp_path, capsys):
+    argv = SMALL + ["--steps", "6", "--method", "full", "--save-every", "100", "--out", str(tmp_path)]
+    train.main(argv + ["--stop-after", "4"])
+    (tmp_path / "full" / "metrics.jsonl").unlink()
+    capsys.readouterr()
+    train.main(argv + ["--resume"])
+    out = capsys.readouterr().out
+    windows = 4 * 4  # 4 steps of 4 windows
+    assert re.search(rf"full: resuming from {re.escape(str(tmp_path))}/full/checkpoints/step_00000004 at step 4 "
+                     rf"of 6; data position: training window {windows} \(window {windows} of [\d,]+ in epoch 1, "
+                     rf"{windows * 32} tokens read\)", out), out
+    assert "metrics.jsonl is missing; a new one starts at step 5" in out
+    assert [r["step"] for r in metrics(tmp_path / "full") if "loss" in r] == [5, 6]
+    assert checkpoint_step(tmp_path / "full") == 6
+
+
+def test_when_every_checkpoint_is_damaged_the_message_says_so(tmp_path, capsys):
+    argv = SMALL + ["--steps", "6", "--method", "full", "--save-every", "2", "--out", str(tmp_path)]
+    train.main(argv + ["--stop-after", "4"])
+    for folder in (tmp_path / "full" / "checkpoints").iterdir():
+        (folder / "manifest.json").unlink()
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match="every checkpoint of full in .* is damaged .*`--resume if-exists` starts"):
+        train.main(argv + ["--resume"])
+    out = capsys.readouterr().out
+    assert "falling back" not in out and "full: all 2 checkpoints are damaged" in out
+
+
+def test_the_final_progress_bar_shows_the_last_evaluation(tmp_path, capsys):
+    train.main(SMALL + ["--steps", "10", "--method", "full", "--out", str(tmp_path)])
+    last = [r for r in metrics(tmp_path / "full") if "val_bpb" in r][-1]
+    assert last["step"] == 10
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert f"val_bpb={last['val_bpb']:.3f}" in bar, bar
+
+
+@pytest.mark.parametrize("flag,reason", [("--data", "no such file or directory"), ("--tokenizer", "no such file")])
+def test_flags_checked_when_the_data_is_opened_are_named(tmp_path, flag, reason):
+    (tmp_path / "c.txt").write_text("some text " * 50)
+    data = ["--data", str(tmp_path / "c.txt")] if flag == "--tokenizer" else []
+    missing = tmp_path / "nowhere.json"
+    with pytest.raises(SystemExit, match=re.escape(f"sltrain-train: {flag} {missing}: {reason}")):
+        train.main(SMALL + ["--steps", "1", "--method", "full", "--out", str(tmp_path)] + data + [flag, str(missing)])
