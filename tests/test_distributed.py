@@ -16,22 +16,26 @@ SMALL = ["--config", "9m", "--method", "sltrain", "--batch-size", "4", "--seq-le
          "--eval-batches", "2", "--steps", "10"]
 
 
-def torchrun(processes, argv, dist="ddp"):
+def run_torchrun(processes, argv):
+    """torchrun on CPU processes; a failure shows the workers' stderr (the
+    launcher's own exit status alone says nothing of the cause)."""
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-                    "-m", "sltrain_ext.train", "--dist", dist, *argv], check=True, env=env, cwd=ROOT,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc_per_node={processes}", *argv], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, timeout=300)
+    assert done.returncode == 0, f"torchrun exited {done.returncode}:\n{done.stderr[-6000:]}"
+
+
+def torchrun(processes, argv, dist="ddp"):
+    run_torchrun(processes, ["-m", "sltrain_ext.train", "--dist", dist, *argv])
 
 
 @pytest.mark.parametrize("per_layer", [False, True])
 def test_fsdp2_sharded_sladamw_equals_single_process(tmp_path, per_layer):
     import fsdp_worker
 
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                    str(ROOT / "tests" / "fsdp_worker.py"), str(tmp_path / "fsdp.pt")]
-                   + (["--per-layer"] if per_layer else []), check=True, env=env,
-                   cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
+    run_torchrun(2, [str(ROOT / "tests" / "fsdp_worker.py"), str(tmp_path / "fsdp.pt")]
+                 + (["--per-layer"] if per_layer else []))
     sharded = torch.load(tmp_path / "fsdp.pt")
     single = fsdp_worker.train(fsdp_worker.make_model(), sharded=False, per_layer=per_layer)
     for name, param in single.named_parameters():
