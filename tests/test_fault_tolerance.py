@@ -200,6 +200,32 @@ def test_sigterm_to_one_rank_stops_every_rank_at_one_step_with_a_checkpoint(tmp_
     assert checkpoint_step(tmp_path / "sltrain") == 30
 
 
+def test_sigterm_to_the_launcher_ends_in_status_75_with_a_checkpoint(tmp_path):
+    """What a scheduler does: SIGTERM to the launcher of two CPU ranks.
+    sltrain-torchrun forwards it through torchrun (which alone would exit 1
+    with its own SignalException) and exits with 75 once the workers have
+    checkpointed."""
+    argv = SMALL + ["--steps", "30", "--method", "sltrain", "--save-every", "1000", "--dist", "ddp",
+                    "--out", str(tmp_path)]
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "sltrain_ext.launch", "--standalone", "--nproc-per-node", "2",
+         "-m", "sltrain_ext.train", *argv], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        log = tmp_path / "sltrain" / "metrics.jsonl"
+        deadline = time.monotonic() + 300
+        while not (log.exists() and len(log.read_text().splitlines()) >= 3):
+            assert launcher.poll() is None, launcher.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.02)
+        launcher.send_signal(signal.SIGTERM)
+        _, err = launcher.communicate(timeout=300)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == PREEMPTED_EXIT_STATUS, err[-3000:]
+    assert 3 <= checkpoint_step(tmp_path / "sltrain") < 30
+
+
 # ---- a full disk ---------------------------------------------------------------------------
 
 
