@@ -18,22 +18,32 @@ ROOT = Path(__file__).resolve().parent.parent
 EMULATOR = ROOT / "tests" / "cuda_emulator"
 
 
+# SLTRAIN_EMULATED_SANITIZERS=1 builds (into a folder of its own) and loads the
+# same extension under ASan and UBSan; the Python process must then start with
+# the sanitizer runtimes preloaded (tests/test_cuda_bindings_sanitized.py does).
+SANITIZED = os.environ.get("SLTRAIN_EMULATED_SANITIZERS") == "1"
+SANITIZER_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
+
+
 @cache
 def load():
     """The built test extension (a Python module with ``ledger_start`` and
     ``ledger_stop``); its ops are registered as a side effect."""
     from torch.utils.cpp_extension import load as build_and_load
 
-    build_directory = ROOT / "build" / "emulated_cuda"
+    variant = "emulated_cuda_sanitized" if SANITIZED else "emulated_cuda"
+    build_directory = ROOT / "build" / variant
     build_directory.mkdir(parents=True, exist_ok=True)
     return build_and_load(
-        name="sltrain_emulated_cuda",
+        name=f"sltrain_{variant}",
         sources=[str(EMULATOR / "bindings" / name) for name in ("runtime.cpp", "ops.cpp", "support.cpp")]
         + [str(ROOT / "csrc" / "checks.cpp")],
         # The shims first, so <ATen/cuda/CUDAContext.h> and friends resolve to them.
         extra_include_paths=[str(EMULATOR / "aten_shim"), str(EMULATOR), str(ROOT / "csrc")],
-        extra_cflags=["-O2", "-DSLTRAIN_CUDA_EMULATOR", "-DSLTRAIN_CUDA_LIBRARY=sltrain_emulated_cuda",
-                      "-DSLTRAIN_CUDA_DISPATCH_KEY=CPU"],
+        extra_cflags=["-O1" if SANITIZED else "-O2", "-DSLTRAIN_CUDA_EMULATOR",
+                      "-DSLTRAIN_CUDA_LIBRARY=sltrain_emulated_cuda", "-DSLTRAIN_CUDA_DISPATCH_KEY=CPU"]
+        + (SANITIZER_FLAGS if SANITIZED else []),
+        extra_ldflags=SANITIZER_FLAGS if SANITIZED else [],
         build_directory=str(build_directory),
         verbose=os.environ.get("SLTRAIN_EMULATED_BUILD_VERBOSE") == "1",
     )
