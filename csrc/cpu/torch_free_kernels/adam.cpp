@@ -3,6 +3,10 @@
 #include <cstring>
 #include <type_traits>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
 #include "../../common/quant8.h"
 #include "kernels.h"
 #include "parallel.h"
@@ -69,29 +73,183 @@ float from_bits(uint32_t u) {
 
 // The decoded moments of a block at absmax 1: table loads, kept out of the
 // vector loops (vectorised, each load becomes an extract and an insert).
-__attribute__((noinline, optimize("no-tree-vectorize"))) void decode_block(
+__attribute__((noinline, optimize("no-tree-vectorize"))) void decode_block_portable(
     int64_t count, const int8_t* __restrict exp_avg, const uint8_t* __restrict sqrt_exp_avg_sq,
-    const DecodeTables& tables, float* __restrict m, float* __restrict sqrt_v) {
+    float* __restrict m, float* __restrict sqrt_v) {
+  static const DecodeTables tables;
   for (int64_t j = 0; j < count; ++j) {
     m[j] = tables.signed_code[uint8_t(exp_avg[j])];
     sqrt_v[j] = tables.unsigned_code[sqrt_exp_avg_sq[j]];
   }
 }
 
+// The codes of a block's new moments; the scales are 1 / the new absmaxes.
+SLTRAIN_SIMD_CLONES_WITH_AVX512 void encode_block_portable(int64_t count, const float* __restrict m,
+                                                           const float* __restrict sqrt_v, float m_scale,
+                                                           float sqrt_v_scale, int8_t* __restrict exp_avg,
+                                                           uint8_t* __restrict sqrt_exp_avg_sq) {
+  int32_t m_code[kQuantBlock], sqrt_v_code[kQuantBlock];
+  for (int64_t j = 0; j < count; ++j) {
+    m_code[j] = encode_signed8(m[j], m_scale);
+    sqrt_v_code[j] = encode_unsigned8(sqrt_v[j], sqrt_v_scale);
+  }
+  for (int64_t j = 0; j < count; ++j) {
+    exp_avg[j] = int8_t(m_code[j]);
+    sqrt_exp_avg_sq[j] = uint8_t(sqrt_v_code[j]);
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// AVX-512 decode and encode: every table of the codes held in registers, so a
+// lookup is an in-register permute of 16 lanes instead of a scalar load (the
+// decode) or a gather (the encode, which GCC otherwise emits for bin[]).
+// Same integer arithmetic on the same float bits as quant8.h: the same codes
+// and values bit for bit (test_cpu_kernels compares them exhaustively).
+#define SLTRAIN_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
+// GCC 12's own AVX-512 headers start masked intrinsics from an undefined
+// register and then warn that it may be used uninitialised: a false positive.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+// The table of one octave's steps, padded to 16 lanes, as float bits.
+template <int Steps>
+SLTRAIN_AVX512 __m512i octave_steps() {
+  alignas(64) uint32_t padded[16] = {};
+  for (int k = 0; k < Steps; ++k) padded[k] = bits_of(quant8_detail::kHostTable<Steps>.step[k]);
+  return _mm512_load_si512(padded);
+}
+
+// 2^(-steps / Steps) * 1 for 0 <= steps, as quant8_detail::two_to_minus:
+// the step of the octave from a permute, the octave subtracted from the exponent.
+template <int Steps>
+SLTRAIN_AVX512 __m512 two_to_minus(__m512i steps, __m512i octave_step_bits) {
+  // octaves = ceil(steps / Steps); for Steps = 12 a multiply and shift
+  // (exact for steps + 11 < 2^15: floor(x * 43691 / 2^19) = floor(x / 12)).
+  const __m512i rounded_up = _mm512_add_epi32(steps, _mm512_set1_epi32(Steps - 1));
+  const __m512i octaves = Steps == 16 ? _mm512_srli_epi32(rounded_up, 4)
+                                      : _mm512_srli_epi32(_mm512_mullo_epi32(rounded_up, _mm512_set1_epi32(43691)), 19);
+  const __m512i k = _mm512_sub_epi32(_mm512_mullo_epi32(octaves, _mm512_set1_epi32(Steps)), steps);
+  const __m512i step = _mm512_permutexvar_epi32(k, octave_step_bits);
+  return _mm512_castsi512_ps(_mm512_sub_epi32(step, _mm512_slli_epi32(octaves, 23)));
+}
+
+SLTRAIN_AVX512 void decode_block_avx512(int64_t count, const int8_t* __restrict exp_avg,
+                                        const uint8_t* __restrict sqrt_exp_avg_sq, float* __restrict m,
+                                        float* __restrict sqrt_v) {
+  const __m512i steps12 = octave_steps<12>(), steps16 = octave_steps<16>();
+  const __m512i sign_bit = _mm512_set1_epi32(int32_t(0x80000000u));
+  for (int64_t j = 0; j < count; j += 16) {
+    const __mmask16 lanes = count - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (count - j)) - 1);
+    const __m512i q = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(lanes, exp_avg + j));
+    const __m512i magnitude = _mm512_abs_epi32(q);
+    // Codes 0 and -128 (never written) decode to 0, as in DecodeTables.
+    const __mmask16 nonzero = _mm512_cmpneq_epi32_mask(q, _mm512_setzero_si512()) &
+                              _mm512_cmpneq_epi32_mask(q, _mm512_set1_epi32(-128));
+    const __m512i m_bits = _mm512_castps_si512(
+        two_to_minus<12>(_mm512_sub_epi32(_mm512_set1_epi32(127), magnitude), steps12));
+    const __m512i signed_bits = _mm512_or_si512(m_bits, _mm512_and_si512(q, sign_bit));
+    _mm512_mask_storeu_ps(m + j, lanes, _mm512_maskz_mov_ps(nonzero, _mm512_castsi512_ps(signed_bits)));
+    const __m512i u = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(lanes, sqrt_exp_avg_sq + j));
+    const __m512 v = two_to_minus<16>(_mm512_sub_epi32(_mm512_set1_epi32(255), u), steps16);
+    _mm512_mask_storeu_ps(sqrt_v + j, lanes,
+                          _mm512_maskz_mov_ps(_mm512_cmpneq_epi32_mask(u, _mm512_setzero_si512()), v));
+  }
+}
+
+// quant8_detail::steps_below_one of 16 lanes: the bin word from four
+// two-register permutes (32 words each) chosen by the bin's top two bits.
+struct BinTable {
+  __m512i words[8];
+};
+
+template <int Steps>
+SLTRAIN_AVX512 BinTable bin_table() {
+  BinTable table;
+  for (int i = 0; i < 8; ++i) table.words[i] = _mm512_loadu_si512(quant8_detail::kHostTable<Steps>.bin + 16 * i);
+  return table;
+}
+
+template <int Steps>
+SLTRAIN_AVX512 __m512i steps_below_one(__m512 r, const BinTable& table) {
+  const __m512i bits = _mm512_castps_si512(r);
+  const __m512i bin = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x7f));
+  __m512i quarter[4];
+  for (int i = 0; i < 4; ++i) quarter[i] = _mm512_permutex2var_epi32(table.words[2 * i], bin, table.words[2 * i + 1]);
+  const __mmask16 upper_half = _mm512_test_epi32_mask(bin, _mm512_set1_epi32(64));
+  const __mmask16 odd_quarter = _mm512_test_epi32_mask(bin, _mm512_set1_epi32(32));
+  const __m512i entry = _mm512_mask_blend_epi32(
+      upper_half, _mm512_mask_blend_epi32(odd_quarter, quarter[0], quarter[1]),
+      _mm512_mask_blend_epi32(odd_quarter, quarter[2], quarter[3]));
+  const __m512i below = _mm512_srli_epi32(entry, 24);
+  const __mmask16 past_midpoint = _mm512_cmpge_epu32_mask(_mm512_and_si512(bits, _mm512_set1_epi32(0x7fffff)),
+                                                          _mm512_and_si512(entry, _mm512_set1_epi32(0xffffff)));
+  const __m512i within_octave = _mm512_mask_add_epi32(below, past_midpoint, below, _mm512_set1_epi32(1));
+  const __m512i octaves = _mm512_sub_epi32(_mm512_set1_epi32(127), _mm512_srli_epi32(bits, 23));
+  return _mm512_sub_epi32(_mm512_mullo_epi32(octaves, _mm512_set1_epi32(Steps)), within_octave);
+}
+
+SLTRAIN_AVX512 __m512i clamp_steps(__m512i steps, int most) {
+  return _mm512_min_epi32(_mm512_max_epi32(steps, _mm512_setzero_si512()), _mm512_set1_epi32(most));
+}
+
+SLTRAIN_AVX512 void encode_block_avx512(int64_t count, const float* __restrict m, const float* __restrict sqrt_v,
+                                        float m_scale, float sqrt_v_scale, int8_t* __restrict exp_avg,
+                                        uint8_t* __restrict sqrt_exp_avg_sq) {
+  const BinTable bins12 = bin_table<12>(), bins16 = bin_table<16>();
+  const __m512 zero = _mm512_setzero_ps();
+  const __m512 m_scales = _mm512_set1_ps(m_scale), sqrt_v_scales = _mm512_set1_ps(sqrt_v_scale);
+  // encode_signed8 / encode_unsigned8: lanes of an all-zero block stay 0.
+  const __mmask16 m_block_nonzero = m_scale > 0.0f ? 0xffff : 0;
+  const __mmask16 sqrt_v_block_nonzero = sqrt_v_scale > 0.0f ? 0xffff : 0;
+  for (int64_t j = 0; j < count; j += 16) {
+    const __mmask16 lanes = count - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (count - j)) - 1);
+    const __m512 x = _mm512_maskz_loadu_ps(lanes, m + j);
+    const __mmask16 negative = _mm512_cmp_ps_mask(x, zero, _CMP_LT_OQ);
+    const __m512 magnitude_x = _mm512_mask_sub_ps(x, negative, zero, x);
+    const __m512i magnitude = _mm512_sub_epi32(
+        _mm512_set1_epi32(127), clamp_steps(steps_below_one<12>(_mm512_mul_ps(magnitude_x, m_scales), bins12), 127));
+    const __m512i code = _mm512_mask_sub_epi32(magnitude, negative, _mm512_setzero_si512(), magnitude);
+    const __mmask16 m_kept = m_block_nonzero & _mm512_cmp_ps_mask(x, zero, _CMP_NEQ_UQ);
+    _mm_mask_storeu_epi8(exp_avg + j, lanes, _mm512_cvtepi32_epi8(_mm512_maskz_mov_epi32(m_kept, code)));
+    const __m512 y = _mm512_maskz_loadu_ps(lanes, sqrt_v + j);
+    const __m512i unsigned_code = _mm512_sub_epi32(
+        _mm512_set1_epi32(255), clamp_steps(steps_below_one<16>(_mm512_mul_ps(y, sqrt_v_scales), bins16), 254));
+    const __mmask16 sqrt_v_kept = sqrt_v_block_nonzero & _mm512_cmp_ps_mask(y, zero, _CMP_GT_OQ);
+    _mm_mask_storeu_epi8(sqrt_exp_avg_sq + j, lanes,
+                         _mm512_cvtepi32_epi8(_mm512_maskz_mov_epi32(sqrt_v_kept, unsigned_code)));
+  }
+}
+#pragma GCC diagnostic pop
+#undef SLTRAIN_AVX512
+#endif
+
+// The decoder and encoder of this machine, chosen once.
+struct CodecKernels {
+  decltype(&decode_block_portable) decode = decode_block_portable;
+  decltype(&encode_block_portable) encode = encode_block_portable;
+  CodecKernels() {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl")) {
+      decode = decode_block_avx512;
+      encode = encode_block_avx512;
+    }
+#endif
+  }
+};
+
 // One code block of count <= kQuantBlock elements: decode against the old
-// absmaxes, the 32-bit update, the new absmaxes, re-encode. The loops over
-// floats see only 32-bit types, so they vectorise 8 wide without spilling;
-// the absmaxes are integer maxima of the float bits (the same order for
-// non-negative floats; a NaN moment wins and makes its block's absmax NaN
-// instead of vanishing from it).
+// absmaxes, the 32-bit update, the new absmaxes, re-encode. The update loop
+// sees only 32-bit types, so it vectorises without spilling; the absmaxes are
+// integer maxima of the float bits (the same order for non-negative floats;
+// a NaN moment wins and makes its block's absmax NaN instead of vanishing from it).
 template <bool kDecoupled, class P>
 SLTRAIN_SIMD_CLONES_WITH_AVX512 void adam8bit_block(int64_t count, P* __restrict param, const P* __restrict grad,
                                         int8_t* __restrict exp_avg, float* exp_avg_absmax,
                                         uint8_t* __restrict sqrt_exp_avg_sq, float* sqrt_exp_avg_sq_absmax,
-                                        const AdamScalars<float>& scalars, const DecodeTables& tables) {
+                                        const AdamScalars<float>& scalars, const CodecKernels& codec) {
   float m[kQuantBlock], sqrt_v[kQuantBlock];
-  int32_t m_code[kQuantBlock], sqrt_v_code[kQuantBlock];
-  decode_block(count, exp_avg, sqrt_exp_avg_sq, tables, m, sqrt_v);
+  codec.decode(count, exp_avg, sqrt_exp_avg_sq, m, sqrt_v);
   const float m_absmax_old = *exp_avg_absmax, sqrt_v_absmax_old = *sqrt_exp_avg_sq_absmax;
   uint32_t m_absmax_bits = 0, sqrt_v_absmax_bits = 0;
   for (int64_t j = 0; j < count; ++j) {
@@ -109,14 +267,7 @@ SLTRAIN_SIMD_CLONES_WITH_AVX512 void adam8bit_block(int64_t count, P* __restrict
   const float m_absmax = from_bits(m_absmax_bits), sqrt_v_absmax = from_bits(sqrt_v_absmax_bits);
   const float m_scale = m_absmax > 0.0f ? 1.0f / m_absmax : 0.0f;
   const float sqrt_v_scale = sqrt_v_absmax > 0.0f ? 1.0f / sqrt_v_absmax : 0.0f;
-  for (int64_t j = 0; j < count; ++j) {
-    m_code[j] = encode_signed8(m[j], m_scale);
-    sqrt_v_code[j] = encode_unsigned8(sqrt_v[j], sqrt_v_scale);
-  }
-  for (int64_t j = 0; j < count; ++j) {
-    exp_avg[j] = int8_t(m_code[j]);
-    sqrt_exp_avg_sq[j] = uint8_t(sqrt_v_code[j]);
-  }
+  codec.encode(count, m, sqrt_v, m_scale, sqrt_v_scale, exp_avg, sqrt_exp_avg_sq);
   *exp_avg_absmax = m_absmax;
   *sqrt_exp_avg_sq_absmax = sqrt_v_absmax;
 }
@@ -138,13 +289,13 @@ void adam8bit_step(int64_t numel, P* param, const P* grad, int8_t* exp_avg, floa
                    uint8_t* sqrt_exp_avg_sq, float* sqrt_exp_avg_sq_absmax, const AdamHyper& hyper) {
   const AdamScalars<float> scalars(hyper);
   const int64_t blocks = (numel + kQuantBlock - 1) / kQuantBlock;
-  static const DecodeTables tables;
+  static const CodecKernels codec;
   parallel_for(0, blocks, 64, [&](int64_t block_begin, int64_t block_end) {
     for (int64_t block = block_begin; block < block_end; ++block) {
       const int64_t first = block * kQuantBlock;
       const auto run = scalars.decoupled ? adam8bit_block<true, P> : adam8bit_block<false, P>;
       run(std::min(kQuantBlock, numel - first), param + first, grad + first, exp_avg + first,
-          exp_avg_absmax + block, sqrt_exp_avg_sq + first, sqrt_exp_avg_sq_absmax + block, scalars, tables);
+          exp_avg_absmax + block, sqrt_exp_avg_sq + first, sqrt_exp_avg_sq_absmax + block, scalars, codec);
     }
   });
 }
