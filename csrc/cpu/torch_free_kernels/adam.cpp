@@ -192,6 +192,17 @@ SLTRAIN_AVX512 __m512i clamp_steps(__m512i steps, int most) {
   return _mm512_min_epi32(_mm512_max_epi32(steps, _mm512_setzero_si512()), _mm512_set1_epi32(most));
 }
 
+// The low bytes of 16 codes; masked only in a block's tail (masked stores are
+// slow on some CPUs).
+SLTRAIN_AVX512 void store_codes(void* codes, __mmask16 lanes, __m512i code) {
+  const __m128i bytes = _mm512_cvtepi32_epi8(code);
+  if (lanes == 0xffff) {
+    _mm_storeu_si128(static_cast<__m128i*>(codes), bytes);
+  } else {
+    _mm_mask_storeu_epi8(codes, lanes, bytes);
+  }
+}
+
 SLTRAIN_AVX512 void encode_block_avx512(int64_t count, const float* __restrict m, const float* __restrict sqrt_v,
                                         float m_scale, float sqrt_v_scale, int8_t* __restrict exp_avg,
                                         uint8_t* __restrict sqrt_exp_avg_sq) {
@@ -210,13 +221,12 @@ SLTRAIN_AVX512 void encode_block_avx512(int64_t count, const float* __restrict m
         _mm512_set1_epi32(127), clamp_steps(steps_below_one<12>(_mm512_mul_ps(magnitude_x, m_scales), bins12), 127));
     const __m512i code = _mm512_mask_sub_epi32(magnitude, negative, _mm512_setzero_si512(), magnitude);
     const __mmask16 m_kept = m_block_nonzero & _mm512_cmp_ps_mask(x, zero, _CMP_NEQ_UQ);
-    _mm_mask_storeu_epi8(exp_avg + j, lanes, _mm512_cvtepi32_epi8(_mm512_maskz_mov_epi32(m_kept, code)));
+    store_codes(exp_avg + j, lanes, _mm512_maskz_mov_epi32(m_kept, code));
     const __m512 y = _mm512_maskz_loadu_ps(lanes, sqrt_v + j);
     const __m512i unsigned_code = _mm512_sub_epi32(
         _mm512_set1_epi32(255), clamp_steps(steps_below_one<16>(_mm512_mul_ps(y, sqrt_v_scales), bins16), 254));
     const __mmask16 sqrt_v_kept = sqrt_v_block_nonzero & _mm512_cmp_ps_mask(y, zero, _CMP_GT_OQ);
-    _mm_mask_storeu_epi8(sqrt_exp_avg_sq + j, lanes,
-                         _mm512_cvtepi32_epi8(_mm512_maskz_mov_epi32(sqrt_v_kept, unsigned_code)));
+    store_codes(sqrt_exp_avg_sq + j, lanes, _mm512_maskz_mov_epi32(sqrt_v_kept, unsigned_code));
   }
 }
 #pragma GCC diagnostic pop
@@ -238,6 +248,20 @@ struct CodecKernels {
   }
 };
 
+// Work per element (float32 parameters):
+//   32-bit step: loads p, g, m, v (16 B), stores p, m, v (12 B); 8 multiplies
+//     or adds, 2 divisions, 1 square root. Memory-bound on this CPU.
+//   8-bit step: loads p, g (8 B) and two codes (2 B), stores p (4 B) and two
+//     codes (2 B), plus 8 B of absmaxes per 256 elements: 16 B. The same 8
+//     multiplies or adds, 2 divisions and 1 square root, and on top: decode,
+//     about 8 integer operations and one 16-lane permute per code, 3 multiplies;
+//     the absmaxes, 2 maxima; encode, about 16 integer operations, 4 two-table
+//     permutes and 3 blends per code; and the block's moments through L1 twice
+//     (decode -> update -> encode: 4 stores and 4 loads of 4 B).
+//   Measured (bench_cpu_adam, one thread, 8 M elements, 2026-11-27): the update
+//   loop alone 2.6 ms, with the decode 4.9 ms, with the encode too 16-18 ms,
+//   against 3.7 ms for the 32-bit step: the encode's integer work is the floor
+//   left (about 2 ns an element), not memory.
 // One code block of count <= kQuantBlock elements: decode against the old
 // absmaxes, the 32-bit update, the new absmaxes, re-encode. The update loop
 // sees only 32-bit types, so it vectorises without spilling; the absmaxes are
