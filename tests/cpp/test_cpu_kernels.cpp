@@ -274,6 +274,35 @@ void test_adam8bit_kernel_codes() {
   expect(absmax == absmax_before && sqrt_absmax == sqrt_absmax_before, "and to their absmaxes");
 }
 
+void test_adam8bit_kernel_every_mantissa() {
+  // Every 23-bit mantissa through the kernel's encoder: blocks of absmax 1
+  // (their first moment is 1, so r = |g| exactly) whose other moments sweep
+  // the mantissas over several octaves, signs alternating; beta1 = beta2 = 0
+  // from zero states makes the new moments g and |g|.
+  const int64_t mantissas = int64_t(1) << 23, per_block = kQuantBlock - 1;
+  const int64_t blocks = (mantissas + per_block - 1) / per_block, n = blocks * kQuantBlock;
+  std::vector<float> param(n, 1.0f), grad(n), absmax(blocks), sqrt_absmax(blocks);
+  for (int64_t block = 0, field = 0; block < blocks; ++block) {
+    grad[block * kQuantBlock] = 1.0f;
+    for (int64_t j = 1; j < kQuantBlock; ++j, ++field) {
+      const uint32_t bits = (uint32_t(126 - field % 23) << 23) | uint32_t(field % mantissas);
+      float value;
+      std::memcpy(&value, &bits, 4);
+      grad[block * kQuantBlock + j] = field % 2 ? -value : value;
+    }
+  }
+  std::vector<int8_t> m_codes(n);
+  std::vector<uint8_t> v_codes(n);
+  adam8bit_step<float>(n, param.data(), grad.data(), m_codes.data(), absmax.data(), v_codes.data(),
+                       sqrt_absmax.data(), AdamHyper{1e-3, 0.0, 0.0, 1e-8, 0.0, 1, true});
+  int64_t mismatches = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    mismatches += m_codes[i] != encode_signed8(grad[i], 1.0f);
+    mismatches += v_codes[i] != encode_unsigned8(std::fabs(grad[i]), 1.0f);
+  }
+  expect(mismatches == 0, "the 8-bit kernel encodes every mantissa as quant8.h does");
+}
+
 void test_half_round_trips() {
   bool bf16_ok = true, fp16_ok = true;
   for (uint32_t bits = 0; bits < 65536; ++bits) {
@@ -304,6 +333,7 @@ int main() {
   test_quant8_encoders_match_definition();
   test_adam8bit_first_step();
   test_adam8bit_kernel_codes();
+  test_adam8bit_kernel_every_mantissa();
   test_half_round_trips();
   std::printf("%d passed, %d failed\n", passes, failures);
   return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;

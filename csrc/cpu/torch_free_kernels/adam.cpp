@@ -156,33 +156,40 @@ SLTRAIN_AVX512 void decode_block_avx512(int64_t count, const int8_t* __restrict 
   }
 }
 
-// quant8_detail::steps_below_one of 16 lanes: the bin word from four
-// two-register permutes (32 words each) chosen by the bin's top two bits.
-struct BinTable {
-  __m512i words[8];
+// quant8_detail::steps_below_one of 16 lanes, with one permute instead of
+// the bin table: the number of midpoints at or below a mantissa m in [1, 2)
+// is floor(Steps * log2(m) + 1/2) up to the midpoints' float rounding, so a
+// guess j = floor(Steps * q(m)) from a quadratic q with |q - log2| < 0.0077
+// (0.12 of a step at Steps = 16) is that count or one less, and one
+// comparison with midpoint j settles it. Exact for every mantissa
+// (test_cpu_kernels sweeps all 2^23).
+template <int Steps>
+struct MidpointGuess {
+  __m512i midpoint_fields;  // the 23-bit mantissa fields of the midpoints, 16 lanes
+  __m512 linear, quadratic;  // Steps * q(1 + f / 2^23) = f * (linear + quadratic * f)
 };
 
 template <int Steps>
-SLTRAIN_AVX512 BinTable bin_table() {
-  BinTable table;
-  for (int i = 0; i < 8; ++i) table.words[i] = _mm512_loadu_si512(quant8_detail::kHostTable<Steps>.bin + 16 * i);
-  return table;
+SLTRAIN_AVX512 MidpointGuess<Steps> midpoint_guess() {
+  alignas(64) uint32_t fields[16];
+  for (int j = 0; j < 16; ++j) {
+    fields[j] = j < Steps ? uint32_t((quant8_detail::Octave<Steps>::kMidpoint[j] - 1.0f) * 8388608.0f) : (1u << 23);
+  }
+  // q(1 + d) = d * (c + (1 - c) * d), c = 1.3466: exact at d = 0 and 1.
+  constexpr float c = 1.3466f, to_d = 1.0f / 8388608.0f;
+  return {_mm512_load_si512(fields), _mm512_set1_ps(Steps * c * to_d),
+          _mm512_set1_ps(Steps * (1.0f - c) * to_d * to_d)};
 }
 
 template <int Steps>
-SLTRAIN_AVX512 __m512i steps_below_one(__m512 r, const BinTable& table) {
+SLTRAIN_AVX512 __m512i steps_below_one(__m512 r, const MidpointGuess<Steps>& guess) {
   const __m512i bits = _mm512_castps_si512(r);
-  const __m512i bin = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x7f));
-  __m512i quarter[4];
-  for (int i = 0; i < 4; ++i) quarter[i] = _mm512_permutex2var_epi32(table.words[2 * i], bin, table.words[2 * i + 1]);
-  const __mmask16 upper_half = _mm512_test_epi32_mask(bin, _mm512_set1_epi32(64));
-  const __mmask16 odd_quarter = _mm512_test_epi32_mask(bin, _mm512_set1_epi32(32));
-  const __m512i entry = _mm512_mask_blend_epi32(
-      upper_half, _mm512_mask_blend_epi32(odd_quarter, quarter[0], quarter[1]),
-      _mm512_mask_blend_epi32(odd_quarter, quarter[2], quarter[3]));
-  const __m512i below = _mm512_srli_epi32(entry, 24);
-  const __mmask16 past_midpoint = _mm512_cmpge_epu32_mask(_mm512_and_si512(bits, _mm512_set1_epi32(0x7fffff)),
-                                                          _mm512_and_si512(entry, _mm512_set1_epi32(0xffffff)));
+  const __m512i field = _mm512_and_si512(bits, _mm512_set1_epi32(0x7fffff));
+  const __m512 f = _mm512_cvtepi32_ps(field);
+  const __m512 scaled_log = _mm512_mul_ps(f, _mm512_fmadd_ps(guess.quadratic, f, guess.linear));
+  const __m512i below = _mm512_min_epi32(_mm512_cvttps_epi32(scaled_log), _mm512_set1_epi32(Steps - 1));
+  const __mmask16 past_midpoint =
+      _mm512_cmpge_epu32_mask(field, _mm512_permutexvar_epi32(below, guess.midpoint_fields));
   const __m512i within_octave = _mm512_mask_add_epi32(below, past_midpoint, below, _mm512_set1_epi32(1));
   const __m512i octaves = _mm512_sub_epi32(_mm512_set1_epi32(127), _mm512_srli_epi32(bits, 23));
   return _mm512_sub_epi32(_mm512_mullo_epi32(octaves, _mm512_set1_epi32(Steps)), within_octave);
@@ -206,7 +213,8 @@ SLTRAIN_AVX512 void store_codes(void* codes, __mmask16 lanes, __m512i code) {
 SLTRAIN_AVX512 void encode_block_avx512(int64_t count, const float* __restrict m, const float* __restrict sqrt_v,
                                         float m_scale, float sqrt_v_scale, int8_t* __restrict exp_avg,
                                         uint8_t* __restrict sqrt_exp_avg_sq) {
-  const BinTable bins12 = bin_table<12>(), bins16 = bin_table<16>();
+  const MidpointGuess<12> guess12 = midpoint_guess<12>();
+  const MidpointGuess<16> guess16 = midpoint_guess<16>();
   const __m512 zero = _mm512_setzero_ps();
   const __m512 m_scales = _mm512_set1_ps(m_scale), sqrt_v_scales = _mm512_set1_ps(sqrt_v_scale);
   // encode_signed8 / encode_unsigned8: lanes of an all-zero block stay 0.
@@ -218,13 +226,13 @@ SLTRAIN_AVX512 void encode_block_avx512(int64_t count, const float* __restrict m
     const __mmask16 negative = _mm512_cmp_ps_mask(x, zero, _CMP_LT_OQ);
     const __m512 magnitude_x = _mm512_mask_sub_ps(x, negative, zero, x);
     const __m512i magnitude = _mm512_sub_epi32(
-        _mm512_set1_epi32(127), clamp_steps(steps_below_one<12>(_mm512_mul_ps(magnitude_x, m_scales), bins12), 127));
+        _mm512_set1_epi32(127), clamp_steps(steps_below_one<12>(_mm512_mul_ps(magnitude_x, m_scales), guess12), 127));
     const __m512i code = _mm512_mask_sub_epi32(magnitude, negative, _mm512_setzero_si512(), magnitude);
     const __mmask16 m_kept = m_block_nonzero & _mm512_cmp_ps_mask(x, zero, _CMP_NEQ_UQ);
     store_codes(exp_avg + j, lanes, _mm512_maskz_mov_epi32(m_kept, code));
     const __m512 y = _mm512_maskz_loadu_ps(lanes, sqrt_v + j);
     const __m512i unsigned_code = _mm512_sub_epi32(
-        _mm512_set1_epi32(255), clamp_steps(steps_below_one<16>(_mm512_mul_ps(y, sqrt_v_scales), bins16), 254));
+        _mm512_set1_epi32(255), clamp_steps(steps_below_one<16>(_mm512_mul_ps(y, sqrt_v_scales), guess16), 254));
     const __mmask16 sqrt_v_kept = sqrt_v_block_nonzero & _mm512_cmp_ps_mask(y, zero, _CMP_GT_OQ);
     store_codes(sqrt_exp_avg_sq + j, lanes, _mm512_maskz_mov_epi32(sqrt_v_kept, unsigned_code));
   }
