@@ -133,6 +133,25 @@ SLTRAIN_AVX512 __m512 two_to_minus(__m512i steps, __m512i octave_step_bits) {
   return _mm512_castsi512_ps(_mm512_sub_epi32(step, _mm512_slli_epi32(octaves, 23)));
 }
 
+// Stores of 16 lanes, masked only in a block's tail (masked stores are slow
+// on some CPUs): the floats, and the low bytes of 16 codes.
+SLTRAIN_AVX512 void store_floats(float* values, __mmask16 lanes, __m512 value) {
+  if (lanes == 0xffff) {
+    _mm512_storeu_ps(values, value);
+  } else {
+    _mm512_mask_storeu_ps(values, lanes, value);
+  }
+}
+
+SLTRAIN_AVX512 void store_codes(void* codes, __mmask16 lanes, __m512i code) {
+  const __m128i bytes = _mm512_cvtepi32_epi8(code);
+  if (lanes == 0xffff) {
+    _mm_storeu_si128(static_cast<__m128i*>(codes), bytes);
+  } else {
+    _mm_mask_storeu_epi8(codes, lanes, bytes);
+  }
+}
+
 SLTRAIN_AVX512 void decode_block_avx512(int64_t count, const int8_t* __restrict exp_avg,
                                         const uint8_t* __restrict sqrt_exp_avg_sq, float* __restrict m,
                                         float* __restrict sqrt_v) {
@@ -148,11 +167,10 @@ SLTRAIN_AVX512 void decode_block_avx512(int64_t count, const int8_t* __restrict 
     const __m512i m_bits = _mm512_castps_si512(
         two_to_minus<12>(_mm512_sub_epi32(_mm512_set1_epi32(127), magnitude), steps12));
     const __m512i signed_bits = _mm512_or_si512(m_bits, _mm512_and_si512(q, sign_bit));
-    _mm512_mask_storeu_ps(m + j, lanes, _mm512_maskz_mov_ps(nonzero, _mm512_castsi512_ps(signed_bits)));
+    store_floats(m + j, lanes, _mm512_maskz_mov_ps(nonzero, _mm512_castsi512_ps(signed_bits)));
     const __m512i u = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(lanes, sqrt_exp_avg_sq + j));
     const __m512 v = two_to_minus<16>(_mm512_sub_epi32(_mm512_set1_epi32(255), u), steps16);
-    _mm512_mask_storeu_ps(sqrt_v + j, lanes,
-                          _mm512_maskz_mov_ps(_mm512_cmpneq_epi32_mask(u, _mm512_setzero_si512()), v));
+    store_floats(sqrt_v + j, lanes, _mm512_maskz_mov_ps(_mm512_cmpneq_epi32_mask(u, _mm512_setzero_si512()), v));
   }
 }
 
@@ -197,17 +215,6 @@ SLTRAIN_AVX512 __m512i steps_below_one(__m512 r, const MidpointGuess<Steps>& gue
 
 SLTRAIN_AVX512 __m512i clamp_steps(__m512i steps, int most) {
   return _mm512_min_epi32(_mm512_max_epi32(steps, _mm512_setzero_si512()), _mm512_set1_epi32(most));
-}
-
-// The low bytes of 16 codes; masked only in a block's tail (masked stores are
-// slow on some CPUs).
-SLTRAIN_AVX512 void store_codes(void* codes, __mmask16 lanes, __m512i code) {
-  const __m128i bytes = _mm512_cvtepi32_epi8(code);
-  if (lanes == 0xffff) {
-    _mm_storeu_si128(static_cast<__m128i*>(codes), bytes);
-  } else {
-    _mm_mask_storeu_epi8(codes, lanes, bytes);
-  }
 }
 
 SLTRAIN_AVX512 void encode_block_avx512(int64_t count, const float* __restrict m, const float* __restrict sqrt_v,
