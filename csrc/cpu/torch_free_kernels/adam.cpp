@@ -265,18 +265,20 @@ struct CodecKernels {
 
 // Work per element (float32 parameters):
 //   32-bit step: loads p, g, m, v (16 B), stores p, m, v (12 B); 8 multiplies
-//     or adds, 2 divisions, 1 square root. Memory-bound on this CPU.
+//     or adds, 2 divisions, 1 square root. Memory-bound on a quiet machine.
 //   8-bit step: loads p, g (8 B) and two codes (2 B), stores p (4 B) and two
-//     codes (2 B), plus 8 B of absmaxes per 256 elements: 16 B. The same 8
-//     multiplies or adds, 2 divisions and 1 square root, and on top: decode,
-//     about 8 integer operations and one 16-lane permute per code, 3 multiplies;
-//     the absmaxes, 2 maxima; encode, about 16 integer operations, 4 two-table
-//     permutes and 3 blends per code; and the block's moments through L1 twice
-//     (decode -> update -> encode: 4 stores and 4 loads of 4 B).
-//   Measured (bench_cpu_adam, one thread, 8 M elements, 2026-11-27): the update
-//   loop alone 2.6 ms, with the decode 4.9 ms, with the encode too 16-18 ms,
-//   against 3.7 ms for the 32-bit step: the encode's integer work is the floor
-//   left (about 2 ns an element), not memory.
+//     codes (2 B), plus 8 B of absmaxes per 256 elements: 16 B. The same
+//     arithmetic (its update loop: 26 AVX-512 instructions per 16 elements,
+//     with the 2 divisions and the square root), and on top, per 16 elements
+//     and for both moments: the decode, 35 instructions (one permute per
+//     code); the absmaxes, 2; the encode, 50 (one permute per code); and
+//     the block's moments through L1 between the passes (4 stores and 4
+//     loads). About 7 vector instructions an element against the 32-bit
+//     step's 1.6 (on AVX2 machines: the portable decode and encode below).
+//   Measured (bench_cpu_adam, one thread, 8 M elements, loaded machine,
+//   2026-11-27): 32-bit 7.7 ms; 8-bit update loop alone 4.5-7.0 ms, with the
+//   decode 9.1-10.2 ms, whole 11.0-15.2 ms. The update loop alone is within
+//   reach of the 32-bit step; the codec's instructions are the rest.
 // One code block of count <= kQuantBlock elements: decode against the old
 // absmaxes, the 32-bit update, the new absmaxes, re-encode. The update loop
 // sees only 32-bit types, so it vectorises without spilling; the absmaxes are
