@@ -174,6 +174,63 @@ SLTRAIN_AVX512 void decode_block_avx512(int64_t count, const int8_t* __restrict 
   }
 }
 
+// With AVX-512 VBMI, 64 codes at a time: each byte of the decoded floats
+// from DecodeTables' 256 entries as four 64-byte tables (two two-register
+// byte permutes, one blend on the code's top bit), and the four byte planes
+// interleaved into floats. About 0.4 instructions a code against 2 above.
+struct BytePlanes {
+  alignas(64) uint8_t plane[2][4][256];  // [signed, unsigned][byte of the float][code]
+  BytePlanes() {
+    static const DecodeTables tables;
+    for (int q = 0; q < 256; ++q) {
+      const uint32_t values[2] = {bits_of(tables.signed_code[q]), bits_of(tables.unsigned_code[q])};
+      for (int kind = 0; kind < 2; ++kind) {
+        for (int byte = 0; byte < 4; ++byte) plane[kind][byte][q] = uint8_t(values[kind] >> (8 * byte));
+      }
+    }
+  }
+};
+
+#define SLTRAIN_AVX512_VBMI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi")))
+
+SLTRAIN_AVX512_VBMI __m512i byte_lookup(__m512i codes, const uint8_t* table) {
+  const __m512i low = _mm512_permutex2var_epi8(_mm512_load_si512(table), codes, _mm512_load_si512(table + 64));
+  const __m512i high =
+      _mm512_permutex2var_epi8(_mm512_load_si512(table + 128), codes, _mm512_load_si512(table + 192));
+  return _mm512_mask_blend_epi8(_mm512_movepi8_mask(codes), low, high);
+}
+
+// Decodes 64 codes into out[0, 64). The unpacks interleave within 128-bit
+// lanes, so the codes are first reordered: position 16 L + 4 s + t takes code
+// 16 s + 4 L + t, which the unpacks put back at 16 s + 4 L + t.
+SLTRAIN_AVX512_VBMI void decode_64(const void* codes, const uint8_t (*planes)[256], float* out) {
+  alignas(64) static const uint8_t lane_transpose[64] = {
+      0, 1, 2, 3, 16, 17, 18, 19, 32, 33, 34, 35, 48, 49, 50, 51, 4, 5, 6, 7, 20, 21, 22, 23, 36, 37, 38, 39, 52, 53, 54, 55,
+      8, 9, 10, 11, 24, 25, 26, 27, 40, 41, 42, 43, 56, 57, 58, 59, 12, 13, 14, 15, 28, 29, 30, 31, 44, 45, 46, 47, 60, 61, 62, 63};
+  const __m512i q = _mm512_permutexvar_epi8(_mm512_load_si512(lane_transpose), _mm512_loadu_si512(codes));
+  const __m512i byte0 = byte_lookup(q, planes[0]), byte1 = byte_lookup(q, planes[1]);
+  const __m512i byte2 = byte_lookup(q, planes[2]), byte3 = byte_lookup(q, planes[3]);
+  const __m512i low01 = _mm512_unpacklo_epi8(byte0, byte1), high01 = _mm512_unpackhi_epi8(byte0, byte1);
+  const __m512i low23 = _mm512_unpacklo_epi8(byte2, byte3), high23 = _mm512_unpackhi_epi8(byte2, byte3);
+  _mm512_storeu_si512(out, _mm512_unpacklo_epi16(low01, low23));
+  _mm512_storeu_si512(out + 16, _mm512_unpackhi_epi16(low01, low23));
+  _mm512_storeu_si512(out + 32, _mm512_unpacklo_epi16(high01, high23));
+  _mm512_storeu_si512(out + 48, _mm512_unpackhi_epi16(high01, high23));
+}
+
+SLTRAIN_AVX512_VBMI void decode_block_avx512_vbmi(int64_t count, const int8_t* __restrict exp_avg,
+                                                  const uint8_t* __restrict sqrt_exp_avg_sq, float* __restrict m,
+                                                  float* __restrict sqrt_v) {
+  static const BytePlanes tables;
+  const int64_t whole = count - count % 64;
+  for (int64_t j = 0; j < whole; j += 64) {
+    decode_64(exp_avg + j, tables.plane[0], m + j);
+    decode_64(sqrt_exp_avg_sq + j, tables.plane[1], sqrt_v + j);
+  }
+  if (whole < count) decode_block_avx512(count - whole, exp_avg + whole, sqrt_exp_avg_sq + whole, m + whole, sqrt_v + whole);
+}
+#undef SLTRAIN_AVX512_VBMI
+
 // quant8_detail::steps_below_one of 16 lanes, with one permute instead of
 // the bin table: the number of midpoints at or below a mantissa m in [1, 2)
 // is floor(Steps * log2(m) + 1/2) up to the midpoints' float rounding, so a
@@ -256,7 +313,7 @@ struct CodecKernels {
 #if defined(__x86_64__) && defined(__GNUC__)
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl")) {
-      decode = decode_block_avx512;
+      decode = __builtin_cpu_supports("avx512vbmi") ? decode_block_avx512_vbmi : decode_block_avx512;
       encode = encode_block_avx512;
     }
 #endif
