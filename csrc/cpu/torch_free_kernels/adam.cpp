@@ -134,7 +134,7 @@ SLTRAIN_AVX512 __m512 two_to_minus(__m512i steps, __m512i octave_step_bits) {
 }
 
 // Stores of 16 lanes, masked only in a block's tail (masked stores are slow
-// on some CPUs): the floats, and the low bytes of 16 codes.
+// on some CPUs): the floats, and 16 codes narrowed to bytes.
 SLTRAIN_AVX512 void store_floats(float* values, __mmask16 lanes, __m512 value) {
   if (lanes == 0xffff) {
     _mm512_storeu_ps(values, value);
@@ -143,8 +143,7 @@ SLTRAIN_AVX512 void store_floats(float* values, __mmask16 lanes, __m512 value) {
   }
 }
 
-SLTRAIN_AVX512 void store_codes(void* codes, __mmask16 lanes, __m512i code) {
-  const __m128i bytes = _mm512_cvtepi32_epi8(code);
+SLTRAIN_AVX512 void store_codes(void* codes, __mmask16 lanes, __m128i bytes) {
   if (lanes == 0xffff) {
     _mm_storeu_si128(static_cast<__m128i*>(codes), bytes);
   } else {
@@ -231,7 +230,9 @@ SLTRAIN_AVX512_VBMI void decode_block_avx512_vbmi(int64_t count, const int8_t* _
 }
 #undef SLTRAIN_AVX512_VBMI
 
-// quant8_detail::steps_below_one of 16 lanes, with one permute instead of
+// Steps * exponent field + steps within the octave of 16 lanes, which is
+// Steps * 127 - quant8_detail::steps_below_one (the callers fold the
+// constants of the codes into one add), with one permute instead of
 // the bin table: the number of midpoints at or below a mantissa m in [1, 2)
 // is floor(Steps * log2(m) + 1/2) up to the midpoints' float rounding, so a
 // guess j = floor(Steps * q(m)) from a quadratic q with |q - log2| < 0.0077
@@ -257,7 +258,7 @@ SLTRAIN_AVX512 MidpointGuess<Steps> midpoint_guess() {
 }
 
 template <int Steps>
-SLTRAIN_AVX512 __m512i steps_below_one(__m512 r, const MidpointGuess<Steps>& guess) {
+SLTRAIN_AVX512 __m512i steps_above_zero(__m512 r, const MidpointGuess<Steps>& guess) {
   const __m512i bits = _mm512_castps_si512(r);
   const __m512i field = _mm512_and_si512(bits, _mm512_set1_epi32(0x7fffff));
   const __m512 f = _mm512_cvtepi32_ps(field);
@@ -266,12 +267,11 @@ SLTRAIN_AVX512 __m512i steps_below_one(__m512 r, const MidpointGuess<Steps>& gue
   const __mmask16 past_midpoint =
       _mm512_cmpge_epu32_mask(field, _mm512_permutexvar_epi32(below, guess.midpoint_fields));
   const __m512i within_octave = _mm512_mask_add_epi32(below, past_midpoint, below, _mm512_set1_epi32(1));
-  const __m512i octaves = _mm512_sub_epi32(_mm512_set1_epi32(127), _mm512_srli_epi32(bits, 23));
-  return _mm512_sub_epi32(_mm512_mullo_epi32(octaves, _mm512_set1_epi32(Steps)), within_octave);
+  return _mm512_add_epi32(_mm512_mullo_epi32(_mm512_srli_epi32(bits, 23), _mm512_set1_epi32(Steps)), within_octave);
 }
 
-SLTRAIN_AVX512 __m512i clamp_steps(__m512i steps, int most) {
-  return _mm512_min_epi32(_mm512_max_epi32(steps, _mm512_setzero_si512()), _mm512_set1_epi32(most));
+SLTRAIN_AVX512 __m512i clamp(__m512i x, int least, int most) {
+  return _mm512_min_epi32(_mm512_max_epi32(x, _mm512_set1_epi32(least)), _mm512_set1_epi32(most));
 }
 
 SLTRAIN_AVX512 void encode_block_avx512(int64_t count, const float* __restrict m, const float* __restrict sqrt_v,
@@ -289,16 +289,21 @@ SLTRAIN_AVX512 void encode_block_avx512(int64_t count, const float* __restrict m
     const __m512 x = _mm512_maskz_loadu_ps(lanes, m + j);
     const __mmask16 negative = _mm512_cmp_ps_mask(x, zero, _CMP_LT_OQ);
     const __m512 magnitude_x = _mm512_mask_sub_ps(x, negative, zero, x);
-    const __m512i magnitude = _mm512_sub_epi32(
-        _mm512_set1_epi32(127), clamp_steps(steps_below_one<12>(_mm512_mul_ps(magnitude_x, m_scales), guess12), 127));
+    // 127 - clamp(steps below one, 0, 127) = clamp(127 - 12 * 127 + steps above zero, 0, 127).
+    const __m512i magnitude = clamp(
+        _mm512_add_epi32(steps_above_zero<12>(_mm512_mul_ps(magnitude_x, m_scales), guess12), _mm512_set1_epi32(-1397)),
+        0, 127);
     const __m512i code = _mm512_mask_sub_epi32(magnitude, negative, _mm512_setzero_si512(), magnitude);
     const __mmask16 m_kept = m_block_nonzero & _mm512_cmp_ps_mask(x, zero, _CMP_NEQ_UQ);
-    store_codes(exp_avg + j, lanes, _mm512_maskz_mov_epi32(m_kept, code));
+    store_codes(exp_avg + j, lanes, _mm512_maskz_cvtepi32_epi8(m_kept, code));
     const __m512 y = _mm512_maskz_loadu_ps(lanes, sqrt_v + j);
-    const __m512i unsigned_code = _mm512_sub_epi32(
-        _mm512_set1_epi32(255), clamp_steps(steps_below_one<16>(_mm512_mul_ps(y, sqrt_v_scales), guess16), 254));
+    // 255 - clamp(steps below one, 0, 254) = clamp(255 - 16 * 127 + steps above zero, 1, 255),
+    // the upper bound by the saturating narrowing.
+    const __m512i unsigned_code = _mm512_max_epi32(
+        _mm512_add_epi32(steps_above_zero<16>(_mm512_mul_ps(y, sqrt_v_scales), guess16), _mm512_set1_epi32(-1777)),
+        _mm512_set1_epi32(1));
     const __mmask16 sqrt_v_kept = sqrt_v_block_nonzero & _mm512_cmp_ps_mask(y, zero, _CMP_GT_OQ);
-    store_codes(sqrt_exp_avg_sq + j, lanes, _mm512_maskz_mov_epi32(sqrt_v_kept, unsigned_code));
+    store_codes(sqrt_exp_avg_sq + j, lanes, _mm512_maskz_cvtusepi32_epi8(sqrt_v_kept, unsigned_code));
   }
 }
 #pragma GCC diagnostic pop
