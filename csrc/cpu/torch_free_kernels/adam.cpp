@@ -332,11 +332,12 @@ struct CodecKernels {
 //     codes (2 B), plus 8 B of absmaxes per 256 elements: 16 B. The same
 //     arithmetic (its update loop: 26 AVX-512 instructions per 16 elements,
 //     with the 2 divisions and the square root), and on top, per 16 elements
-//     and for both moments: the decode, 35 instructions (one permute per
-//     code); the absmaxes, 2; the encode, 50 (one permute per code); and
-//     the block's moments through L1 between the passes (4 stores and 4
-//     loads). About 7 vector instructions an element against the 32-bit
-//     step's 1.6 (on AVX2 machines: the portable decode and encode below).
+//     and for both moments: the decode, about 14 instructions (VBMI byte
+//     permutes; 35 with AVX-512F permutes alone); the absmaxes, 2; the
+//     encode, about 45 (one permute per code); and the block's moments
+//     through L1 between the passes (4 stores and 4 loads). About 5.5 vector
+//     instructions an element against the 32-bit step's 1.6 (on AVX2
+//     machines: the portable decode and encode below).
 //   Measured (bench_cpu_adam, one thread, 8 M elements, loaded machine,
 //   2026-11-27): 32-bit 7.7 ms; 8-bit update loop alone 4.5-7.0 ms, with the
 //   decode 9.1-10.2 ms, whole 11.0-15.2 ms. The update loop alone is within
