@@ -338,10 +338,10 @@ struct CodecKernels {
 //     through L1 between the passes (4 stores and 4 loads). About 5.5 vector
 //     instructions an element against the 32-bit step's 1.6 (on AVX2
 //     machines: the portable decode and encode below).
-//   Measured (bench_cpu_adam, one thread, 8 M elements, loaded machine,
-//   2026-11-27): 32-bit 7.7 ms; 8-bit update loop alone 4.5-7.0 ms, with the
-//   decode 9.1-10.2 ms, whole 11.0-15.2 ms. The update loop alone is within
-//   reach of the 32-bit step; the codec's instructions are the rest.
+//   Measured (bench_cpu_adam, one thread, 8 M elements, a quiet moment of
+//   2026-11-27): 32-bit 3.7 ms; 8-bit update loop alone 2.6-3.0 ms, with the
+//   decode 3.1-3.8 ms, whole 5.3 ms (1.43x). The update loop alone is within
+//   reach of the 32-bit step; the encode's instructions are most of the rest.
 // One code block of count <= kQuantBlock elements: decode against the old
 // absmaxes, the 32-bit update, the new absmaxes, re-encode. The update loop
 // sees only 32-bit types, so it vectorises without spilling; the absmaxes are
