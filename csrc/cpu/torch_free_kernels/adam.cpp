@@ -101,10 +101,10 @@ SLTRAIN_SIMD_CLONES_WITH_AVX512 void encode_block_portable(int64_t count, const 
 
 #if defined(__x86_64__) && defined(__GNUC__)
 // AVX-512 decode and encode: every table of the codes held in registers, so a
-// lookup is an in-register permute of 16 lanes instead of a scalar load (the
-// decode) or a gather (the encode, which GCC otherwise emits for bin[]).
-// Same integer arithmetic on the same float bits as quant8.h: the same codes
-// and values bit for bit (test_cpu_kernels compares them exhaustively).
+// lookup is an in-register permute instead of a scalar load (the decode) or
+// a gather (the encode, which GCC otherwise emits for quant8.h's bin[]).
+// The same codes and values as quant8.h bit for bit: test_cpu_kernels sweeps
+// every mantissa through the kernel's encoder and re-encodes decoded moments.
 #define SLTRAIN_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
 // GCC 12's own AVX-512 headers start masked intrinsics from an undefined
 // register and then warn that it may be used uninitialised: a false positive.
