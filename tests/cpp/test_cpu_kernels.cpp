@@ -1,5 +1,6 @@
 // ctest for the torch-free CPU kernels, without libtorch: each kernel against
 // a plain triple loop in double on random data, outputs poisoned first.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -223,6 +224,85 @@ void test_adam8bit_first_step() {
   expect(absmax[1] > 0.0f && sqrt_absmax[1] > 0.0f, "the partial last block is quantised");
 }
 
+void test_adam8bit_kernel_codes() {
+  // The kernel's own decoder and encoder (in-register tables on AVX-512
+  // machines) against quant8.h's, in steps whose moments are exact: with
+  // beta1 = beta2 = 0 from zero states the new moments are g and sqrt(g * g) = |g|;
+  // with beta1 = beta2 = 1 they are the decoded old moments, which must
+  // re-encode to the same codes and absmaxes. (The parameters of that second
+  // step are inf / NaN: its bias corrections are 0; they are not checked.)
+  const int64_t n = 40 * kQuantBlock + 77;  // a partial last block
+  std::mt19937 gen(5);
+  std::uniform_real_distribution<float> octave(-40.0f, 0.0f), block_scale(-30.0f, 30.0f);
+  std::vector<float> param(n, 1.0f), grad(n), absmax(n / kQuantBlock + 1, 0.0f), sqrt_absmax(absmax.size(), 0.0f);
+  for (int64_t i = 0; i < n; ++i) {
+    const float scale = std::exp2(block_scale(gen) * float((i / kQuantBlock) % 7 != 3));  // one all-1-scale block in 7
+    grad[i] = (i % 5 == 0 ? -1.0f : 1.0f) * scale * std::exp2(octave(gen));
+  }
+  for (int64_t i = 3 * kQuantBlock; i < 4 * kQuantBlock; ++i) grad[i] = 0.0f;  // an all-zero block
+  for (int64_t i = 0; i < n; i += 13) grad[i] = 0.0f;
+  std::vector<int8_t> m_codes(n, 0);
+  std::vector<uint8_t> v_codes(n, 0);
+  adam8bit_step<float>(n, param.data(), grad.data(), m_codes.data(), absmax.data(), v_codes.data(),
+                       sqrt_absmax.data(), AdamHyper{1e-3, 0.0, 0.0, 1e-8, 0.0, 1, true});
+  int64_t mismatches = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t block = i / kQuantBlock;
+    const float m_scale = absmax[block] > 0.0f ? 1.0f / absmax[block] : 0.0f;
+    const float v_scale = sqrt_absmax[block] > 0.0f ? 1.0f / sqrt_absmax[block] : 0.0f;
+    mismatches += m_codes[i] != encode_signed8(grad[i], m_scale);
+    mismatches += v_codes[i] != encode_unsigned8(std::fabs(grad[i]), v_scale);
+  }
+  for (size_t block = 0; block < absmax.size(); ++block) {
+    float most = 0.0f;
+    for (int64_t i = int64_t(block) * kQuantBlock; i < std::min(n, int64_t(block + 1) * kQuantBlock); ++i) {
+      most = std::max(most, std::fabs(grad[i]));
+    }
+    mismatches += absmax[block] != most || sqrt_absmax[block] != most;
+  }
+  expect(mismatches == 0, "the 8-bit kernel encodes exact moments as quant8.h does");
+  std::set<int> codes_seen(m_codes.begin(), m_codes.end());
+  codes_seen.insert(v_codes.begin(), v_codes.end());
+  expect(codes_seen.size() > 250, "the moments cover the codes");
+
+  const std::vector<int8_t> m_codes_before = m_codes;
+  const std::vector<uint8_t> v_codes_before = v_codes;
+  const std::vector<float> absmax_before = absmax, sqrt_absmax_before = sqrt_absmax;
+  adam8bit_step<float>(n, param.data(), grad.data(), m_codes.data(), absmax.data(), v_codes.data(),
+                       sqrt_absmax.data(), AdamHyper{1e-3, 1.0, 1.0, 1e-8, 0.0, 2, true});
+  expect(m_codes == m_codes_before && v_codes == v_codes_before, "decoded moments re-encode to their codes");
+  expect(absmax == absmax_before && sqrt_absmax == sqrt_absmax_before, "and to their absmaxes");
+}
+
+void test_adam8bit_kernel_every_mantissa() {
+  // Every 23-bit mantissa through the kernel's encoder: blocks of absmax 1
+  // (their first moment is 1, so r = |g| exactly) whose other moments sweep
+  // the mantissas over several octaves, signs alternating; beta1 = beta2 = 0
+  // from zero states makes the new moments g and |g|.
+  const int64_t mantissas = int64_t(1) << 23, per_block = kQuantBlock - 1;
+  const int64_t blocks = (mantissas + per_block - 1) / per_block, n = blocks * kQuantBlock;
+  std::vector<float> param(n, 1.0f), grad(n), absmax(blocks), sqrt_absmax(blocks);
+  for (int64_t block = 0, field = 0; block < blocks; ++block) {
+    grad[block * kQuantBlock] = 1.0f;
+    for (int64_t j = 1; j < kQuantBlock; ++j, ++field) {
+      const uint32_t bits = (uint32_t(126 - field % 23) << 23) | uint32_t(field % mantissas);
+      float value;
+      std::memcpy(&value, &bits, 4);
+      grad[block * kQuantBlock + j] = field % 2 ? -value : value;
+    }
+  }
+  std::vector<int8_t> m_codes(n);
+  std::vector<uint8_t> v_codes(n);
+  adam8bit_step<float>(n, param.data(), grad.data(), m_codes.data(), absmax.data(), v_codes.data(),
+                       sqrt_absmax.data(), AdamHyper{1e-3, 0.0, 0.0, 1e-8, 0.0, 1, true});
+  int64_t mismatches = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    mismatches += m_codes[i] != encode_signed8(grad[i], 1.0f);
+    mismatches += v_codes[i] != encode_unsigned8(std::fabs(grad[i]), 1.0f);
+  }
+  expect(mismatches == 0, "the 8-bit kernel encodes every mantissa as quant8.h does");
+}
+
 void test_half_round_trips() {
   bool bf16_ok = true, fp16_ok = true;
   for (uint32_t bits = 0; bits < 65536; ++bits) {
@@ -252,6 +332,8 @@ int main() {
   test_quant8_codes();
   test_quant8_encoders_match_definition();
   test_adam8bit_first_step();
+  test_adam8bit_kernel_codes();
+  test_adam8bit_kernel_every_mantissa();
   test_half_round_trips();
   std::printf("%d passed, %d failed\n", passes, failures);
   return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
