@@ -129,6 +129,17 @@ def wait_for(path, process, timeout=300):
         time.sleep(0.05)
 
 
+def wait_until_training(log, processes, lines=3, timeout=300):
+    """Waits until `log` (a metrics.jsonl) holds `lines` records; fails if a
+    process ends first or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while not (log.exists() and len(log.read_text().splitlines()) >= lines):
+        for process in processes:
+            assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "training did not start"
+        time.sleep(0.02)
+
+
 def test_sigkill_mid_save_resumes_from_the_previous_checkpoint_exactly(tmp_path):
     """A real process is killed while saving its step-6 checkpoint, its shards
     written but not its manifest: --resume continues from step 3 and ends
@@ -179,12 +190,7 @@ def test_sigterm_to_one_rank_stops_every_rank_at_one_step_with_a_checkpoint(tmp_
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for rank in range(2)]
     try:
-        log = tmp_path / "sltrain" / "metrics.jsonl"
-        deadline = time.monotonic() + 300
-        while not (log.exists() and len(log.read_text().splitlines()) >= 3):
-            assert all(rank.poll() is None for rank in ranks), ranks[0].communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "training did not start"
-            time.sleep(0.02)
+        wait_until_training(tmp_path / "sltrain" / "metrics.jsonl", ranks)
         ranks[1].send_signal(signal.SIGTERM)
         outputs = [rank.communicate(timeout=300) for rank in ranks]
     finally:
@@ -212,12 +218,7 @@ def test_sigterm_to_the_launcher_ends_in_status_75_with_a_checkpoint(tmp_path):
          "-m", "sltrain_ext.train", *argv], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        log = tmp_path / "sltrain" / "metrics.jsonl"
-        deadline = time.monotonic() + 300
-        while not (log.exists() and len(log.read_text().splitlines()) >= 3):
-            assert launcher.poll() is None, launcher.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "training did not start"
-            time.sleep(0.02)
+        wait_until_training(tmp_path / "sltrain" / "metrics.jsonl", [launcher])
         launcher.send_signal(signal.SIGTERM)
         _, err = launcher.communicate(timeout=300)
     finally:
@@ -308,13 +309,8 @@ def test_a_preempted_two_method_run_continues_with_the_same_command(tmp_path, ca
     process = subprocess.Popen([sys.executable, "-m", "sltrain_ext.train", *argv], cwd=ROOT,
                                env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
-    log = tmp_path / "sltrain" / "metrics.jsonl"
     try:
-        deadline = time.monotonic() + 300
-        while not (log.exists() and len(log.read_text().splitlines()) >= 3):
-            assert process.poll() is None, process.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "training did not start"
-            time.sleep(0.02)
+        wait_until_training(tmp_path / "sltrain" / "metrics.jsonl", [process])
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=300)
     finally:
