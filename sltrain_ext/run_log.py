@@ -24,7 +24,12 @@ from .files import write_atomically
 from .llama import perplexity
 from .throughput import StepCosts
 
-__all__ = ["TRACKERS", "RunLog", "check_trackers"]
+__all__ = ["MEASURED", "TRACKERS", "RunLog", "check_trackers"]
+
+# The fields of metrics.jsonl that measure the machine rather than the
+# training: a resumed run, or the same run again, has other values.
+MEASURED = ("tokens_per_s", "interval_tokens_per_s", "data_s", "compute_s", "optimizer_s", "step_s", "eval_s", "mfu",
+            "peak_memory_gib", "memory_other_gib")
 
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb"}  # --tracker name: the package it needs
 
@@ -201,12 +206,15 @@ class RunLog:
         interval_rate = costs.tokens_per_step / step_seconds
         mfu = costs.mfu(interval_rate)
         memory = costs.memory.breakdown_gib()
-        self._write({"step": step, "loss": loss, "lr": lr, "tokens": step * costs.tokens_per_step,
-                     "tokens_per_s": (step - self._start) * costs.tokens_per_step / (time.perf_counter() - self._began),
-                     "interval_tokens_per_s": interval_rate, "grad_norm": grad_norm,
-                     "clipped": None if grad_norm is None or not max_grad_norm else grad_norm > max_grad_norm,
-                     **{f"{phase}_s": seconds for phase, seconds in laps.items()}, "step_s": step_seconds,
-                     "flops_per_token": costs.flops_per_token, "mfu": mfu, **memory})
+        record = {"step": step, "loss": loss, "lr": lr, "tokens": step * costs.tokens_per_step,
+                  "tokens_per_s": (step - self._start) * costs.tokens_per_step / (time.perf_counter() - self._began),
+                  "interval_tokens_per_s": interval_rate, "grad_norm": grad_norm,
+                  "clipped": None if grad_norm is None or not max_grad_norm else grad_norm > max_grad_norm,
+                  **{f"{phase}_s": seconds for phase, seconds in laps.items()}, "step_s": step_seconds,
+                  "flops_per_token": costs.flops_per_token, "mfu": mfu, **memory}
+        # What cannot be measured here (MFU and peak memory on the CPU, the global
+        # gradient norm under --per-layer, clipping when it is off) is left out.
+        self._write({key: value for key, value in record.items() if value is not None})
         shown = {"loss": f"{loss:.3f}", "tok_s": f"{interval_rate:,.0f}",
                  "mfu": costs.peak_note() if mfu is None else f"{mfu:.1%}"}
         if memory["peak_memory_gib"] is not None:
@@ -217,7 +225,8 @@ class RunLog:
         self._write({"step": step, "skipped": "non-finite loss or gradient"})
         self._print(f"{self.method} step {step}: non-finite loss or gradient, update skipped ({in_a_row} in a row)")
 
-    def evaluation(self, step: int, held_out_loss: Callable[[], float], bits_per_byte: Callable[[float], float]) -> None:
+    def evaluation(self, step: int, held_out_loss: Callable[[], float],
+                   bits_per_byte: Callable[[float], float]) -> None:
         """Runs and records a held-out evaluation, timed apart from the steps."""
         began = time.perf_counter()
         val_loss = held_out_loss()

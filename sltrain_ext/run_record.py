@@ -48,6 +48,7 @@ MAY_CHANGE_ON_RESUME = ("--method", "--stop-after", "--eval-every", "--save-ever
 # Derived attributes of the parsed flags that are not flags of their own.
 _DERIVED = {"methods", "world_size", "dist_rank", "llama", "trackers"}
 _PER_METHOD = ("--lr", "--rank", "--alpha", "--density")
+_PER_METHOD_FIELDS = {flag.removeprefix("--") for flag in _PER_METHOD}
 
 
 class ChangedSettings(SystemExit):
@@ -91,7 +92,9 @@ def run_record(args: argparse.Namespace, corpus: PreparedCorpus, methods: dict[s
     settings["--method"] = list(methods)
     for flag in _PER_METHOD:
         settings[flag] = {method: shaped[flag.removeprefix("--")] for method, shaped in methods.items()}
-    settings["--config"] = dataclasses.asdict(args.llama)
+    # The config's own rank, alpha and density are defaults: the resolved ones are under their flags.
+    settings["--config"] = {key: value for key, value in dataclasses.asdict(args.llama).items()
+                            if key not in _PER_METHOD_FIELDS}
     warmup_steps = int(args.warmup * args.steps)
     cuda = torch.cuda.is_available()
     return {

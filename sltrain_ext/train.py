@@ -562,14 +562,13 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> list[dict[str, Any]
     print(f"\n{'method':<8} {'parameters':>12} {'held-out ppl':>13} {'bits/byte':>10} {'tokens/s':>10} "
           f"{'GFLOP/token':>11} {'MFU':>10} {'peak mem':>9} {'time':>8}")
     for r in results:
-        def shown(key: str, form: str) -> str:
-            return format(r[key], form) if r[key] is not None else "-"
+        def shown(key: str, form: str, scale: float = 1.0, unit: str = "") -> str:
+            return format(r[key] * scale, form) + unit if r[key] is not None else "-"
 
         mfu = "n/a (CPU)" if args.device.type != "cuda" else shown("mfu", ".1%")
-        memory = shown("peak_memory_gib", ".2f") + (" GiB" if r["peak_memory_gib"] is not None else "")
         print(f"{r['method']:<8} {r['parameters']:>12,} {shown('val_ppl', '.3f'):>13} {shown('val_bpb', '.4f'):>10} "
-              f"{shown('tokens_per_s', ',.0f'):>10} {r['flops_per_token'] / 1e9:>11.3f} {mfu:>10} {memory:>9} "
-              f"{r['seconds']:>7.1f}s")
+              f"{shown('tokens_per_s', ',.0f'):>10} {shown('flops_per_token', '.3f', 1e-9):>11} {mfu:>10} "
+              f"{shown('peak_memory_gib', '.2f', unit=' GiB'):>9} {r['seconds']:>7.1f}s")
     (args.out / "summary.json").write_text(json.dumps(
         {"command": shlex.join(["sltrain-train", *(sys.argv[1:] if argv is None else argv)]), "results": results},
         indent=2) + "\n")

@@ -100,7 +100,7 @@ def test_step_records_carry_gradient_norm_interval_throughput_times_and_memory(t
         assert all(isinstance(p, float) and p >= 0 for p in parts)
         assert record["step_s"] == pytest.approx(sum(parts))
         assert record["interval_tokens_per_s"] == pytest.approx(4 * 32 / record["step_s"])
-        assert record["mfu"] is None and record["peak_memory_gib"] is None and record["memory_other_gib"] is None
+        assert not {"mfu", "peak_memory_gib", "memory_other_gib"} & record.keys()  # not measurable on the CPU
     assert all(isinstance(r["eval_s"], float) and r["eval_s"] > 0 for r in evaluations)
     summary = json.loads((tmp_path / "summary.json").read_text())["results"][0]
     # The breakdown's known parts, by hand: a float32 gradient per parameter, two float32
@@ -117,11 +117,10 @@ def test_step_records_carry_gradient_norm_interval_throughput_times_and_memory(t
 
 def test_without_clipping_the_norm_is_logged_and_per_layer_has_none(tmp_path):
     train.main(SMALL + ["--steps", "2", "--method", "full", "--max-grad-norm", "0", "--out", str(tmp_path / "a")])
-    assert all(isinstance(r["grad_norm"], float) and r["clipped"] is None for r in metrics(tmp_path / "a" / "full")
+    assert all(isinstance(r["grad_norm"], float) and "clipped" not in r for r in metrics(tmp_path / "a" / "full")
                if "loss" in r)
     train.main(SMALL + ["--steps", "2", "--method", "full", "--per-layer", "--out", str(tmp_path / "b")])
-    assert all(r["grad_norm"] is None and r["clipped"] is None for r in metrics(tmp_path / "b" / "full")
-               if "loss" in r)
+    assert all(not {"grad_norm", "clipped"} & r.keys() for r in metrics(tmp_path / "b" / "full") if "loss" in r)
 
 
 def test_a_tracker_whose_package_is_missing_is_named(capsys):
