@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from .files import write_atomically
 from .llama import perplexity
+from .run_record import RUN_RECORD
 from .throughput import StepCosts
 
 __all__ = ["MEASURED", "TRACKERS", "RunLog", "check_trackers"]
@@ -172,7 +173,8 @@ class RunLog:
                              initial=start, total=total, dynamic_ncols=True, disable=not self.leader)
         self._costs, self._clock = costs, _StepClock(costs.memory.device)
         self._began, self._start = time.perf_counter(), start
-        config = json.loads(run_json.read_text()) if (run_json := self.folder.parent / "run.json").exists() else {}
+        record = self.folder.parent / RUN_RECORD  # what W&B shows as the run's config
+        config = json.loads(record.read_text()) if record.exists() else {}
         self._trackers = [_TRACKER_CLASSES[name](self.folder, self.method, config) for name in self._tracker_names]
         for step in self.progress:
             self._clock.start()
@@ -231,9 +233,9 @@ class RunLog:
         began = time.perf_counter()
         val_loss = held_out_loss()
         seconds, bpb = time.perf_counter() - began, bits_per_byte(val_loss)
-        tokens = step * self._costs.tokens_per_step if self._costs is not None else None
+        assert self._costs is not None, "evaluations run between the steps of open_bar"
         self._write({"step": step, "val_loss": val_loss, "val_ppl": perplexity(val_loss), "val_bpb": bpb,
-                     "tokens": tokens, "eval_s": seconds})
+                     "tokens": step * self._costs.tokens_per_step, "eval_s": seconds})
         self._print(f"{self.method} step {step}: held-out loss {val_loss:.4f}, perplexity "
                     f"{perplexity(val_loss):.3f}, {bpb:.4f} bits per byte")
         self._show(val_bpb=f"{bpb:.3f}")
