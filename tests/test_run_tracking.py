@@ -217,3 +217,17 @@ def test_sl_flops_follow_the_path_sl_matmul_takes(path, tokens, hand_count):
     with ops.matmul_config(path=path):
         assert ops.matmul_path(tokens, 16, 8, 2, 32) == path
         assert linear_flops_per_token(layer, tokens, torch.device("cpu")) == hand_count
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_steps_record_mfu_and_a_peak_that_holds_its_parts(tmp_path, capsys):
+    """Run by benchmarks/gpu_run.sh's pytest -m gpu; skipped without CUDA."""
+    train.main(SMALL + ["--steps", "3", "--method", "sltrain,full", "--device", "cuda", "--out", str(tmp_path)])
+    name = torch.cuda.get_device_name()
+    for method in ("sltrain", "full"):
+        for record in (r for r in metrics(tmp_path / method) if "loss" in r):
+            parts = sum(record[f"memory_{part}_gib"] for part in ("parameters", "gradients", "optimizer", "other"))
+            assert record["peak_memory_gib"] == pytest.approx(parts, rel=1e-6) and record["memory_other_gib"] > 0
+            if any(key in name for key in ("H100", "H200", "A100")):
+                assert 0 < record["mfu"] < 1
+    assert "mfu=n/a (CPU)" not in capsys.readouterr().err
