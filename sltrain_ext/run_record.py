@@ -76,18 +76,12 @@ def _git_commit(package: Path) -> str | None:
         return None
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (Path, torch.device, torch.dtype)):
-        return str(value).removeprefix("torch.")
-    return value
-
-
 def run_record(args: argparse.Namespace, corpus: PreparedCorpus, methods: dict[str, dict[str, Any]],
                argv: list[str] | None) -> dict[str, Any]:
     """The record of this run: `methods` maps each method to the settings
     that shape it (see train.model_settings) and its learning rate."""
-    settings = {"--" + key.replace("_", "-"): _jsonable(value) for key, value in vars(args).items()
-                if key not in _DERIVED}
+    settings = {"--" + key.replace("_", "-"): value for key, value in vars(args).items() if key not in _DERIVED}
+    settings["--dtype"] = str(args.dtype).removeprefix("torch.")
     settings["--data"] = {"fingerprint": corpus.fingerprint, "vocabulary": corpus.tokenizer.vocab_size}
     settings["--method"] = list(methods)
     for flag in _PER_METHOD:
@@ -99,7 +93,8 @@ def run_record(args: argparse.Namespace, corpus: PreparedCorpus, methods: dict[s
     cuda = torch.cuda.is_available()
     return {
         "command": shlex.join(["sltrain-train", *(sys.argv[1:] if argv is None else argv)]),
-        "settings": settings,
+        # As JSON gives them back, so a resumed run compares like with like (a tuple is a list).
+        "settings": json.loads(json.dumps(settings, default=str)),
         "derived": {
             "methods": methods, "tokens_per_step": args.batch_size * args.seq_len,
             "total_tokens": args.steps * args.batch_size * args.seq_len, "world_size": args.world_size,
