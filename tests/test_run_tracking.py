@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from sltrain_ext import ops, train
+from sltrain_ext import compare, ops, train
 from sltrain_ext.configs import LlamaConfig
 from sltrain_ext.convert import convert
 from sltrain_ext.llama import LlamaForCausalLM
@@ -30,15 +30,16 @@ def metrics(folder):
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_run_json_is_written_before_the_first_step(tmp_path):
-    """A run killed (SIGKILL, no clean-up) right after step 1 has left its record."""
+def test_run_json_is_written_before_the_first_step(tmp_path, capsys):
+    """A run killed (SIGKILL, no clean-up) right after step 1 has left its
+    record, and sltrain-compare reads the tokens it had seen without a summary."""
     out = tmp_path / "run"
-    argv = SMALL + ["--steps", "500", "--method", "sltrain", "--lr", "2e-3", "--out", str(out)]
+    argv = SMALL + ["--steps", "500", "--method", "sltrain", "--lr", "2e-3", "--eval-every", "1", "--out", str(out)]
     process = subprocess.Popen([sys.executable, "-m", "sltrain_ext.train", *argv], cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     log = out / "sltrain" / "metrics.jsonl"
     try:
-        while not (log.exists() and log.read_text().strip()):
+        while not (log.exists() and "val_bpb" in log.read_text()):
             assert process.poll() is None, process.stderr.read().decode()
             time.sleep(0.05)
     finally:
@@ -60,6 +61,12 @@ def test_run_json_is_written_before_the_first_step(tmp_path):
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert software["git_commit"] == head and software["torch"] == torch.__version__
     assert record["devices"][-1].startswith("cpu")
+    lines = log.read_text().splitlines()
+    if not lines[-1].endswith("}"):  # torn by the kill
+        lines.pop()
+    evaluations = [json.loads(line) for line in lines if "val_bpb" in line]
+    curve, = compare.main([str(out), "--plot", str(tmp_path / "curves.png")])
+    assert curve.tokens == [r["step"] * 4 * 32 for r in evaluations] and curve.peak_memory_gib is None
 
 
 def test_resume_names_each_changed_setting_and_accepts_the_ones_that_may_change(tmp_path, capsys):
