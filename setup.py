@@ -70,7 +70,8 @@ setup(
     # The floor is the oldest torch the suite runs on: 2.11, the GPU machine's
     # (benchmarks/check_torch211.sh); CI runs 2.14.1.
     install_requires=["torch>=2.11", "numpy", "tqdm", "safetensors", "matplotlib", "tokenizers"],
-    extras_require={"test": ["pytest", "expecttest", "hypothesis", "transformers", "sentencepiece", "pyarrow"]},
+    extras_require={"test": ["pytest", "expecttest", "hypothesis", "transformers", "sentencepiece", "pyarrow"],
+                    "tracking": ["tensorboard", "wandb"]},  # sltrain-train --tracker
     entry_points={"console_scripts": ["sltrain-train = sltrain_ext.train:cli",
                                      "sltrain-prepare = sltrain_ext.prepare:cli",
                                      "sltrain-compare = sltrain_ext.compare:cli",

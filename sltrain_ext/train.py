@@ -29,7 +29,7 @@ import dataclasses
 import json
 import math
 import os
-import resource
+import shlex
 import sys
 import time
 from collections.abc import Iterator
@@ -51,8 +51,10 @@ from .optim import SLAdamW
 from .preemption import PREEMPTED_EXIT_STATUS, StopOnSignal
 from .prepare import training_corpus
 from .pretrained import save_pretrained
-from .run_log import RunLog
+from .run_log import RunLog, check_trackers
+from .run_record import check_resumed_settings, run_record, write_run_record
 from .shards import PreparedCorpus, WindowSampler
+from .throughput import step_costs
 from .tokenization import MIN_BPE_VOCAB, padded_vocab_size
 
 METHODS = ("full", "lowrank", "sltrain")
@@ -112,6 +114,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--dist", choices=("none", "ddp", "fsdp"), default="none",
                      help="ddp: DistributedDataParallel; fsdp: FSDP2 (fully_shard per decoder layer); across "
                           "the processes torchrun starts (NCCL on GPUs, gloo on the CPU)")
+    run.add_argument("--tracker", default="none",
+                     help="experiment trackers that get the scalars of metrics.jsonl, comma-separated: tensorboard "
+                          "(event files in --out/METHOD/tensorboard), wandb (offline unless WANDB_MODE says "
+                          "otherwise) or none (the default); each needs its package (sltrain_ext[tracking])")
     run.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     run.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                      help="parameter dtype: auto is bfloat16 on a GPU, float32 on the CPU")
@@ -215,6 +221,7 @@ def validate_settings(args: argparse.Namespace) -> None:
         raise ValueError(f"--min-lr-ratio must be in [0, 1], got {args.min_lr_ratio}")
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out}: a file, not a folder")
+    args.trackers = check_trackers(args.tracker)
     args.llama = _load_config(args.config)
     if args.seq_len > args.llama.max_position_embeddings:
         raise ValueError(f"--seq-len {args.seq_len} exceeds the {args.llama.max_position_embeddings} positions of "
@@ -238,6 +245,19 @@ def model_settings(args: argparse.Namespace, method: str, vocab_size: int) -> di
             "alpha": float(config.alpha if args.alpha is None else args.alpha) if low_rank else None,
             "density": float(config.density if args.density is None else args.density) if method == "sltrain"
             else None}
+
+
+def learning_rate(args: argparse.Namespace, method: str) -> float:
+    return DEFAULT_LR[method] if args.lr is None else args.lr
+
+
+def clip_gradients(model: nn.Module, max_norm: float | None) -> float:
+    """The gradients' global norm before clipping, and clipped to `max_norm` if given."""
+    gradients = [p.grad for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(gradients)
+    if max_norm:
+        torch.nn.utils.clip_grads_with_norm_(model.parameters(), max_norm, norm)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # a DTensor under FSDP
 
 
 def build_model(args: argparse.Namespace, settings: dict[str, Any]) -> tuple[nn.Module, int]:
@@ -282,11 +302,6 @@ def evaluate(model: nn.Module, held_out: WindowSampler, args: argparse.Namespace
     model.train()
     return sum(losses) / len(losses)
 
-
-def memory_gib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def restore(method: str, folder: Path, args: argparse.Namespace, model: nn.Module, optimizer: SLAdamW,
@@ -340,9 +355,9 @@ def train_one(method: str, args: argparse.Namespace, corpus: PreparedCorpus, sto
             gradient_as_bucket_view=True)
     loss_of = torch.compile(causal_lm_loss) if args.compile else causal_lm_loss
     leader = args.dist_rank == 0
-    log = RunLog(method, folder, leader)
+    log = RunLog(method, folder, leader, args.trackers)
     clip = args.max_grad_norm or None
-    optimizer = SLAdamW(model.parameters(), lr=DEFAULT_LR[method] if args.lr is None else args.lr,
+    optimizer = SLAdamW(model.parameters(), lr=learning_rate(args, method),
                         weight_decay=args.weight_decay, state_bits=args.state_bits,
                         per_layer=args.per_layer, accumulation_steps=args.accumulation if args.per_layer else 1,
                         max_grad_norm=clip if args.per_layer else None)
@@ -363,14 +378,15 @@ def train_one(method: str, args: argparse.Namespace, corpus: PreparedCorpus, sto
     # --stop-after counts the steps of this command, so the same command with --resume goes on
     # (a replay, which starts again from a later checkpoint, keeps the end the command began with).
     end = replay_end or (min(start + args.stop_after, args.steps) if args.stop_after else args.steps)
-    share = args.batch_size // args.world_size
-    micro = share // args.accumulation
-    tokens_per_step = args.batch_size * args.seq_len
+    micro = args.batch_size // args.world_size // args.accumulation
+    costs = step_costs(model, optimizer, args.device, args.batch_size * args.seq_len, micro * args.seq_len,
+                       args.seq_len, args.world_size)
     began = time.perf_counter()
     bad_steps = 0
-    for step in log.open_bar(start, end, args.steps):
+    for step in log.open_bar(start, end, args.steps, costs):
         batch = train_windows.batch(data_state["next_window"], args.batch_size, args.dist_rank, args.world_size)
         batch = batch.to(args.device)
+        log.lap("data")
         data_state["next_window"] += args.batch_size
         loss_sum = torch.zeros((), device=args.device)
         replayed_bad = step + 1 in skip
@@ -384,6 +400,7 @@ def train_one(method: str, args: argparse.Namespace, corpus: PreparedCorpus, sto
             torch.distributed.all_reduce(loss_sum)
             loss_sum /= args.world_size
         loss_sum = loss_sum.item()
+        log.lap("compute")
         done = step + 1
         if args.per_layer:
             # SLAdamW checked each gradient inside backward before using it,
@@ -401,10 +418,10 @@ def train_one(method: str, args: argparse.Namespace, corpus: PreparedCorpus, sto
         else:
             finite = math.isfinite(loss_sum) and gradients_finite(model, args.device)
         lr_used = optimizer.param_groups[0]["lr"]
+        # With --per-layer, SLAdamW clipped each parameter on its own: there is no global norm.
+        grad_norm = clip_gradients(model, clip) if finite and not args.per_layer else None
         if finite:
             bad_steps = 0
-            if clip and not args.per_layer:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()  # with --per-layer the update already happened inside backward
         else:
             bad_steps += 1
@@ -417,11 +434,9 @@ def train_one(method: str, args: argparse.Namespace, corpus: PreparedCorpus, sto
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         if finite:
-            log.step(done, loss_sum, lr_used, (done - start) * tokens_per_step / (time.perf_counter() - began),
-                     memory_gib(args.device))
+            log.step(done, loss_sum, lr_used, grad_norm, clip)
         if done % args.eval_every == 0 or done == args.steps:
-            val_loss = evaluate(model, held_out, args)
-            log.evaluation(done, val_loss, corpus.bits_per_byte(val_loss))
+            log.evaluation(done, lambda: evaluate(model, held_out, args), corpus.bits_per_byte)
         checkpointed = done % args.save_every == 0 or done == end
         if checkpointed:
             save(done)
@@ -538,19 +553,24 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> list[dict[str, Any]
         raise SystemExit("sltrain-train: --resume: no checkpoint "
                          + " or ".join(f"of {m} in {args.out / m / 'checkpoints'}" for m in args.methods)
                          + "; use `--resume if-exists` to start from step 0 where there is none")
+    record(args, corpus, argv)
     with StopOnSignal() as stop:
         results = [train_with_replays(method, args, corpus, stop) for method in args.methods]
     if not leader:
         return results
     finished = all(r["steps"] == args.steps for r in results)
-    print(f"\n{'method':<8} {'parameters':>12} {'held-out ppl':>13} {'bits/byte':>10} {'tokens/s':>10} {'time':>8}")
+    print(f"\n{'method':<8} {'parameters':>12} {'held-out ppl':>13} {'bits/byte':>10} {'tokens/s':>10} "
+          f"{'GFLOP/token':>11} {'MFU':>10} {'peak mem':>9} {'time':>8}")
     for r in results:
-        ppl = f"{r['val_ppl']:.3f}" if r["val_ppl"] is not None else "-"
-        bpb = f"{r['val_bpb']:.4f}" if r["val_bpb"] is not None else "-"
-        rate = f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] is not None else "-"
-        print(f"{r['method']:<8} {r['parameters']:>12,} {ppl:>13} {bpb:>10} {rate:>10} {r['seconds']:>7.1f}s")
+        def shown(key: str, form: str, scale: float = 1.0, unit: str = "") -> str:
+            return format(r[key] * scale, form) + unit if r[key] is not None else "-"
+
+        mfu = "n/a (CPU)" if args.device.type != "cuda" else shown("mfu", ".1%")
+        print(f"{r['method']:<8} {r['parameters']:>12,} {shown('val_ppl', '.3f'):>13} {shown('val_bpb', '.4f'):>10} "
+              f"{shown('tokens_per_s', ',.0f'):>10} {shown('flops_per_token', '.3f', 1e-9):>11} {mfu:>10} "
+              f"{shown('peak_memory_gib', '.2f', unit=' GiB'):>9} {r['seconds']:>7.1f}s")
     (args.out / "summary.json").write_text(json.dumps(
-        {"command": " ".join(["sltrain-train", *(sys.argv[1:] if argv is None else argv)]), "results": results},
+        {"command": shlex.join(["sltrain-train", *(sys.argv[1:] if argv is None else argv)]), "results": results},
         indent=2) + "\n")
     chart = plot(results, corpus, args.out / "loss_curves.png")
     print(f"summary: {args.out / 'summary.json'}" + (f"; loss curves: {chart}" if chart else ""))
@@ -558,6 +578,21 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> list[dict[str, Any]
         print(f"stopped at step {', '.join(str(r['steps']) for r in results)} of {args.steps} (--stop-after "
               f"{args.stop_after} steps a command): the same command with --resume trains on")
     return results
+
+
+def record(args: argparse.Namespace, corpus: PreparedCorpus, argv: list[str] | None) -> None:
+    """Writes <out>/run.json before the first step; under --resume first
+    checks that the run goes on with the settings it began with. Every rank
+    checks before the leader writes."""
+    vocab_size = padded_vocab_size(corpus.tokenizer.vocab_size)
+    methods = {m: {**model_settings(args, m, vocab_size), "lr": learning_rate(args, m)} for m in args.methods}
+    this_run = run_record(args, corpus, methods, argv)
+    if args.resume:
+        check_resumed_settings(args.out, this_run)
+    if args.dist != "none":
+        torch.distributed.barrier()
+    if args.dist_rank == 0:
+        write_run_record(args.out, this_run)
 
 
 def cli() -> None:

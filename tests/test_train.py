@@ -10,6 +10,7 @@ import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file
 
 from sltrain_ext import checkpointing, train
+from sltrain_ext.run_log import MEASURED
 
 SMALL = ["--config", "9m", "--batch-size", "4", "--seq-len", "32", "--eval-every", "5", "--eval-batches", "2"]
 
@@ -43,7 +44,7 @@ def test_resume_continues_exactly(tmp_path, extra):
     for name, tensor in straight.items():
         assert torch.equal(tensor, resumed[name]), name
     def without_rates(records):
-        return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in records]
+        return [{k: v for k, v in r.items() if k not in MEASURED} for r in records]
 
     assert without_rates(metrics(tmp_path / "straight" / "sltrain")) == without_rates(
         metrics(tmp_path / "resumed" / "sltrain"))
@@ -80,7 +81,7 @@ def test_local_text_files_and_resume_guard(tmp_path):
         (corpus / f"doc{i}.txt").write_text(f"document {i}: " + "the quick brown fox jumps over the lazy dog. " * 20)
     out = tmp_path / "out"
     train.main(SMALL + ["--steps", "4", "--method", "full", "--data", str(corpus), "--out", str(out)])
-    with pytest.raises(SystemExit, match="is for --steps 4, not 6"):
+    with pytest.raises(SystemExit, match=re.escape("another --steps (4, now 6)")):
         train.main(SMALL + ["--steps", "6", "--method", "full", "--data", str(corpus), "--out", str(out), "--resume"])
 
 
@@ -371,18 +372,24 @@ def test_metrics_log_the_learning_rate_each_step_used(tmp_path):
 
 
 @pytest.mark.parametrize("flag,value,message", [
-    ("--rank", "1", "another --rank (8, now 1)"),
-    ("--density", "0.5", "another --density (0.03, now 0.5)"),
-    ("--alpha", "4", "another --alpha (32.0, now 4.0)"),
-    ("--config", "20m", "another --config ('llama_9m: hidden 128"),
+    ("--rank", "1", "another --rank (sltrain: 8, now 1)"),
+    ("--density", "0.5", "another --density (sltrain: 0.03, now 0.5)"),
+    ("--alpha", "4", "another --alpha (sltrain: 32.0, now 4.0)"),
+    ("--config", "20m", "another --config (name: 'llama_9m', now 'llama_20m'; hidden_size: 128, now 256"),
 ])
-def test_resuming_with_another_model_shape_names_the_flag(tmp_path, flag, value, message):
-    """It used to fail inside the checkpoint loader with `Size mismatch`."""
+def test_resuming_with_another_model_shape_names_the_flag(tmp_path, flag, value, message, capsys):
+    """It used to fail inside the checkpoint loader with `Size mismatch`;
+    run.json names the flag (status 2) before any checkpoint is read."""
     first = {"--config": "9m", "--method": "sltrain", "--rank": "8"}
     rest = ["--batch-size", "4", "--seq-len", "32", "--eval-batches", "1", "--steps", "4", "--out", str(tmp_path)]
     train.main([x for item in first.items() for x in item] + rest + ["--stop-after", "2"])
     resumed = {**first, flag: value}
-    with pytest.raises(SystemExit, match=re.escape(message)):
+    with pytest.raises(SystemExit, match=re.escape(message)) as refused:
+        train.main([x for item in resumed.items() for x in item] + rest + ["--resume"])
+    assert refused.value.code == 2 and message in capsys.readouterr().err
+    # A run begun before run.json existed: its checkpoint's settings still name the flag.
+    (tmp_path / "run.json").unlink()
+    with pytest.raises(SystemExit, match=re.escape(f"another {flag} (")):
         train.main([x for item in resumed.items() for x in item] + rest + ["--resume"])
 
 
