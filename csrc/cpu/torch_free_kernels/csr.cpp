@@ -178,6 +178,36 @@ bool csr_gather_rows(int64_t row_begin, int64_t row_end, int64_t n, const int32_
                                 [&](int64_t r, int64_t k, int32_t column) { out[k] = w[r * ld_w + column]; });
 }
 
+template <class T, class Index>
+bool sl_decode_rows(int64_t m, int64_t n, int64_t r, int64_t b, T scale, const T* B, const T* t,
+                    const int32_t* row_ptr, const Index* col_idx, const T* values, const T* x_t,
+                    const T* bias, T* y) {
+  std::atomic<bool> ok{true};
+  const int64_t work_per_row = std::max<int64_t>(1, (r + row_ptr[m] / std::max<int64_t>(m, 1)) * b);
+  parallel_for(0, m, std::max<int64_t>(1, kWorkGrain / work_per_row), [&](int64_t row_begin,
+                                                                          int64_t row_end) {
+    T sums[kMaxDecodeTokens];
+    for (int64_t i = row_begin; i < row_end; ++i) {
+      // B's row stays in L1 across the tokens' dot products; each entry's
+      // column of x_t holds all b tokens side by side.
+      for (int64_t j = 0; j < b; ++j) sums[j] = scale * dot(r, B + i * r, t + j * r);
+      for (int64_t k = row_ptr[i]; k < row_ptr[i + 1]; ++k) {
+        const int64_t column = col_idx[k];
+        if (column < 0 || column >= n) {
+          ok.store(false, std::memory_order_relaxed);
+          continue;
+        }
+        const T value = values[k];
+        const T* x_column = x_t + column * b;
+        for (int64_t j = 0; j < b; ++j) sums[j] += value * x_column[j];
+      }
+      const T row_bias = bias ? bias[i] : T(0);
+      for (int64_t j = 0; j < b; ++j) y[j * m + i] = sums[j] + row_bias;
+    }
+  });
+  return ok.load();
+}
+
 #define SLTRAIN_INSTANTIATE_CSR(T)                                                                \
   template bool csr_spmm<T>(int64_t, int64_t, int64_t, const int32_t*, const int32_t*, const T*, \
                             const T*, int64_t, T*, int64_t);                                      \
@@ -188,7 +218,13 @@ bool csr_gather_rows(int64_t row_begin, int64_t row_end, int64_t n, const int32_
   template bool csr_scatter_add_rows<T>(int64_t, int64_t, int64_t, const int32_t*,                \
                                         const int32_t*, const T*, T*, int64_t);                   \
   template bool csr_gather_rows<T>(int64_t, int64_t, int64_t, const int32_t*, const int32_t*,     \
-                                   const T*, int64_t, T*);
+                                   const T*, int64_t, T*);                                      \
+  template bool sl_decode_rows<T, int32_t>(int64_t, int64_t, int64_t, int64_t, T, const T*,       \
+                                           const T*, const int32_t*, const int32_t*, const T*,    \
+                                           const T*, const T*, T*);                               \
+  template bool sl_decode_rows<T, uint16_t>(int64_t, int64_t, int64_t, int64_t, T, const T*,      \
+                                            const T*, const int32_t*, const uint16_t*, const T*,  \
+                                            const T*, const T*, T*);
 
 SLTRAIN_INSTANTIATE_CSR(float)
 SLTRAIN_INSTANTIATE_CSR(double)

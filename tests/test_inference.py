@@ -1,0 +1,172 @@
+"""The inference path of SLLinear: one C++ op per layer call without grad
+(sl_matmul_inference), the one-pass CPU decode kernel and the cached 16-bit
+column copy, all equal to the training path's forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import sltrain_ext as sl
+from helpers import DTYPES, assert_close, make_problem
+from sltrain_ext.ops import sl_matmul_inference
+
+
+class OpRecorder(TorchDispatchMode):
+    """The ops a block dispatches, by name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def training_forward(p, x: torch.Tensor) -> torch.Tensor:
+    """sl_matmul with grad on, as training calls it."""
+    with torch.enable_grad():
+        return sl.sl_matmul(x.requires_grad_(), *p.operands(), p.bias).detach()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tokens", [1, 3, 16, 32, 33])
+@pytest.mark.parametrize("path", ["factored", "materialized"])
+@pytest.mark.parametrize("compact", [False, True])
+def test_inference_op_equals_the_training_forward(dtype, tokens, path, compact):
+    # tokens 33 is past the decode kernel's 32 and goes through sl_matmul's own code.
+    p = make_problem(48, 40, 6, 300, dtype=dtype, seed=tokens)
+    x = torch.randn(tokens, 40, dtype=torch.float64).to(dtype)
+    columns = p.col_idx.to(torch.uint16) if compact else None
+    with sl.matmul_config(path):
+        expected = training_forward(p, x.clone())
+        with torch.no_grad():
+            actual = sl_matmul_inference(x, *p.operands(), p.bias, columns)
+    assert_close(actual, expected.double(), dtype)
+
+
+def test_without_bias_and_with_leading_dimensions():
+    p = make_problem(20, 24, 3, 90, bias=False)
+    x = torch.randn(2, 3, 24)
+    with sl.matmul_config("factored"):
+        expected = training_forward(p, x.clone())
+        actual = sl_matmul_inference(x, *p.operands(), None, p.col_idx.to(torch.uint16))
+    assert actual.shape == (2, 3, 20)
+    assert_close(actual, expected.double(), torch.float32)
+
+
+def test_sllinear_without_grad_dispatches_one_op_and_keeps_the_training_path_with_grad():
+    torch.manual_seed(0)
+    layer = sl.SLLinear(32, 24, rank=4, density=0.1).eval()  # eval() builds the 16-bit columns
+    torch.nn.init.normal_(layer.B)
+    x = torch.randn(1, 32)
+    for no_grad in (torch.no_grad, torch.inference_mode):
+        with no_grad(), OpRecorder() as recorder:
+            y = layer(x)
+        assert recorder.names == ["sltrain.sl_matmul_inference.default"]
+        assert y.grad_fn is None
+    with OpRecorder() as recorder:
+        y_train = layer(x)
+    assert recorder.names == ["sltrain.sl_matmul.default"] and y_train.requires_grad
+    assert_close(y, y_train.detach().double(), torch.float32)
+
+
+def test_compact_columns_are_cached_not_saved_dropped_by_train_and_follow_the_support():
+    torch.manual_seed(0)
+    layer = sl.SLLinear(40, 30, rank=4, density=0.2)
+    torch.nn.init.normal_(layer.B)
+    x = torch.randn(2, 40)
+    assert layer.compact_col_idx is None
+    layer.eval()
+    compact = layer.compact_col_idx
+    assert compact.dtype == torch.uint16 and torch.equal(compact.int(), layer.col_idx)
+    with torch.no_grad():
+        layer(x)
+    assert layer.compact_col_idx is compact  # built once, not per call
+    assert "compact_col_idx" not in layer.state_dict()
+    layer.train()
+    assert layer.compact_col_idx is None
+
+    # Another support loaded into the layer: the copy is rebuilt from it, and
+    # the output is the new layer's.
+    other = sl.SLLinear(40, 30, rank=4, density=0.2, seed=layer.seed + 1)
+    torch.nn.init.normal_(other.B)
+    layer.eval()
+    layer.load_state_dict(other.state_dict())
+    with torch.no_grad(), sl.matmul_config("factored"):
+        actual = layer(x)
+        assert torch.equal(layer.compact_col_idx.int(), other.col_idx)
+    with sl.matmul_config("factored"):
+        expected = other(x).detach()
+    assert_close(actual, expected.double(), torch.float32)
+
+
+def test_no_compact_copy_beyond_16_bit_columns():
+    layer = sl.SLLinear(sl.nn.COMPACT_INDEX_LIMIT + 1, 2, rank=1, density=1e-4).eval()
+    assert layer.compact_col_idx is None
+    with torch.no_grad():
+        layer(torch.randn(1, layer.in_features))
+    assert layer.compact_col_idx is None
+
+
+def test_bad_compact_columns_name_the_argument():
+    p = make_problem(8, 10, 2, 20)
+    x = torch.randn(1, 10)
+    with pytest.raises(TypeError, match="`compact_col_idx` must be uint16"):
+        sl_matmul_inference(x, *p.operands(), p.bias, p.col_idx)
+    with pytest.raises(ValueError, match="`compact_col_idx` must be 1-D with nnz = 20"):
+        sl_matmul_inference(x, *p.operands(), p.bias, p.col_idx[:5].to(torch.uint16))
+    outside = p.col_idx.to(torch.uint16)
+    outside[3] = 10
+    with sl.matmul_config("factored"), pytest.raises(ValueError, match="`col_idx` has entries outside"):
+        sl_matmul_inference(x, *p.operands(), p.bias, outside)
+    wide = make_problem(2, sl.nn.COMPACT_INDEX_LIMIT + 1, 1, 4)
+    with pytest.raises(ValueError, match="exceeds 65536"):
+        sl_matmul_inference(torch.randn(1, wide.n), *wide.operands(), wide.bias,
+                            wide.col_idx.to(torch.uint16))
+
+
+def decode_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(sl.SLLinear(64, 128, rank=8, density=0.1), torch.nn.GELU(),
+                                sl.SLLinear(128, 64, rank=8, density=0.1))
+    for layer in (model[0], model[2]):
+        torch.nn.init.normal_(layer.B)
+    return model.eval()
+
+
+def test_compiled_reduce_overhead_decode_step_equals_eager():
+    model = decode_model()
+    step = torch.compile(model, mode="reduce-overhead", fullgraph=True)
+    with torch.no_grad(), sl.matmul_config("factored"):
+        for tokens in (1, 1, 4):
+            x = torch.randn(tokens, 64)
+            torch.testing.assert_close(step(x), model(x), rtol=1e-5, atol=1e-5)  # inductor fuses GELU
+
+
+@pytest.mark.parametrize("path", ["factored", "materialized"])
+@pytest.mark.parametrize("tokens", [1, 40])
+def test_opcheck_sl_matmul_inference(path, tokens):
+    for dtype in (torch.float32, torch.bfloat16):
+        p = make_problem(9, 12, 3, 30, dtype)
+        x = torch.randn(tokens, 12, dtype=dtype)
+        with sl.matmul_config(path):
+            for columns in (None, p.col_idx.to(torch.uint16)):
+                torch.library.opcheck(torch.ops.sltrain.sl_matmul_inference.default,
+                                      (x, *p.operands(), p.bias, columns))
+
+
+def test_cuda_binding_equals_the_training_forward_and_refuses_compact_columns():
+    from emulated_cuda import ops as emulated_cuda_ops
+
+    cuda_ops = emulated_cuda_ops()
+    p = make_problem(30, 20, 4, 120)
+    x = torch.randn(3, 20)
+    for path in ("factored", "materialized"):
+        with sl.matmul_config(path):
+            assert_close(cuda_ops.sl_matmul_inference(x, *p.operands(), p.bias),
+                         training_forward(p, x.clone()).double(), torch.float32, path)
+    with pytest.raises(NotImplementedError, match="`compact_col_idx` is read by the CPU kernel only"):
+        cuda_ops.sl_matmul_inference(x, *p.operands(), p.bias, p.col_idx.to(torch.uint16))
