@@ -32,11 +32,12 @@ def training_forward(p, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("tokens", [1, 3, 16, 32, 33])
+@pytest.mark.parametrize("tokens", [1, 2, 3, 4, 8, 16, 32, 33])
 @pytest.mark.parametrize("path", ["factored", "materialized"])
 @pytest.mark.parametrize("compact", [False, True])
 def test_inference_op_equals_the_training_forward(dtype, tokens, path, compact):
-    # tokens 33 is past the decode kernel's 32 and goes through sl_matmul's own code.
+    # 1, 2, 4, 8 and 16 tokens run unrolled kernels, 3 and 32 the runtime-b one; 33 is
+    # past the decode kernel's 32 and goes through sl_matmul's own code.
     p = make_problem(48, 40, 6, 300, dtype=dtype, seed=tokens)
     x = torch.randn(tokens, 40, dtype=torch.float64).to(dtype)
     columns = p.col_idx.to(torch.uint16) if compact else None

@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <atomic>
+#include <type_traits>
 
 #include "kernels.h"
 #include "parallel.h"
@@ -178,32 +179,62 @@ bool csr_gather_rows(int64_t row_begin, int64_t row_end, int64_t n, const int32_
                                 [&](int64_t r, int64_t k, int32_t column) { out[k] = w[r * ld_w + column]; });
 }
 
+namespace {
+
+// Rows [row_begin, row_end) of sl_decode_rows. kTokens > 0 fixes b at compile
+// time, so the per-token loops unroll (at b = 1 a runtime-length loop around
+// each sparse entry's single multiply-add costs more than the add itself);
+// kTokens == 0 reads b at run time.
+template <int kTokens, class T, class Index>
+bool decode_row_range(int64_t row_begin, int64_t row_end, int64_t m, int64_t n, int64_t r,
+                      int64_t runtime_b, T scale, const T* B, const T* t, const int32_t* row_ptr,
+                      const Index* col_idx, const T* values, const T* x_t, const T* bias, T* y) {
+  const int64_t b = kTokens > 0 ? kTokens : runtime_b;
+  bool ok = true;
+  T sums[kMaxDecodeTokens];
+  for (int64_t i = row_begin; i < row_end; ++i) {
+    // B's row stays in L1 across the tokens' dot products; each entry's
+    // column of x_t holds all b tokens side by side.
+    for (int64_t j = 0; j < b; ++j) sums[j] = scale * dot(r, B + i * r, t + j * r);
+    for (int64_t k = row_ptr[i]; k < row_ptr[i + 1]; ++k) {
+      const int64_t column = col_idx[k];
+      if (column < 0 || column >= n) {
+        ok = false;
+        continue;
+      }
+      const T value = values[k];
+      const T* x_column = x_t + column * b;
+      for (int64_t j = 0; j < b; ++j) sums[j] += value * x_column[j];
+    }
+    const T row_bias = bias ? bias[i] : T(0);
+    for (int64_t j = 0; j < b; ++j) y[j * m + i] = sums[j] + row_bias;
+  }
+  return ok;
+}
+
+}  // namespace
+
 template <class T, class Index>
 bool sl_decode_rows(int64_t m, int64_t n, int64_t r, int64_t b, T scale, const T* B, const T* t,
                     const int32_t* row_ptr, const Index* col_idx, const T* values, const T* x_t,
                     const T* bias, T* y) {
   std::atomic<bool> ok{true};
   const int64_t work_per_row = std::max<int64_t>(1, (r + row_ptr[m] / std::max<int64_t>(m, 1)) * b);
-  parallel_for(0, m, std::max<int64_t>(1, kWorkGrain / work_per_row), [&](int64_t row_begin,
-                                                                          int64_t row_end) {
-    T sums[kMaxDecodeTokens];
-    for (int64_t i = row_begin; i < row_end; ++i) {
-      // B's row stays in L1 across the tokens' dot products; each entry's
-      // column of x_t holds all b tokens side by side.
-      for (int64_t j = 0; j < b; ++j) sums[j] = scale * dot(r, B + i * r, t + j * r);
-      for (int64_t k = row_ptr[i]; k < row_ptr[i + 1]; ++k) {
-        const int64_t column = col_idx[k];
-        if (column < 0 || column >= n) {
-          ok.store(false, std::memory_order_relaxed);
-          continue;
-        }
-        const T value = values[k];
-        const T* x_column = x_t + column * b;
-        for (int64_t j = 0; j < b; ++j) sums[j] += value * x_column[j];
-      }
-      const T row_bias = bias ? bias[i] : T(0);
-      for (int64_t j = 0; j < b; ++j) y[j * m + i] = sums[j] + row_bias;
+  parallel_for(0, m, std::max<int64_t>(1, kWorkGrain / work_per_row), [&](int64_t begin, int64_t end) {
+    const auto rows = [&](auto tokens) {
+      return decode_row_range<decltype(tokens)::value>(begin, end, m, n, r, b, scale, B, t, row_ptr,
+                                                       col_idx, values, x_t, bias, y);
+    };
+    bool in_range;
+    switch (b) {
+      case 1: in_range = rows(std::integral_constant<int, 1>{}); break;
+      case 2: in_range = rows(std::integral_constant<int, 2>{}); break;
+      case 4: in_range = rows(std::integral_constant<int, 4>{}); break;
+      case 8: in_range = rows(std::integral_constant<int, 8>{}); break;
+      case 16: in_range = rows(std::integral_constant<int, 16>{}); break;
+      default: in_range = rows(std::integral_constant<int, 0>{}); break;
     }
+    if (!in_range) ok.store(false, std::memory_order_relaxed);
   });
   return ok.load();
 }
