@@ -140,8 +140,9 @@ class SLLinear(_FactoredLinear):
         self.values = nn.Parameter(torch.empty(nnz, **factory))
         # The uint16 copy of col_idx the CPU inference kernel reads: built at
         # the first forward without grad (or by eval()), dropped by train(),
-        # never saved; _compact_version is the col_idx version it was made from.
+        # never saved; _compact_source and _compact_version say which col_idx it copies.
         self.register_buffer("compact_col_idx", None, persistent=False)
+        self._compact_source: Tensor | None = None
         self._compact_version = -1
         self.reset_parameters()
 
@@ -169,19 +170,23 @@ class SLLinear(_FactoredLinear):
 
     def _compact_columns(self) -> Tensor | None:
         """The uint16 copy of ``col_idx`` for the CPU kernel, rebuilt in eager
-        mode if ``col_idx`` changed (a compiled forward reads the cached one:
-        dynamo cannot trace tensor versions; ``eval()`` builds it beforehand)."""
-        if self.in_features > COMPACT_INDEX_LIMIT or self.col_idx.device.type != "cpu":
+        mode if ``col_idx`` was replaced or written to (a compiled forward reads
+        the cached one: dynamo cannot trace tensor versions; ``eval()`` builds
+        it beforehand)."""
+        col_idx = self.col_idx
+        if self.in_features > COMPACT_INDEX_LIMIT or not col_idx.is_cpu:
             return None
         if not torch.compiler.is_compiling() and (
-                self.compact_col_idx is None or self._compact_version != self.col_idx._version):
+                self._compact_source is not col_idx or self._compact_version != col_idx._version):
             self._build_compact_columns()
         return self.compact_col_idx
 
     def _build_compact_columns(self) -> None:
         with torch.no_grad():
             self.compact_col_idx = self.col_idx.to(torch.uint16)
-        self._compact_version = self.col_idx._version
+        # The tensor and version the copy was made from (the tensor, not its
+        # id: an id can be reused once the old buffer is freed).
+        self._compact_source, self._compact_version = self.col_idx, self.col_idx._version
 
     def train(self, mode: bool = True) -> "SLLinear":
         """``nn.Module.train``; training mode drops the 16-bit column copy,
@@ -189,7 +194,7 @@ class SLLinear(_FactoredLinear):
         super().train(mode)
         if mode:
             self.compact_col_idx = None
-        elif self.in_features <= COMPACT_INDEX_LIMIT and self.col_idx.device.type == "cpu":
+        elif self.in_features <= COMPACT_INDEX_LIMIT and self.col_idx.is_cpu:
             self._build_compact_columns()
         return self
 

@@ -103,6 +103,18 @@ def test_compact_columns_are_cached_not_saved_dropped_by_train_and_follow_the_su
         expected = other(x).detach()
     assert_close(actual, expected.double(), torch.float32)
 
+    # Buffers replaced by assignment, or written in place: rebuilt at the next call.
+    third = sl.SLLinear(40, 30, rank=4, density=0.2, seed=layer.seed + 2)
+    layer.row_ptr, layer.col_idx = third.row_ptr.clone(), third.col_idx.clone()
+    with torch.no_grad():
+        layer(x)
+    assert torch.equal(layer.compact_col_idx.int(), third.col_idx)
+    layer.row_ptr.copy_(other.row_ptr)
+    layer.col_idx.copy_(other.col_idx)
+    with torch.no_grad(), sl.matmul_config("factored"):
+        assert_close(layer(x), expected.double(), torch.float32, "after an in-place write")
+    assert torch.equal(layer.compact_col_idx.int(), other.col_idx)
+
 
 def test_no_compact_copy_beyond_16_bit_columns():
     layer = sl.SLLinear(sl.nn.COMPACT_INDEX_LIMIT + 1, 2, rank=1, density=1e-4).eval()

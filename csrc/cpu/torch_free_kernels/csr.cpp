@@ -196,15 +196,31 @@ bool decode_row_range(int64_t row_begin, int64_t row_end, int64_t m, int64_t n, 
     // B's row stays in L1 across the tokens' dot products; each entry's
     // column of x_t holds all b tokens side by side.
     for (int64_t j = 0; j < b; ++j) sums[j] = scale * dot(r, B + i * r, t + j * r);
-    for (int64_t k = row_ptr[i]; k < row_ptr[i + 1]; ++k) {
+    // Entry k's column of x_t, or nullptr (and ok cleared) if out of range.
+    const auto x_column = [&](int64_t k) -> const T* {
       const int64_t column = col_idx[k];
-      if (column < 0 || column >= n) {
-        ok = false;
-        continue;
+      if (column >= 0 && column < n) return x_t + column * b;
+      ok = false;
+      return nullptr;
+    };
+    int64_t k = row_ptr[i];
+    const int64_t row_end_entry = row_ptr[i + 1];
+    if constexpr (kTokens == 1) {
+      // One token: a single running sum would chain every entry's
+      // multiply-add on the previous one (4 cycles each); four overlap.
+      T partial[4] = {};
+      for (; k + 4 <= row_end_entry; k += 4) {
+        for (int l = 0; l < 4; ++l) {
+          if (const T* x = x_column(k + l)) partial[l] += values[k + l] * *x;
+        }
       }
+      sums[0] += (partial[0] + partial[1]) + (partial[2] + partial[3]);
+    }
+    for (; k < row_end_entry; ++k) {
+      const T* x = x_column(k);
+      if (!x) continue;
       const T value = values[k];
-      const T* x_column = x_t + column * b;
-      for (int64_t j = 0; j < b; ++j) sums[j] += value * x_column[j];
+      for (int64_t j = 0; j < b; ++j) sums[j] += value * x[j];
     }
     const T row_bias = bias ? bias[i] : T(0);
     for (int64_t j = 0; j < b; ++j) y[j * m + i] = sums[j] + row_bias;
