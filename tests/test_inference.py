@@ -4,6 +4,8 @@ column copy, all equal to the training path's forward."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -183,3 +185,24 @@ def test_cuda_binding_equals_the_training_forward_and_refuses_compact_columns():
                          training_forward(p, x.clone()).double(), torch.float32, path)
     with pytest.raises(NotImplementedError, match="`compact_col_idx` is read by the CPU kernel only"):
         cuda_ops.sl_matmul_inference(x, *p.operands(), p.bias, p.col_idx.to(torch.uint16))
+
+
+def test_hugging_face_generate_through_a_converted_model_equals_its_merged_twin():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                                      num_attention_heads=4, vocab_size=96, tie_word_embeddings=False)
+    model = transformers.LlamaForCausalLM(config).double().eval()
+    sl.convert(model, rank=8, density=0.1)
+    for module in model.modules():
+        if isinstance(module, sl.SLLinear):
+            torch.nn.init.normal_(module.B, std=0.2)  # B = 0 at conversion would hide the low-rank part
+    model.eval()
+    merged = sl.merge(copy.deepcopy(model))
+    prompt = torch.randint(0, 96, (2, 5))
+    settings = {"max_new_tokens": 12, "do_sample": False, "pad_token_id": 0}
+    with OpRecorder() as recorder:
+        tokens = model.generate(prompt, **settings)
+    assert "sltrain.sl_matmul_inference.default" in recorder.names
+    assert "sltrain.sl_matmul.default" not in recorder.names
+    assert torch.equal(tokens, merged.generate(prompt, **settings))
