@@ -130,8 +130,8 @@ def main() -> None:
     plt = pyplot()
     if plt is None:
         return
-    figure, axes = plt.subplots(1, len(args.tokens), figsize=(5 * len(args.tokens), 4), squeeze=False)
-    for axis, b in zip(axes[0], args.tokens):
+    figure, axes = plt.subplots(len(args.tokens), 1, figsize=(9, 2.6 * len(args.tokens)), squeeze=False)
+    for axis, b in zip(axes[:, 0], args.tokens):
         rows = [row for row in layer_rows if row["b"] == b]
         axis.barh([row["variant"] for row in rows], [row["ms"] for row in rows])
         axis.invert_yaxis()
