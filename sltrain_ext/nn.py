@@ -38,6 +38,13 @@ def check_alpha(alpha: float, rank: int, dtype: torch.dtype | None) -> None:
                          f"largest value {largest:g}")
 
 
+def _version_of(tensor: Tensor) -> int:
+    """The tensor's version counter; -1 for an inference tensor (made under
+    ``torch.inference_mode()``), which has none: in-place writes to it go
+    unseen, a replaced one is still noticed by identity."""
+    return -1 if tensor.is_inference() else tensor._version
+
+
 @torch.compiler.assume_constant_result
 def _has_autocast(device_type: str) -> bool:
     """Whether autocast exists for this device type (the meta device has none:
@@ -177,7 +184,7 @@ class SLLinear(_FactoredLinear):
         if self.in_features > COMPACT_INDEX_LIMIT or not col_idx.is_cpu:
             return None
         if not torch.compiler.is_compiling() and (
-                self._compact_source is not col_idx or self._compact_version != col_idx._version):
+                self._compact_source is not col_idx or self._compact_version != _version_of(col_idx)):
             self._build_compact_columns()
         return self.compact_col_idx
 
@@ -186,14 +193,14 @@ class SLLinear(_FactoredLinear):
             self.compact_col_idx = self.col_idx.to(torch.uint16)
         # The tensor and version the copy was made from (the tensor, not its
         # id: an id can be reused once the old buffer is freed).
-        self._compact_source, self._compact_version = self.col_idx, self.col_idx._version
+        self._compact_source, self._compact_version = self.col_idx, _version_of(self.col_idx)
 
     def train(self, mode: bool = True) -> "SLLinear":
         """``nn.Module.train``; training mode drops the 16-bit column copy,
         evaluation mode builds it (where the input width allows)."""
         super().train(mode)
         if mode:
-            self.compact_col_idx = None
+            self.compact_col_idx, self._compact_source = None, None
         elif self.in_features <= COMPACT_INDEX_LIMIT and self.col_idx.is_cpu:
             self._build_compact_columns()
         return self

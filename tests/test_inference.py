@@ -91,6 +91,10 @@ def test_compact_columns_are_cached_not_saved_dropped_by_train_and_follow_the_su
     assert "compact_col_idx" not in layer.state_dict()
     layer.train()
     assert layer.compact_col_idx is None
+    with torch.no_grad():
+        layer(x)  # evaluation in training mode builds it again
+    assert torch.equal(layer.compact_col_idx.int(), layer.col_idx)
+    layer.train()
 
     # Another support loaded into the layer: the copy is rebuilt from it, and
     # the output is the new layer's.
@@ -116,6 +120,16 @@ def test_compact_columns_are_cached_not_saved_dropped_by_train_and_follow_the_su
     with torch.no_grad(), sl.matmul_config("factored"):
         assert_close(layer(x), expected.double(), torch.float32, "after an in-place write")
     assert torch.equal(layer.compact_col_idx.int(), other.col_idx)
+
+
+def test_a_layer_built_under_inference_mode_runs_there():
+    # Its buffers are inference tensors, which have no version counter.
+    with torch.inference_mode():
+        layer = sl.SLLinear(16, 8, rank=2, density=0.5).eval()
+        x = torch.randn(3, 16)
+        y = layer(x)
+    torch.testing.assert_close(y, x @ layer.dense_weight().T + layer.bias)
+    assert torch.equal(layer.compact_col_idx.int(), layer.col_idx)
 
 
 def test_no_compact_copy_beyond_16_bit_columns():
