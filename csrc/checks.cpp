@@ -241,6 +241,30 @@ SymFactorDims check_sl_matmul(const at::Tensor& x, const at::Tensor& A, const at
   return dims;
 }
 
+SymFactorDims check_sl_matmul_inference(const at::Tensor& x, const at::Tensor& A,
+                                        const at::Tensor& B, const at::Tensor& values,
+                                        const at::Tensor& row_ptr, const at::Tensor& col_idx,
+                                        double scale, const std::optional<at::Tensor>& bias,
+                                        const std::optional<at::Tensor>& compact_col_idx) {
+  constexpr const char* op = "sl_matmul_inference";
+  const SymFactorDims dims = check_factors(op, A, B, values, row_ptr, col_idx, scale);
+  check_input(op, "x", x, dims.n, A, "n");
+  check_bias(op, bias, dims, A);
+  if (compact_col_idx.has_value()) {
+    const at::Tensor& compact = *compact_col_idx;
+    TORCH_CHECK_TYPE(compact.scalar_type() == at::kUInt16, op, ": `compact_col_idx` must be uint16, got ",
+                     compact.scalar_type());
+    TORCH_CHECK_VALUE(compact.dim() == 1 && compact.sym_size(0) == dims.nnz, op,
+                      ": `compact_col_idx` must be 1-D with nnz = ", dims.nnz, " entries, got shape ",
+                      compact.sym_sizes());
+    TORCH_CHECK_VALUE(compact.device() == col_idx.device(), op, ": `compact_col_idx` is on ",
+                      compact.device(), " but `col_idx` is on ", col_idx.device());
+    TORCH_CHECK_VALUE(dims.n <= 65536, op, ": `compact_col_idx` holds 16-bit columns, but n = ",
+                      dims.n, " exceeds 65536");
+  }
+  return dims;
+}
+
 SymFactorDims check_sl_matmul_backward(const at::Tensor& grad_y, const at::Tensor& x,
                                        const at::Tensor& A, const at::Tensor& B,
                                        const at::Tensor& values, const at::Tensor& row_ptr,

@@ -47,6 +47,16 @@ SymFactorDims check_sl_matmul(const at::Tensor& x, const at::Tensor& A, const at
                               const at::Tensor& col_idx, double scale,
                               const std::optional<at::Tensor>& bias);
 
+// Every argument of sl_matmul_inference: sl_matmul's, and compact_col_idx, if
+// given, a 1-D uint16 copy of col_idx ([nnz], on its device) for n <= 65536.
+// That it equals col_idx is the caller's promise (SLLinear rebuilds it when
+// the support changes); the kernels still check its columns against n.
+SymFactorDims check_sl_matmul_inference(const at::Tensor& x, const at::Tensor& A,
+                                        const at::Tensor& B, const at::Tensor& values,
+                                        const at::Tensor& row_ptr, const at::Tensor& col_idx,
+                                        double scale, const std::optional<at::Tensor>& bias,
+                                        const std::optional<at::Tensor>& compact_col_idx);
+
 // Every argument of sl_matmul_backward: sl_matmul's (without bias), and
 // grad_y [..., m] with x's leading dimensions.
 SymFactorDims check_sl_matmul_backward(const at::Tensor& grad_y, const at::Tensor& x,

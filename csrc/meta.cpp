@@ -28,6 +28,17 @@ Tensor sl_matmul_meta(const Tensor& x, const Tensor& A, const Tensor& B, const T
   return at::empty_symint(sizes, x.options());
 }
 
+Tensor sl_matmul_inference_meta(const Tensor& x, const Tensor& A, const Tensor& B,
+                                const Tensor& values, const Tensor& row_ptr, const Tensor& col_idx,
+                                double scale, const std::optional<Tensor>& bias,
+                                const std::optional<Tensor>& compact_col_idx) {
+  const SymFactorDims dims =
+      check_sl_matmul_inference(x, A, B, values, row_ptr, col_idx, scale, bias, compact_col_idx);
+  std::vector<c10::SymInt> sizes(x.sym_sizes().begin(), x.sym_sizes().end());
+  sizes.back() = dims.m;
+  return at::empty_symint(sizes, x.options());
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_meta(
     const Tensor& grad_y, const Tensor& x, const Tensor& A, const Tensor& B, const Tensor& values,
     const Tensor& row_ptr, const Tensor& col_idx, double scale, std::array<bool, 4> output_mask) {
@@ -98,6 +109,7 @@ void fused_adam8bit_meta(at::TensorList params, at::TensorList grads, at::Tensor
 TORCH_LIBRARY_IMPL(sltrain, Meta, m) {
   m.impl("sl_matmul", &sltrain::sl_matmul_meta);
   m.impl("sl_matmul_backward", &sltrain::sl_matmul_backward_meta);
+  m.impl("sl_matmul_inference", &sltrain::sl_matmul_inference_meta);
   m.impl("densify", &sltrain::densify_meta);
   m.impl("fused_adam_", &sltrain::fused_adam_meta);
   m.impl("fused_adam8bit_", &sltrain::fused_adam8bit_meta);

@@ -95,6 +95,13 @@ TORCH_LIBRARY(sltrain, m) {
       "sl_matmul_backward(Tensor grad_y, Tensor x, Tensor A, Tensor B, Tensor values, "
       "Tensor row_ptr, Tensor col_idx, float scale, bool[4] output_mask) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
+  // sl_matmul's forward without autograd, for inference: one op per layer
+  // call (no Python autograd formula runs), and optionally a uint16 copy of
+  // col_idx (n <= 65536) that the CPU decode kernel reads instead, a quarter
+  // fewer bytes. Gradients go through sl_matmul only.
+  m.def(
+      "sl_matmul_inference(Tensor x, Tensor A, Tensor B, Tensor values, Tensor row_ptr, "
+      "Tensor col_idx, float scale, Tensor? bias=None, Tensor? compact_col_idx=None) -> Tensor");
   m.def(
       "densify(Tensor A, Tensor B, Tensor values, Tensor row_ptr, Tensor col_idx, float scale) "
       "-> Tensor");

@@ -15,10 +15,14 @@ from .ops import (
     nnz_for_density,
     random_support,
     sl_matmul,
+    sl_matmul_inference,
     validate_support,
 )
 
 __all__ = ["SLLinear", "LowRankLinear"]
+
+# The widest input whose column indices fit the 16-bit inference copy.
+COMPACT_INDEX_LIMIT = 1 << 16
 
 
 def check_alpha(alpha: float, rank: int, dtype: torch.dtype | None) -> None:
@@ -32,6 +36,13 @@ def check_alpha(alpha: float, rank: int, dtype: torch.dtype | None) -> None:
     if abs(alpha / rank) > largest:
         raise ValueError(f"`alpha` = {alpha} gives the scale alpha / rank = {alpha / rank:g}, beyond {dtype}'s "
                          f"largest value {largest:g}")
+
+
+def _version_of(tensor: Tensor) -> int:
+    """The tensor's version counter; -1 for an inference tensor (made under
+    ``torch.inference_mode()``), which has none: in-place writes to it go
+    unseen, a replaced one is still noticed by identity."""
+    return -1 if tensor.is_inference() else tensor._version
 
 
 @torch.compiler.assume_constant_result
@@ -134,6 +145,12 @@ class SLLinear(_FactoredLinear):
         self.register_buffer("row_ptr", row_ptr)
         self.register_buffer("col_idx", col_idx)
         self.values = nn.Parameter(torch.empty(nnz, **factory))
+        # The uint16 copy of col_idx the CPU inference kernel reads: built at
+        # the first forward without grad (or by eval()), dropped by train(),
+        # never saved; _compact_source and _compact_version say which col_idx it copies.
+        self.register_buffer("compact_col_idx", None, persistent=False)
+        self._compact_source: Tensor | None = None
+        self._compact_version = -1
         self.reset_parameters()
 
     @property
@@ -152,7 +169,41 @@ class SLLinear(_FactoredLinear):
             dtype = torch.get_autocast_dtype(x.device.type)
             x, A, B, values = x.to(dtype), A.to(dtype), B.to(dtype), values.to(dtype)
             bias = bias.to(dtype) if bias is not None else None
-        return sl_matmul(x, A, B, values, self.row_ptr, self.col_idx, self.scale, bias)
+        if torch.is_grad_enabled():
+            return sl_matmul(x, A, B, values, self.row_ptr, self.col_idx, self.scale, bias)
+        # Inference: one C++ op, no autograd formula, 16-bit columns where they fit.
+        return sl_matmul_inference(x, A, B, values, self.row_ptr, self.col_idx, self.scale, bias,
+                                   self._compact_columns())
+
+    def _compact_columns(self) -> Tensor | None:
+        """The uint16 copy of ``col_idx`` for the CPU kernel, rebuilt in eager
+        mode if ``col_idx`` was replaced or written to (a compiled forward reads
+        the cached one: dynamo cannot trace tensor versions; ``eval()`` builds
+        it beforehand)."""
+        col_idx = self.col_idx
+        if self.in_features > COMPACT_INDEX_LIMIT or not col_idx.is_cpu:
+            return None
+        if not torch.compiler.is_compiling() and (
+                self._compact_source is not col_idx or self._compact_version != _version_of(col_idx)):
+            self._build_compact_columns()
+        return self.compact_col_idx
+
+    def _build_compact_columns(self) -> None:
+        with torch.no_grad():
+            self.compact_col_idx = self.col_idx.to(torch.uint16)
+        # The tensor and version the copy was made from (the tensor, not its
+        # id: an id can be reused once the old buffer is freed).
+        self._compact_source, self._compact_version = self.col_idx, _version_of(self.col_idx)
+
+    def train(self, mode: bool = True) -> "SLLinear":
+        """``nn.Module.train``; training mode drops the 16-bit column copy,
+        evaluation mode builds it (where the input width allows)."""
+        super().train(mode)
+        if mode:
+            self.compact_col_idx, self._compact_source = None, None
+        elif self.in_features <= COMPACT_INDEX_LIMIT and self.col_idx.is_cpu:
+            self._build_compact_columns()
+        return self
 
     @torch.no_grad()
     def dense_weight(self) -> Tensor:

@@ -22,6 +22,7 @@ from . import _C  # noqa: F401  (loads the library that defines torch.ops.sltrai
 __all__ = [
     "sl_matmul",
     "sl_matmul_backward",
+    "sl_matmul_inference",
     "densify",
     "random_support",
     "transpose_support",
@@ -61,6 +62,26 @@ def sl_matmul(
     and one device. Returns ``[..., m]``.
     """
     return _ops.sl_matmul(x, A, B, values, row_ptr, col_idx, scale, bias)
+
+
+def sl_matmul_inference(
+    x: Tensor,
+    A: Tensor,
+    B: Tensor,
+    values: Tensor,
+    row_ptr: Tensor,
+    col_idx: Tensor,
+    scale: float,
+    bias: Tensor | None = None,
+    compact_col_idx: Tensor | None = None,
+) -> Tensor:
+    """``sl_matmul``'s forward as one C++ op with no autograd formula (results
+    carry no gradient): the inference path of ``SLLinear``. On the CPU, up to
+    32 tokens take one pass over ``B`` and the sparse entries; with
+    ``compact_col_idx``, a ``uint16`` copy of ``col_idx`` (``n <= 65536``), it
+    reads 2-byte columns instead of 4. The copy must equal ``col_idx``; CUDA
+    takes none yet."""
+    return _ops.sl_matmul_inference.default(x, A, B, values, row_ptr, col_idx, scale, bias, compact_col_idx)
 
 
 def sl_matmul_backward(

@@ -222,6 +222,35 @@ def test_cuda_graph_replay_equals_eager():
         assert torch.equal(a, b.detach())
 
 
+def test_captured_decode_step_replayed_equals_eager():
+    """Without grad SLLinear is one sl_matmul_inference call per layer, with no
+    host synchronisation: a CUDA graph captures a whole decode step, and
+    replaying it on new input equals the eager step (and the training forward)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(sl.SLLinear(256, 512, rank=16, density=0.05), torch.nn.GELU(),
+                                sl.SLLinear(512, 256, rank=16, density=0.05)).cuda().eval()
+    for layer in (model[0], model[2]):
+        torch.nn.init.normal_(layer.B)
+    static_x = torch.randn(16, 256, device="cuda")
+    with torch.no_grad():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            model(static_x)  # warm-up on a side stream, as graph capture requires
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_y = model(static_x)
+        for _ in range(2):
+            x = torch.randn(16, 256, device="cuda")
+            static_x.copy_(x)
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(static_y, model(x))
+    with torch.enable_grad():
+        assert_close(static_y, model(x).detach().double(), torch.float32, "training forward")
+
+
 @pytest.mark.parametrize("state_bits", [32, 8])
 def test_captured_sladamw_step_replayed_n_times_equals_n_eager_steps(state_bits):
     """capturable=True keeps the step counts and a tensor lr on the device, so

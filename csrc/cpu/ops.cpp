@@ -147,6 +147,50 @@ Tensor sl_matmul_cpu(const Tensor& x, const Tensor& A, const Tensor& B, const Te
   return y.to(x.scalar_type()).view(out_sizes);
 }
 
+// sl_matmul's forward for inference: the same result (to rounding), one op
+// call. Up to kMaxDecodeTokens tokens on the factored path go through one pass
+// over B and S's entries (sl_decode_rows) instead of GEMV, scale, GEMV and
+// SpMV, reading 16-bit columns where compact_col_idx is given; other calls
+// take sl_matmul's own path.
+Tensor sl_matmul_inference_cpu(const Tensor& x, const Tensor& A, const Tensor& B,
+                               const Tensor& values, const Tensor& row_ptr, const Tensor& col_idx,
+                               double scale, const std::optional<Tensor>& bias,
+                               const std::optional<Tensor>& compact_col_idx) {
+  const NoAutocast no_autocast;
+  constexpr const char* op = "sl_matmul_inference";
+  const FactorDims dims =
+      check_sl_matmul_inference(x, A, B, values, row_ptr, col_idx, scale, bias, compact_col_idx)
+          .concrete();
+  const int64_t batch = x.numel() / std::max<int64_t>(dims.n, 1);
+  if (batch == 0 || dims.n == 0 || batch > cpu::kMaxDecodeTokens || !use_factored_path(batch, dims)) {
+    return sl_matmul_cpu(x, A, B, values, row_ptr, col_idx, scale, bias);
+  }
+  const Csr csr = make_csr(op, row_ptr, col_idx, values, dims);
+  const Tensor x2 = flatten_tokens(x, dims.n);
+  const Tensor t = at::mm(x2, to_compute(A).t());
+  const Tensor b_factor = to_compute(B);
+  const Tensor x_t = x2.t().contiguous();
+  const Tensor bias_c = bias.has_value() ? to_compute(*bias) : Tensor();
+  const Tensor compact = compact_col_idx.has_value() ? compact_col_idx->contiguous() : Tensor();
+  Tensor y = at::empty({batch, dims.m}, x2.options());
+  AT_DISPATCH_FLOATING_TYPES(x2.scalar_type(), "sl_matmul_inference_cpu", [&] {
+    const auto run = [&](const auto* columns) {
+      return cpu::sl_decode_rows<scalar_t>(
+          dims.m, dims.n, dims.r, batch, scalar_t(scale), b_factor.data_ptr<scalar_t>(),
+          t.data_ptr<scalar_t>(), csr.rows(), columns, csr.values.data_ptr<scalar_t>(),
+          x_t.data_ptr<scalar_t>(), bias_c.defined() ? bias_c.data_ptr<scalar_t>() : nullptr,
+          y.data_ptr<scalar_t>());
+    };
+    check_columns(op,
+                  compact.defined() ? run(static_cast<const uint16_t*>(compact.data_ptr()))
+                                    : run(csr.cols()),
+                  csr);
+  });
+  auto out_sizes = x.sizes().vec();
+  out_sizes.back() = dims.m;
+  return y.to(x.scalar_type()).view(out_sizes);
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cpu(
     const Tensor& grad_y, const Tensor& x, const Tensor& A, const Tensor& B, const Tensor& values,
     const Tensor& row_ptr, const Tensor& col_idx, double scale, std::array<bool, 4> output_mask) {
@@ -391,6 +435,7 @@ void fused_adam8bit_cpu(at::TensorList params, at::TensorList grads, at::TensorL
 TORCH_LIBRARY_IMPL(sltrain, CPU, m) {
   m.impl("sl_matmul", &sltrain::sl_matmul_cpu);
   m.impl("sl_matmul_backward", &sltrain::sl_matmul_backward_cpu);
+  m.impl("sl_matmul_inference", &sltrain::sl_matmul_inference_cpu);
   m.impl("densify", &sltrain::densify_cpu);
   m.impl("fused_adam_", &sltrain::fused_adam_cpu);
   m.impl("fused_adam8bit_", &sltrain::fused_adam8bit_cpu);

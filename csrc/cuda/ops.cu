@@ -328,6 +328,19 @@ Tensor cached_transposed_support(const Tensor& row_ptr, const Tensor& col_idx, i
   return cache->get(row_ptr, col_idx, n, stream());
 }
 
+// sl_matmul_inference on CUDA: sl_matmul's kernels on the int32 columns (so
+// far only the CPU decode kernel reads the 16-bit copy).
+Tensor sl_matmul_inference_cuda(const Tensor& x, const Tensor& A, const Tensor& B,
+                                const Tensor& values, const Tensor& row_ptr, const Tensor& col_idx,
+                                double scale, const std::optional<Tensor>& bias,
+                                const std::optional<Tensor>& compact_col_idx) {
+  check_sl_matmul_inference(x, A, B, values, row_ptr, col_idx, scale, bias, compact_col_idx);
+  TORCH_CHECK_NOT_IMPLEMENTED(!compact_col_idx.has_value(),
+                              "sl_matmul_inference: `compact_col_idx` is read by the CPU kernel "
+                              "only; on CUDA pass none");
+  return sl_matmul_cuda(x, A, B, values, row_ptr, col_idx, scale, bias);
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cuda(
     const Tensor& grad_y, const Tensor& x, const Tensor& A, const Tensor& B, const Tensor& values,
     const Tensor& row_ptr, const Tensor& col_idx, double scale, std::array<bool, 4> output_mask) {
@@ -594,6 +607,7 @@ void fused_adam8bit_cuda(at::TensorList params, at::TensorList grads, at::Tensor
 
 TORCH_LIBRARY_IMPL(SLTRAIN_CUDA_LIBRARY, SLTRAIN_CUDA_DISPATCH_KEY, m) {
   m.impl("sl_matmul", &sltrain::sl_matmul_cuda);
+  m.impl("sl_matmul_inference", &sltrain::sl_matmul_inference_cuda);
   m.impl("sl_matmul_backward", &sltrain::sl_matmul_backward_cuda);
   m.impl("densify", &sltrain::densify_cuda);
   m.impl("fused_adam_", &sltrain::fused_adam_cuda);

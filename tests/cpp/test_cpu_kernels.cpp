@@ -319,6 +319,42 @@ void test_half_round_trips() {
 
 }  // namespace
 
+// sl_decode_rows on int32 and uint16 columns against the triple loop, for
+// the unrolled token counts and a runtime one; a bad column is reported.
+void test_decode_rows(int64_t m, int64_t n, int64_t r, int64_t b, int64_t nnz) {
+  const float poison = std::numeric_limits<float>::quiet_NaN();
+  Case c = make_case(m, n, b, nnz, uint64_t(m * 7 + b));
+  std::mt19937 gen{unsigned(r + b)};
+  std::normal_distribution<float> normal;
+  std::vector<float> B(m * r), t(b * r), bias(m);
+  for (auto* v : {&B, &t, &bias})
+    for (float& e : *v) e = normal(gen);
+  const float scale = 0.75f;
+  std::vector<double> y_want(b * m);
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < b; ++j) {
+      double low_rank = 0, sparse = 0;
+      for (int64_t q = 0; q < r; ++q) low_rank += double(B[i * r + q]) * t[j * r + q];
+      for (int64_t k = c.row_ptr[i]; k < c.row_ptr[i + 1]; ++k)
+        sparse += double(c.values[k]) * c.x_t[c.col_idx[k] * b + j];
+      y_want[j * m + i] = scale * low_rank + sparse + bias[i];
+    }
+  }
+  std::vector<uint16_t> compact(c.col_idx.begin(), c.col_idx.end());
+  std::vector<float> y(b * m, poison);
+  expect(sl_decode_rows<float>(m, n, r, b, scale, B.data(), t.data(), c.row_ptr.data(), c.col_idx.data(),
+                               c.values.data(), c.x_t.data(), bias.data(), y.data()), "sl_decode_rows ok");
+  expect_close(y, y_want, "sl_decode_rows int32");
+  std::fill(y.begin(), y.end(), poison);
+  expect(sl_decode_rows<float>(m, n, r, b, scale, B.data(), t.data(), c.row_ptr.data(), compact.data(),
+                               c.values.data(), c.x_t.data(), bias.data(), y.data()), "sl_decode_rows uint16 ok");
+  expect_close(y, y_want, "sl_decode_rows uint16");
+  compact[nnz - 1] = uint16_t(n);
+  expect(!sl_decode_rows<float>(m, n, r, b, scale, B.data(), t.data(), c.row_ptr.data(), compact.data(),
+                                c.values.data(), c.x_t.data(), bias.data(), y.data()),
+         "sl_decode_rows reports a bad column");
+}
+
 int main() {
   test_support(1, 1, 1);
   test_support(37, 53, 100);
@@ -328,6 +364,7 @@ int main() {
   test_sparse_products(17, 23, 5, 40);
   test_sparse_products(64, 300, 700, 2000);  // several batch blocks
   test_sparse_products(9, 7, 0, 20);         // no tokens
+  for (int64_t b : {1, 3, 16, 32}) test_decode_rows(40, 50, 9, b, 300);
   test_adam();
   test_quant8_codes();
   test_quant8_encoders_match_definition();

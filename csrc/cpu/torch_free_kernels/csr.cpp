@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <atomic>
+#include <type_traits>
 
 #include "kernels.h"
 #include "parallel.h"
@@ -178,6 +179,82 @@ bool csr_gather_rows(int64_t row_begin, int64_t row_end, int64_t n, const int32_
                                 [&](int64_t r, int64_t k, int32_t column) { out[k] = w[r * ld_w + column]; });
 }
 
+namespace {
+
+// Rows [row_begin, row_end) of sl_decode_rows. kTokens > 0 fixes b at compile
+// time, so the per-token loops unroll (at b = 1 a runtime-length loop around
+// each sparse entry's single multiply-add costs more than the add itself);
+// kTokens == 0 reads b at run time.
+template <int kTokens, class T, class Index>
+bool decode_row_range(int64_t row_begin, int64_t row_end, int64_t m, int64_t n, int64_t r,
+                      int64_t runtime_b, T scale, const T* B, const T* t, const int32_t* row_ptr,
+                      const Index* col_idx, const T* values, const T* x_t, const T* bias, T* y) {
+  const int64_t b = kTokens > 0 ? kTokens : runtime_b;
+  bool ok = true;
+  T sums[kMaxDecodeTokens];
+  for (int64_t i = row_begin; i < row_end; ++i) {
+    // B's row stays in L1 across the tokens' dot products; each entry's
+    // column of x_t holds all b tokens side by side.
+    for (int64_t j = 0; j < b; ++j) sums[j] = scale * dot(r, B + i * r, t + j * r);
+    // Entry k's column of x_t, or nullptr (and ok cleared) if out of range.
+    const auto x_column = [&](int64_t k) -> const T* {
+      const int64_t column = col_idx[k];
+      if (column >= 0 && column < n) return x_t + column * b;
+      ok = false;
+      return nullptr;
+    };
+    int64_t k = row_ptr[i];
+    const int64_t row_end_entry = row_ptr[i + 1];
+    if constexpr (kTokens == 1) {
+      // One token: a single running sum would chain every entry's
+      // multiply-add on the previous one (4 cycles each); four overlap.
+      T partial[4] = {};
+      for (; k + 4 <= row_end_entry; k += 4) {
+        for (int l = 0; l < 4; ++l) {
+          if (const T* x = x_column(k + l)) partial[l] += values[k + l] * *x;
+        }
+      }
+      sums[0] += (partial[0] + partial[1]) + (partial[2] + partial[3]);
+    }
+    for (; k < row_end_entry; ++k) {
+      const T* x = x_column(k);
+      if (!x) continue;
+      const T value = values[k];
+      for (int64_t j = 0; j < b; ++j) sums[j] += value * x[j];
+    }
+    const T row_bias = bias ? bias[i] : T(0);
+    for (int64_t j = 0; j < b; ++j) y[j * m + i] = sums[j] + row_bias;
+  }
+  return ok;
+}
+
+}  // namespace
+
+template <class T, class Index>
+bool sl_decode_rows(int64_t m, int64_t n, int64_t r, int64_t b, T scale, const T* B, const T* t,
+                    const int32_t* row_ptr, const Index* col_idx, const T* values, const T* x_t,
+                    const T* bias, T* y) {
+  std::atomic<bool> ok{true};
+  const int64_t work_per_row = std::max<int64_t>(1, (r + row_ptr[m] / std::max<int64_t>(m, 1)) * b);
+  parallel_for(0, m, std::max<int64_t>(1, kWorkGrain / work_per_row), [&](int64_t begin, int64_t end) {
+    const auto rows = [&](auto tokens) {
+      return decode_row_range<decltype(tokens)::value>(begin, end, m, n, r, b, scale, B, t, row_ptr,
+                                                       col_idx, values, x_t, bias, y);
+    };
+    bool in_range;
+    switch (b) {
+      case 1: in_range = rows(std::integral_constant<int, 1>{}); break;
+      case 2: in_range = rows(std::integral_constant<int, 2>{}); break;
+      case 4: in_range = rows(std::integral_constant<int, 4>{}); break;
+      case 8: in_range = rows(std::integral_constant<int, 8>{}); break;
+      case 16: in_range = rows(std::integral_constant<int, 16>{}); break;
+      default: in_range = rows(std::integral_constant<int, 0>{}); break;
+    }
+    if (!in_range) ok.store(false, std::memory_order_relaxed);
+  });
+  return ok.load();
+}
+
 #define SLTRAIN_INSTANTIATE_CSR(T)                                                                \
   template bool csr_spmm<T>(int64_t, int64_t, int64_t, const int32_t*, const int32_t*, const T*, \
                             const T*, int64_t, T*, int64_t);                                      \
@@ -188,7 +265,13 @@ bool csr_gather_rows(int64_t row_begin, int64_t row_end, int64_t n, const int32_
   template bool csr_scatter_add_rows<T>(int64_t, int64_t, int64_t, const int32_t*,                \
                                         const int32_t*, const T*, T*, int64_t);                   \
   template bool csr_gather_rows<T>(int64_t, int64_t, int64_t, const int32_t*, const int32_t*,     \
-                                   const T*, int64_t, T*);
+                                   const T*, int64_t, T*);                                      \
+  template bool sl_decode_rows<T, int32_t>(int64_t, int64_t, int64_t, int64_t, T, const T*,       \
+                                           const T*, const int32_t*, const int32_t*, const T*,    \
+                                           const T*, const T*, T*);                               \
+  template bool sl_decode_rows<T, uint16_t>(int64_t, int64_t, int64_t, int64_t, T, const T*,      \
+                                            const T*, const int32_t*, const uint16_t*, const T*,  \
+                                            const T*, const T*, T*);
 
 SLTRAIN_INSTANTIATE_CSR(float)
 SLTRAIN_INSTANTIATE_CSR(double)

@@ -1,0 +1,222 @@
+"""The inference path of SLLinear: one C++ op per layer call without grad
+(sl_matmul_inference), the one-pass CPU decode kernel and the cached 16-bit
+column copy, all equal to the training path's forward."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import sltrain_ext as sl
+from helpers import DTYPES, assert_close, make_problem
+from sltrain_ext.ops import sl_matmul_inference
+
+
+class OpRecorder(TorchDispatchMode):
+    """The ops a block dispatches, by name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def training_forward(p, x: torch.Tensor) -> torch.Tensor:
+    """sl_matmul with grad on, as training calls it."""
+    with torch.enable_grad():
+        return sl.sl_matmul(x.requires_grad_(), *p.operands(), p.bias).detach()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tokens", [1, 2, 3, 4, 8, 16, 32, 33])
+@pytest.mark.parametrize("path", ["factored", "materialized"])
+@pytest.mark.parametrize("compact", [False, True])
+def test_inference_op_equals_the_training_forward(dtype, tokens, path, compact):
+    # 1, 2, 4, 8 and 16 tokens run unrolled kernels, 3 and 32 the runtime-b one; 33 is
+    # past the decode kernel's 32 and goes through sl_matmul's own code.
+    p = make_problem(48, 40, 6, 300, dtype=dtype, seed=tokens)
+    x = torch.randn(tokens, 40, dtype=torch.float64).to(dtype)
+    columns = p.col_idx.to(torch.uint16) if compact else None
+    with sl.matmul_config(path):
+        expected = training_forward(p, x.clone())
+        with torch.no_grad():
+            actual = sl_matmul_inference(x, *p.operands(), p.bias, columns)
+    assert_close(actual, expected.double(), dtype)
+
+
+def test_without_bias_and_with_leading_dimensions():
+    p = make_problem(20, 24, 3, 90, bias=False)
+    x = torch.randn(2, 3, 24)
+    with sl.matmul_config("factored"):
+        expected = training_forward(p, x.clone())
+        actual = sl_matmul_inference(x, *p.operands(), None, p.col_idx.to(torch.uint16))
+    assert actual.shape == (2, 3, 20)
+    assert_close(actual, expected.double(), torch.float32)
+
+
+def test_sllinear_without_grad_dispatches_one_op_and_keeps_the_training_path_with_grad():
+    torch.manual_seed(0)
+    layer = sl.SLLinear(32, 24, rank=4, density=0.1).eval()  # eval() builds the 16-bit columns
+    torch.nn.init.normal_(layer.B)
+    x = torch.randn(1, 32)
+    for no_grad in (torch.no_grad, torch.inference_mode):
+        with no_grad(), OpRecorder() as recorder:
+            y = layer(x)
+        assert recorder.names == ["sltrain.sl_matmul_inference.default"]
+        assert y.grad_fn is None
+    with OpRecorder() as recorder:
+        y_train = layer(x)
+    assert recorder.names == ["sltrain.sl_matmul.default"] and y_train.requires_grad
+    assert_close(y, y_train.detach().double(), torch.float32)
+
+
+def test_compact_columns_are_cached_not_saved_dropped_by_train_and_follow_the_support():
+    torch.manual_seed(0)
+    layer = sl.SLLinear(40, 30, rank=4, density=0.2)
+    torch.nn.init.normal_(layer.B)
+    x = torch.randn(2, 40)
+    assert layer.compact_col_idx is None
+    layer.eval()
+    compact = layer.compact_col_idx
+    assert compact.dtype == torch.uint16 and torch.equal(compact.int(), layer.col_idx)
+    with torch.no_grad():
+        layer(x)
+    assert layer.compact_col_idx is compact  # built once, not per call
+    assert "compact_col_idx" not in layer.state_dict()
+    layer.train()
+    assert layer.compact_col_idx is None
+    with torch.no_grad():
+        layer(x)  # evaluation in training mode builds it again
+    assert torch.equal(layer.compact_col_idx.int(), layer.col_idx)
+    layer.train()
+
+    # Another support loaded into the layer: the copy is rebuilt from it, and
+    # the output is the new layer's.
+    other = sl.SLLinear(40, 30, rank=4, density=0.2, seed=layer.seed + 1)
+    torch.nn.init.normal_(other.B)
+    layer.eval()
+    layer.load_state_dict(other.state_dict())
+    with torch.no_grad(), sl.matmul_config("factored"):
+        actual = layer(x)
+        assert torch.equal(layer.compact_col_idx.int(), other.col_idx)
+    with sl.matmul_config("factored"):
+        expected = other(x).detach()
+    assert_close(actual, expected.double(), torch.float32)
+
+    # Buffers replaced by assignment, or written in place: rebuilt at the next call.
+    third = sl.SLLinear(40, 30, rank=4, density=0.2, seed=layer.seed + 2)
+    layer.row_ptr, layer.col_idx = third.row_ptr.clone(), third.col_idx.clone()
+    with torch.no_grad():
+        layer(x)
+    assert torch.equal(layer.compact_col_idx.int(), third.col_idx)
+    layer.row_ptr.copy_(other.row_ptr)
+    layer.col_idx.copy_(other.col_idx)
+    with torch.no_grad(), sl.matmul_config("factored"):
+        assert_close(layer(x), expected.double(), torch.float32, "after an in-place write")
+    assert torch.equal(layer.compact_col_idx.int(), other.col_idx)
+
+
+def test_a_layer_built_under_inference_mode_runs_there():
+    # Its buffers are inference tensors, which have no version counter.
+    with torch.inference_mode():
+        layer = sl.SLLinear(16, 8, rank=2, density=0.5).eval()
+        x = torch.randn(3, 16)
+        y = layer(x)
+    torch.testing.assert_close(y, x @ layer.dense_weight().T + layer.bias)
+    assert torch.equal(layer.compact_col_idx.int(), layer.col_idx)
+
+
+def test_no_compact_copy_beyond_16_bit_columns():
+    layer = sl.SLLinear(sl.nn.COMPACT_INDEX_LIMIT + 1, 2, rank=1, density=1e-4).eval()
+    assert layer.compact_col_idx is None
+    with torch.no_grad():
+        layer(torch.randn(1, layer.in_features))
+    assert layer.compact_col_idx is None
+
+
+def test_bad_compact_columns_name_the_argument():
+    p = make_problem(8, 10, 2, 20)
+    x = torch.randn(1, 10)
+    with pytest.raises(TypeError, match="`compact_col_idx` must be uint16"):
+        sl_matmul_inference(x, *p.operands(), p.bias, p.col_idx)
+    with pytest.raises(ValueError, match="`compact_col_idx` must be 1-D with nnz = 20"):
+        sl_matmul_inference(x, *p.operands(), p.bias, p.col_idx[:5].to(torch.uint16))
+    outside = p.col_idx.to(torch.uint16)
+    outside[3] = 10
+    with sl.matmul_config("factored"), pytest.raises(ValueError, match="`col_idx` has entries outside"):
+        sl_matmul_inference(x, *p.operands(), p.bias, outside)
+    wide = make_problem(2, sl.nn.COMPACT_INDEX_LIMIT + 1, 1, 4)
+    with pytest.raises(ValueError, match="exceeds 65536"):
+        sl_matmul_inference(torch.randn(1, wide.n), *wide.operands(), wide.bias,
+                            wide.col_idx.to(torch.uint16))
+
+
+def decode_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(sl.SLLinear(64, 128, rank=8, density=0.1), torch.nn.GELU(),
+                                sl.SLLinear(128, 64, rank=8, density=0.1))
+    for layer in (model[0], model[2]):
+        torch.nn.init.normal_(layer.B)
+    return model.eval()
+
+
+def test_compiled_reduce_overhead_decode_step_equals_eager():
+    model = decode_model()
+    step = torch.compile(model, mode="reduce-overhead", fullgraph=True)
+    with torch.no_grad(), sl.matmul_config("factored"):
+        for tokens in (1, 1, 4):
+            x = torch.randn(tokens, 64)
+            torch.testing.assert_close(step(x), model(x), rtol=1e-5, atol=1e-5)  # inductor fuses GELU
+
+
+@pytest.mark.parametrize("path", ["factored", "materialized"])
+@pytest.mark.parametrize("tokens", [1, 40])
+def test_opcheck_sl_matmul_inference(path, tokens):
+    for dtype in (torch.float32, torch.bfloat16):
+        p = make_problem(9, 12, 3, 30, dtype)
+        x = torch.randn(tokens, 12, dtype=dtype)
+        with sl.matmul_config(path):
+            for columns in (None, p.col_idx.to(torch.uint16)):
+                torch.library.opcheck(torch.ops.sltrain.sl_matmul_inference.default,
+                                      (x, *p.operands(), p.bias, columns))
+
+
+def test_cuda_binding_equals_the_training_forward_and_refuses_compact_columns():
+    from emulated_cuda import ops as emulated_cuda_ops
+
+    cuda_ops = emulated_cuda_ops()
+    p = make_problem(30, 20, 4, 120)
+    x = torch.randn(3, 20)
+    for path in ("factored", "materialized"):
+        with sl.matmul_config(path):
+            assert_close(cuda_ops.sl_matmul_inference(x, *p.operands(), p.bias),
+                         training_forward(p, x.clone()).double(), torch.float32, path)
+    with pytest.raises(NotImplementedError, match="`compact_col_idx` is read by the CPU kernel only"):
+        cuda_ops.sl_matmul_inference(x, *p.operands(), p.bias, p.col_idx.to(torch.uint16))
+
+
+def test_hugging_face_generate_through_a_converted_model_equals_its_merged_twin():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                                      num_attention_heads=4, vocab_size=96, tie_word_embeddings=False)
+    model = transformers.LlamaForCausalLM(config).double().eval()
+    sl.convert(model, rank=8, density=0.1)
+    for module in model.modules():
+        if isinstance(module, sl.SLLinear):
+            torch.nn.init.normal_(module.B, std=0.2)  # B = 0 at conversion would hide the low-rank part
+    model.eval()
+    merged = sl.merge(copy.deepcopy(model))
+    prompt = torch.randint(0, 96, (2, 5))
+    settings = {"max_new_tokens": 12, "do_sample": False, "pad_token_id": 0}
+    with OpRecorder() as recorder:
+        tokens = model.generate(prompt, **settings)
+    assert "sltrain.sl_matmul_inference.default" in recorder.names
+    assert "sltrain.sl_matmul.default" not in recorder.names
+    assert torch.equal(tokens, merged.generate(prompt, **settings))
