@@ -49,19 +49,11 @@ MIB = 2**20
 def measured_scaled_peak(b, n, m, r, density):
     """(ledger peak, plan peak) in bytes of the emulated bindings at the shape / SCALE_DOWN, float32."""
     import emulated_cuda
-    from helpers import make_problem
 
     b, n, m, r = (max(1, v // SCALE_DOWN) for v in (b, n, m, r))
     layer = Layer(b, m, n, r, round(density * m * n), element=4)
-    cuda_ops = emulated_cuda.ops()
-    p = make_problem(m, n, r, layer.nnz, torch.float32, seed=0)
-    x, grad_y = torch.randn(b, n), torch.randn(b, m)
-    with sl.matmul_config("materialized", workspace_bytes=layer.workspace):
-        with emulated_cuda.Ledger() as forward:
-            y = cuda_ops.sl_matmul(x, *p.operands(), p.bias)
-        with emulated_cuda.Ledger() as backward:
-            cuda_ops.sl_matmul_backward(grad_y, x, *p.operands(), [True] * 4)
-    del y
+    forward, backward = emulated_cuda.ledgers_of_a_materialized_layer(b, m, n, r, layer.nnz, layer.workspace,
+                                                                      torch.float32)
     measured = max(forward.peak, b * m * 4 + backward.peak)
     return measured, materialized_peak(layer), (b, n, m, r)
 

@@ -78,3 +78,23 @@ class Ledger:
             live += event
             peak = max(peak, live)
         self.peak, self.live = peak, live
+
+
+def ledgers_of_a_materialized_layer(b: int, m: int, n: int, r: int, nnz: int, workspace: int, dtype: torch.dtype,
+                                    mask=(True, True, True, True)) -> tuple[Ledger, Ledger]:
+    """The ledgers of one materialised forward (its y kept alive, as the caller
+    of a layer would keep it) and one backward of the emulated bindings."""
+    import sltrain_ext as sl
+    from helpers import make_problem
+
+    cuda_ops = ops()
+    p = make_problem(m, n, r, nnz, dtype, seed=b)
+    x = torch.randn(b, n, dtype=torch.float64).to(dtype)
+    grad_y = torch.randn(b, m, dtype=torch.float64).to(dtype)
+    with sl.matmul_config("materialized", workspace_bytes=workspace):
+        with Ledger() as forward:
+            y = cuda_ops.sl_matmul(x, *p.operands(), p.bias)
+        with Ledger() as backward:
+            grads = cuda_ops.sl_matmul_backward(grad_y, x, *p.operands(), list(mask))
+    del y, grads
+    return forward, backward

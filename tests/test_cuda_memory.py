@@ -16,8 +16,6 @@ import pytest
 import torch
 
 import emulated_cuda
-import sltrain_ext as sl
-from helpers import make_problem
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from bench_layer import PRESETS  # noqa: E402
@@ -40,16 +38,8 @@ LAYERS = [
 
 
 def measured_peaks(layer: Layer, dtype, mask=(True,) * 4):
-    cuda_ops = emulated_cuda.ops()
-    p = make_problem(layer.m, layer.n, layer.r, layer.nnz, dtype, seed=layer.b)
-    x = torch.randn(layer.b, layer.n, dtype=torch.float64).to(dtype)
-    grad_y = torch.randn(layer.b, layer.m, dtype=torch.float64).to(dtype)
-    with sl.matmul_config("materialized", workspace_bytes=layer.workspace):
-        with emulated_cuda.Ledger() as forward:
-            y = cuda_ops.sl_matmul(x, *p.operands(), p.bias)  # noqa: F841  (kept alive, as the caller would)
-        with emulated_cuda.Ledger() as backward:
-            grads = cuda_ops.sl_matmul_backward(grad_y, x, *p.operands(), list(mask))  # noqa: F841
-    return forward, backward
+    return emulated_cuda.ledgers_of_a_materialized_layer(layer.b, layer.m, layer.n, layer.r, layer.nnz,
+                                                         layer.workspace, dtype, mask)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
