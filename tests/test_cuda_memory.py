@@ -16,6 +16,8 @@ import pytest
 import torch
 
 import emulated_cuda
+import sltrain_ext as sl
+from helpers import make_problem
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from bench_layer import PRESETS  # noqa: E402
@@ -83,3 +85,23 @@ def test_planned_peak_at_the_real_training_shapes_is_at_most_dense(name, b, n, m
     layer = Layer(b, m, n, r, round(density * m * n), element=element)
     peak = max(materialized_forward_peak(layer), b * m * element + materialized_backward_peak(layer))
     assert peak <= dense_peak(layer), f"{name}: {peak} bytes against dense's {dense_peak(layer)}"
+
+
+def test_an_input_whose_rows_are_already_aligned_is_not_copied():
+    # n = 45: a contiguous x gets an aligned copy ([b, 48]); the same values in
+    # rows already 48 apart (as a caller that pads its activations holds them) do not.
+    b, m, n, r, nnz = 40, 64, 45, 4, 100
+    layer = Layer(b, m, n, r, nnz, element=4, workspace=1 << 20)
+    p = make_problem(m, n, r, nnz, torch.float32, seed=1)
+    padded_rows = torch.randn(b, 48)[:, :n]
+    same_contiguous = padded_rows.contiguous()
+    with sl.matmul_config("materialized", workspace_bytes=layer.workspace):
+        with emulated_cuda.Ledger() as strided:
+            y_strided = emulated_cuda.ops().sl_matmul(padded_rows, *p.operands(), p.bias)
+        with emulated_cuda.Ledger() as contiguous:
+            y_contiguous = emulated_cuda.ops().sl_matmul(same_contiguous, *p.operands(), p.bias)
+    assert contiguous.peak == materialized_forward_peak(layer)
+    copy = b * 48 * 4  # the aligned copy of x
+    assert copy in contiguous.events and copy not in strided.events
+    assert strided.peak < contiguous.peak
+    assert torch.equal(y_strided, y_contiguous)

@@ -193,10 +193,14 @@ void spmm(const Tensor& ptr_tensor, const Tensor& index, const int32_t* entry, c
   });
 }
 
-// t [..., features] as a contiguous [tokens, features] matrix.
+// t [..., features] as a [tokens, features] matrix with unit column stride.
+// Its row stride is kept where a view allows it (the kernels and cuBLAS take
+// a leading dimension), so an input whose rows are already aligned is never
+// copied to a contiguous, unaligned one.
 Tensor flatten_tokens(const Tensor& t, int64_t features) {
   const int64_t tokens = c10::multiply_integers(t.sizes().slice(0, t.dim() - 1));
-  return t.reshape({tokens, features}).contiguous();
+  const Tensor matrix = t.reshape({tokens, features});
+  return matrix.stride(1) == 1 ? matrix : matrix.contiguous();
 }
 
 Tensor sl_matmul_cuda(const Tensor& x, const Tensor& A, const Tensor& B, const Tensor& values,
