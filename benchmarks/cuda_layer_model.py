@@ -33,6 +33,10 @@ class Layer:
     nnz: int
     element: int = 2  # bytes per element (bf16)
     workspace: int = DEFAULT_WORKSPACE  # set_matmul_config's workspace_bytes
+    # Whether x and the output gradient arrive with rows 16-byte aligned (a
+    # padded row stride), as sltrain_ext's LLaMA MLP lays them out (swiglu in
+    # sltrain_ext/llama.py), rather than contiguous from an arbitrary producer.
+    operands_aligned: bool = False
 
     @property
     def factors_from_dW(self) -> bool:  # csrc/common/cost_model.h
@@ -84,10 +88,12 @@ class Plan:
         self.live -= nbytes
 
 
-def aligned_copy(plan: Plan, workspace: Workspace, rows: int, cols: int, element: int) -> bool:
-    """ops.cu's aligned_rows for a contiguous [rows, cols] operand: whether its
-    rows are aligned afterwards (allocating the copy, if one was made)."""
-    if cols % 8 == 0:
+def aligned_copy(plan: Plan, workspace: Workspace, rows: int, cols: int, element: int,
+                 arrives_aligned: bool = False) -> bool:
+    """ops.cu's aligned_rows for a [rows, cols] operand, contiguous unless it
+    `arrives_aligned`: whether its rows are aligned afterwards (allocating the
+    copy, if one was made)."""
+    if cols % 8 == 0 or arrives_aligned:
         return True
     if rows <= 1 or not workspace.take(rows * padded(cols) * element):
         return False
@@ -100,7 +106,7 @@ def forward_plan(layer: Layer) -> Plan:
     L, e, plan = layer, layer.element, Plan()
     workspace = Workspace(L, forward_spare(L))
     aligned_copy(plan, workspace, L.r, L.n, e)
-    x_aligned = aligned_copy(plan, workspace, L.b, L.n, e)
+    x_aligned = aligned_copy(plan, workspace, L.b, L.n, e, L.operands_aligned)
     plan.alloc(L.b * L.m * e)  # y
     per_token = (0 if x_aligned else padded(L.n)) + (0 if L.m % 8 == 0 else padded(L.m))
     chunk = workspace.rows(L.m, padded(L.n), e, 2 if per_token else 1)
@@ -137,8 +143,8 @@ def backward_plan(layer: Layer, mask=(True, True, True, True)) -> Plan:
         if not widen_dA and -(-L.m // chunk_rows) > 4:
             widen_dA = True
             workspace.left -= L.r * L.n * 4
-    g_aligned = aligned_copy(plan, workspace, L.b, L.m, e)
-    x_aligned = aligned_copy(plan, workspace, L.b, L.n, e)
+    g_aligned = aligned_copy(plan, workspace, L.b, L.m, e, L.operands_aligned)
+    x_aligned = aligned_copy(plan, workspace, L.b, L.n, e, L.operands_aligned)
     if need_dx:
         aligned_copy(plan, workspace, L.r, L.n, e)  # A
         plan.alloc(L.b * L.n * e)  # dx

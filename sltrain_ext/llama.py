@@ -59,6 +59,45 @@ class Attention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(b, s, h))
 
 
+def empty_with_aligned_rows(shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """An empty tensor of `shape` whose rows (last dimension) start 16 bytes
+    apart on a GPU: cuBLAS runs its fast kernels only on such rows, and the
+    CUDA sl_matmul otherwise copies an operand into them (DESIGN.md, issue 19).
+    A padded row stride, not padded values: the view has exactly `shape`."""
+    width = shape[-1]
+    row = (width + 7) // 8 * 8 if like.is_cuda else width
+    return like.new_empty(*shape[:-1], row)[..., :width]
+
+
+class SwiGLU(torch.autograd.Function):
+    """silu(gate) * up with the same bits in both directions as the two torch
+    ops, but the product and both gradients laid out by
+    empty_with_aligned_rows, so that down_proj's input and the gradients that
+    reach gate_proj and up_proj arrive with aligned rows at any width (LLaMA-1B's
+    5461), and only gate and up are saved (torch's silu and mul also keep
+    silu(gate))."""
+
+    @staticmethod
+    def forward(ctx, gate: Tensor, up: Tensor) -> Tensor:
+        ctx.save_for_backward(gate, up)
+        return torch.mul(F.silu(gate), up, out=empty_with_aligned_rows(gate.shape, gate))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
+        if torch.is_grad_enabled():  # backward(create_graph=True)
+            raise RuntimeError("swiglu has no second derivative: for create_graph=True, build the MLP "
+                               "with F.silu(gate) * up instead")
+        gate, up = ctx.saved_tensors
+        grad_up = torch.mul(grad, F.silu(gate), out=empty_with_aligned_rows(up.shape, up))
+        grad_gate = torch.ops.aten.silu_backward.grad_input(grad * up, gate,
+                                                            grad_input=empty_with_aligned_rows(gate.shape, gate))
+        return grad_gate, grad_up
+
+
+def swiglu(gate: Tensor, up: Tensor) -> Tensor:
+    return SwiGLU.apply(gate, up)
+
+
 class MLP(nn.Module):
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
@@ -68,7 +107,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(i, h, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
 
 
 class DecoderLayer(nn.Module):

@@ -81,16 +81,24 @@ class Ledger:
 
 
 def ledgers_of_a_materialized_layer(b: int, m: int, n: int, r: int, nnz: int, workspace: int, dtype: torch.dtype,
-                                    mask=(True, True, True, True)) -> tuple[Ledger, Ledger]:
+                                    mask=(True, True, True, True), operands_aligned: bool = False
+                                    ) -> tuple[Ledger, Ledger]:
     """The ledgers of one materialised forward (its y kept alive, as the caller
-    of a layer would keep it) and one backward of the emulated bindings."""
+    of a layer would keep it) and one backward of the emulated bindings; x and
+    the output gradient contiguous, or with rows padded to 8 elements as
+    sltrain_ext's LLaMA MLP hands them over (`operands_aligned`)."""
     import sltrain_ext as sl
     from helpers import make_problem
 
     cuda_ops = ops()
     p = make_problem(m, n, r, nnz, dtype, seed=b)
-    x = torch.randn(b, n, dtype=torch.float64).to(dtype)
-    grad_y = torch.randn(b, m, dtype=torch.float64).to(dtype)
+    def operand(rows, cols):
+        values = torch.randn(rows, cols, dtype=torch.float64).to(dtype)
+        if not operands_aligned:
+            return values
+        return torch.empty(rows, (cols + 7) // 8 * 8, dtype=dtype)[:, :cols].copy_(values)
+
+    x, grad_y = operand(b, n), operand(b, m)
     with sl.matmul_config("materialized", workspace_bytes=workspace):
         with Ledger() as forward:
             y = cuda_ops.sl_matmul(x, *p.operands(), p.bias)

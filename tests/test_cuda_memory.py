@@ -41,13 +41,14 @@ LAYERS = [
 
 def measured_peaks(layer: Layer, dtype, mask=(True,) * 4):
     return emulated_cuda.ledgers_of_a_materialized_layer(layer.b, layer.m, layer.n, layer.r, layer.nnz,
-                                                         layer.workspace, dtype, mask)
+                                                         layer.workspace, dtype, mask, layer.operands_aligned)
 
 
+@pytest.mark.parametrize("operands_aligned", [False, True], ids=["contiguous", "aligned_rows"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
 @pytest.mark.parametrize("b,m,n,r,nnz,workspace", LAYERS)
-def test_ledger_equals_the_allocation_plan(b, m, n, r, nnz, workspace, dtype):
-    layer = Layer(b, m, n, r, nnz, element=dtype.itemsize, workspace=workspace)
+def test_ledger_equals_the_allocation_plan(b, m, n, r, nnz, workspace, dtype, operands_aligned):
+    layer = Layer(b, m, n, r, nnz, element=dtype.itemsize, workspace=workspace, operands_aligned=operands_aligned)
     forward, backward = measured_peaks(layer, dtype)
     assert forward.peak == materialized_forward_peak(layer)
     assert forward.live == b * m * dtype.itemsize  # only y survives the call

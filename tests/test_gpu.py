@@ -319,3 +319,27 @@ def test_mixed_devices_name_the_argument():
     with pytest.raises(ValueError, match=r"`grads`\[0\] is on cpu"):
         sl.fused_adam_([param], [torch.zeros(4)], [param.clone()], [param.clone()], lr=1e-3, beta1=0.9,
                        beta2=0.999, eps=1e-8, weight_decay=0.0, step=1)
+
+
+def test_the_llama_mlp_hands_its_sl_layers_aligned_rows_at_an_odd_width():
+    # intermediate 45 (as LLaMA-1B's 5461): down_proj's input and the
+    # gradients reaching gate_proj and up_proj come with rows 16 bytes apart,
+    # so the CUDA sl_matmul neither copies nor stages them (issue 19).
+    from sltrain_ext import configs
+    from sltrain_ext.llama import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = configs.LlamaConfig(name="odd", hidden_size=32, intermediate_size=45, num_hidden_layers=1,
+                                 num_attention_heads=4, vocab_size=64, max_position_embeddings=64,
+                                 rms_norm_eps=1e-6, tie_word_embeddings=False, rank=4, alpha=8.0, density=0.1)
+    model = LlamaForCausalLM(config)
+    sl.convert(model, rank=4, density=0.1, alpha=8.0)
+    model = model.to(device="cuda", dtype=torch.bfloat16)
+    mlp = model.model.layers[0].mlp
+    row_strides = {}
+    mlp.down_proj.register_forward_pre_hook(lambda module, args: row_strides.update(down_input=args[0].stride(-2)))
+    for name in ("gate_proj", "up_proj"):
+        getattr(mlp, name).register_full_backward_hook(
+            lambda module, grad_input, grad_output, name=name: row_strides.update({name: grad_output[0].stride(-2)}))
+    model.loss(torch.randint(0, 64, (2, 9), device="cuda")).backward()
+    assert row_strides == {"down_input": 48, "gate_proj": 48, "up_proj": 48}
