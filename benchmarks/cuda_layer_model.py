@@ -136,13 +136,6 @@ def backward_plan(layer: Layer, mask=(True, True, True, True)) -> Plan:
             plan.free(t)
     need_dW = need_dvalues or (L.factors_from_dW and (need_dA or need_dB))
     workspace = Workspace(L, backward_spare(L))
-    widen_dA = False
-    if need_dA and L.factors_from_dW and e < 4:  # ops.cu's widen_dA, kNarrowSums = 4
-        chunk_rows = workspace.rows(L.m, padded(L.n), e)
-        widen_dA = workspace.take(L.r * L.n * 4)
-        if not widen_dA and -(-L.m // chunk_rows) > 4:
-            widen_dA = True
-            workspace.left -= L.r * L.n * 4
     g_aligned = aligned_copy(plan, workspace, L.b, L.m, e, L.operands_aligned)
     x_aligned = aligned_copy(plan, workspace, L.b, L.n, e, L.operands_aligned)
     if need_dx:
@@ -151,6 +144,14 @@ def backward_plan(layer: Layer, mask=(True, True, True, True)) -> Plan:
     per_token = ((0 if g_aligned else padded(L.m)) + (0 if L.n % 8 == 0 else padded(L.n))) if need_dx else 0
     stage_g_columns = need_dW and not g_aligned and L.b > 1
     dW_width = padded(L.n) + (L.b if stage_g_columns else 0)
+    widen_dA = False  # ops.cu's widen_dA, kNarrowSums = 4
+    if need_dA and L.factors_from_dW and e < 4:
+        chunks = -(-L.m // workspace.rows(L.m, dW_width, e))
+        if chunks > 1 and workspace.take(L.r * L.n * 4):
+            widen_dA = True
+        elif chunks > 4:
+            widen_dA = True
+            workspace.left -= L.r * L.n * 4
     rows_per_chunk = workspace.rows(L.m, dW_width, e)
     cols_per_chunk = workspace.rows(L.n, L.m, e, 2 if per_token else 1)
     window = L.m * padded(min(cols_per_chunk, L.n))

@@ -106,3 +106,17 @@ def test_an_input_whose_rows_are_already_aligned_is_not_copied():
     assert copy in contiguous.events and copy not in strided.events
     assert strided.peak < contiguous.peak
     assert torch.equal(y_strided, y_contiguous)
+
+
+@pytest.mark.parametrize("m,r,float32_sum", [(64, 16, False), (80, 30, True)])
+def test_a_16_bit_dA_sums_its_chunks_in_float32_unless_that_breaks_the_memory_bound(m, r, float32_sum):
+    # n 64: the layer saves fewer bytes over dense than dA's float32 sum. In
+    # 3 dW chunks (m 64, r 16) the sum stays 16-bit within the bound; in 10
+    # (m 80, r 30) precision comes first: float32, beyond the workspace.
+    b, n = 40, 64
+    nnz = round(0.03 * m * n)
+    layer = Layer(b, m, n, r, nnz, element=2)
+    assert layer.factors_from_dW and (m * n - r * (m + n) - nnz) * 2 < r * n * 4
+    _, backward = measured_peaks(layer, torch.float16)
+    assert (r * n * 4 in backward.events) == float32_sum
+    assert backward.peak == materialized_backward_peak(layer)

@@ -405,21 +405,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cuda(
     }
     const bool need_dW = need_dvalues || (factors_from_dW && (need_dA || need_dB));
     Workspace workspace(backward_spare(dims), element);
-    // A 16-bit dA sums its chunks in float32 where the workspace holds that;
-    // where it does not, a sum of at most kNarrowSums chunks stays 16-bit (a
-    // few roundings more), and a longer one is float32 anyway (a granted
-    // minimum: precision before the memory bound).
-    constexpr int64_t kNarrowSums = 4;
-    bool widen_dA = false;
-    if (need_dA && factors_from_dW && element < 4) {
-      const int64_t sum_bytes = dims.r * dims.n * int64_t(sizeof(float));
-      const int64_t chunk_rows = workspace.rows(dims.m, padded(dims.n), element);
-      widen_dA = workspace.take(sum_bytes);
-      if (!widen_dA && (dims.m + chunk_rows - 1) / chunk_rows > kNarrowSums) {
-        widen_dA = true;
-        workspace.spend(sum_bytes);
-      }
-    }
     const Tensor g_aligned = aligned_rows(g2, workspace), x_aligned = aligned_rows(x2, workspace);
     const Tensor a_aligned = need_dx ? aligned_rows(a, workspace) : a;
     if (need_dx) dx = at::empty({batch, dims.n}, options);
@@ -430,6 +415,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cuda(
     // columns of g are first copied into an aligned [batch, rows] block.
     const bool stage_g_columns = need_dW && !has_aligned_rows(g_aligned) && batch > 1;
     const int64_t dW_width = padded(dims.n) + (stage_g_columns ? batch : 0);
+    // A 16-bit dA summed over more than one dW chunk sums in float32 where the
+    // workspace holds the r x n sum. Where it does not (the sum is more than
+    // the layer saves over dense, as at LLaMA-350M's attention), up to
+    // kNarrowSums chunks are summed in 16 bits, keeping the memory bound for a
+    // few roundings more; a longer sum is float32 anyway (a granted minimum:
+    // precision before the memory bound).
+    constexpr int64_t kNarrowSums = 4;
+    bool widen_dA = false;
+    if (need_dA && factors_from_dW && element < 4) {
+      const int64_t rows = workspace.rows(dims.m, dW_width, element), chunks = (dims.m + rows - 1) / rows;
+      const int64_t sum_bytes = dims.r * dims.n * int64_t(sizeof(float));
+      if (chunks > 1 && workspace.take(sum_bytes)) {
+        widen_dA = true;
+      } else if (chunks > kNarrowSums) {
+        widen_dA = true;
+        workspace.spend(sum_bytes);
+      }
+    }
     const int64_t rows_per_chunk = workspace.rows(dims.m, dW_width, element);
     const int64_t cols_per_chunk = workspace.rows(dims.n, dims.m, element, per_token ? 2 : 1);
     const int64_t window = dims.m * padded(std::min(cols_per_chunk, dims.n));
