@@ -4,10 +4,12 @@ int32 support) as safetensors, plus a small JSON of how the model was built."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from . import files
 from .configs import LlamaConfig
 from .convert import convert
 from .llama import LlamaForCausalLM
@@ -59,10 +62,20 @@ def save_pretrained(model: nn.Module, directory: str | Path,
     state = {name: tensor.detach().contiguous() for name, tensor in state.items()}
     meta["checksums"] = {name: _checksum(tensor) for name, tensor in state.items()}
     meta["config_checksum"] = _config_checksum(meta)
-    weights = directory / WEIGHTS
-    save_file(state, str(weights), metadata={"format": "pt", "sltrain_format_version": str(FORMAT_VERSION)})
-    weights.chmod(_new_file_mode())  # safetensors writes 0600 whatever the umask
-    (directory / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+    # Both files are written beside the old ones first, so that a save that
+    # fails (a full disk) leaves a model saved here before whole.
+    try:
+        with files.replacing_together([directory / WEIGHTS, directory / CONFIG]) as (weights, config_file):
+            save_file(state, str(weights), metadata={"format": "pt", "sltrain_format_version": str(FORMAT_VERSION)})
+            weights.chmod(_new_file_mode())  # safetensors writes 0600 whatever the umask
+            config_file.write_text(json.dumps(meta, indent=2) + "\n")
+    except Exception as error:
+        if "No space left on device" not in str(error) and getattr(error, "errno", None) != errno.ENOSPC:
+            raise
+        raise OSError(errno.ENOSPC, f"could not save the model in {directory}: the disk is full "
+                                    f"({shutil.disk_usage(directory).free / 1e6:.1f} MB free, the weights need "
+                                    f"{sum(t.nbytes for t in state.values()) / 1e6:.1f} MB); a model saved "
+                                    "there before is unchanged") from error
     return directory
 
 

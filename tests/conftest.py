@@ -1,5 +1,7 @@
+import contextlib
 import hashlib
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -29,3 +31,28 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(folder: Path, size: str | int):
+    """A real small filesystem of `size` bytes (e.g. "3M") at `folder`, for the
+    full-disk tests; skips the test where mounting is impossible."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                                 capture_output=True, text=True)
+    except FileNotFoundError:
+        pytest.skip("no mount command")
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path, request):
+    """A tmpfs of request.param bytes (e.g. "3M") mounted for the test."""
+    with mounted_tmpfs(tmp_path / "disk", request.param) as folder:
+        yield folder

@@ -15,6 +15,7 @@ from torch import nn
 import sltrain_ext as sl
 from sltrain_ext import configs
 from sltrain_ext.llama import LlamaForCausalLM
+from conftest import mounted_tmpfs
 
 
 def tiny_llama(seed=0):
@@ -102,6 +103,28 @@ def test_save_and_load_pretrained_round_trip(tmp_path):
     # Into a caller's dense model, too.
     again = sl.load_pretrained(tmp_path / "saved", model=tiny_llama(seed=7))
     assert torch.equal(again(tokens), model(tokens))
+
+
+def test_saving_over_a_saved_model_on_a_full_disk_keeps_the_old_one(tmp_path):
+    # A disk with room for one copy of the weights and a half: the first save
+    # fits; the second (the model trained on) cannot be written beside it, so
+    # it fails naming the full disk, and the first save still loads exactly.
+    model = tiny_llama()
+    sl.convert(model, rank=4, density=0.1, alpha=8.0)
+    first = {name: t.clone() for name, t in model.state_dict().items()}
+    sl.save_pretrained(model, tmp_path / "probe")
+    pages = sum(-(-f.stat().st_size // 4096) for f in (tmp_path / "probe").iterdir())  # tmpfs counts pages
+    with mounted_tmpfs(tmp_path / "disk", pages * 3 // 2 * 4096) as disk:
+        sl.save_pretrained(model, disk / "saved")
+        with torch.no_grad():
+            model.lm_head.weight.add_(1.0)
+        with pytest.raises(OSError, match=r"could not save the model in .*saved: the disk is full .*; a model "
+                                          r"saved there before is unchanged"):
+            sl.save_pretrained(model, disk / "saved")
+        assert sorted(p.name for p in (disk / "saved").iterdir()) == ["model.safetensors", "sltrain_config.json"]
+        loaded = sl.load_pretrained(disk / "saved")
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, first[name]), name
 
 
 def test_load_pretrained_errors(tmp_path):

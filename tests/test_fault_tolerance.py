@@ -233,24 +233,6 @@ def test_sigterm_to_the_launcher_ends_in_status_75_with_a_checkpoint(tmp_path):
 # ---- a full disk ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def small_disk(tmp_path, request):
-    """A tmpfs of request.param bytes (e.g. "3M") mounted for the test; skipped where mounting is impossible."""
-    folder = tmp_path / "disk"
-    folder.mkdir()
-    try:
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={request.param}", "tmpfs", str(folder)],
-                                 capture_output=True, text=True)
-    except FileNotFoundError:
-        pytest.skip("no mount command")
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
-
-
 def run_command(argv):
     """sltrain-train in a fresh process, as a user runs it."""
     return subprocess.run([sys.executable, "-m", "sltrain_ext.train", *argv], cwd=ROOT, capture_output=True,
