@@ -45,6 +45,7 @@ from .checkpointing import (CheckpointError, find_checkpoint, has_checkpoints, l
                             newest_checkpoint_note, save_checkpoint)
 from .convert import convert
 from .corpus import BUILTIN
+from .launch import exit_without_finalizing
 from .llama import LlamaForCausalLM, causal_lm_loss
 from .nonfinite import ReplayWithout, gradients_finite, on_every_rank
 from .optim import SLAdamW
@@ -597,7 +598,11 @@ def record(args: argparse.Namespace, corpus: PreparedCorpus, argv: list[str] | N
 
 def cli() -> None:
     """The `sltrain-train` console script: main() without its return value,
-    which the script wrapper would pass to sys.exit (status 1, the list on stderr)."""
+    which the script wrapper would pass to sys.exit (status 1, the list on
+    stderr). Under torchrun, a rank ends without finalizing the interpreter
+    (launch.exit_without_finalizing says why)."""
+    if "LOCAL_RANK" in os.environ:
+        exit_without_finalizing(main)
     main()
 
 

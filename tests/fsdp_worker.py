@@ -12,6 +12,7 @@ from torch import nn
 from torch.distributed.fsdp import fully_shard
 
 import sltrain_ext as sl
+from sltrain_ext.launch import exit_without_finalizing
 
 
 def make_model():
@@ -42,7 +43,7 @@ def train(model, sharded: bool, per_layer: bool = False):
     return model
 
 
-if __name__ == "__main__":
+def main():
     dist.init_process_group("gloo")
     model = make_model()
     for layer in (model[0], model[2]):
@@ -53,3 +54,7 @@ if __name__ == "__main__":
     if dist.get_rank() == 0:
         torch.save(full, sys.argv[1])
     dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    exit_without_finalizing(main)
