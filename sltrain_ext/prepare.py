@@ -38,7 +38,8 @@ def training_corpus(data: str, out: Path, tokenizer: str | None, vocab_size: int
     """What ``sltrain-train --data`` names, prepared: the built-in corpus
     (cached once per tokenizer), a folder of shards, or raw files (prepared
     into ``out/data`` on first use). Only the leader of a multi-process job
-    prepares; the others wait for it."""
+    prepares and verifies; the others wait for it, then open what it checked,
+    or raise its error."""
     if data == BUILTIN:
         tag = f"bpe{vocab_size or BUILTIN_VOCAB}" if tokenizer is None else load_tokenizer(tokenizer).sha256[:16]
         folder = cache_dir() / f"builtin_{builtin_tag()}_r{BUILTIN_RECIPE}_{tag}"
@@ -47,17 +48,30 @@ def training_corpus(data: str, out: Path, tokenizer: str | None, vocab_size: int
         folder, inputs, workers = Path(data), None, None
     else:
         folder, inputs, workers = out / "data", [data], None
-    if inputs is not None and leader:
+    named_tokenizer = tokenizer if inputs is None else None
+    corpus, failure = None, None
+    if leader:
         try:
-            shards.prepare(inputs, folder, tokenizer=tokenizer, vocab_size=vocab_size or
-                           (BUILTIN_VOCAB if data == BUILTIN else 32000), workers=workers)
+            if inputs is not None:
+                shards.prepare(inputs, folder, tokenizer=tokenizer, vocab_size=vocab_size or
+                               (BUILTIN_VOCAB if data == BUILTIN else 32000), workers=workers)
+            corpus = open_prepared(folder, tokenizer=named_tokenizer)  # hashes the shards, once per machine
         except ValueError as error:  # the inputs are sltrain-train's --data, sltrain-prepare's --input
             message = str(error)
-            raise ValueError("--data" + message.removeprefix("--input") if message.startswith("--input ")
-                             else message) from None
+            failure = ValueError("--data" + message.removeprefix("--input") if message.startswith("--input ")
+                                 else message)
+        except Exception as error:  # noqa: BLE001 (told to every rank below, so that none waits for ever)
+            failure = error
     if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-    return open_prepared(folder, tokenizer=tokenizer if inputs is None else None)
+        told = [None if failure is None else
+                str(failure) if isinstance(failure, ValueError) else f"{type(failure).__name__}: {failure}"]
+        torch.distributed.broadcast_object_list(told, src=0)
+        if told[0] is not None and not leader:
+            raise ValueError(f"rank 0: {told[0]}")
+    if failure is not None:
+        raise failure
+    # The other ranks find the leader's shard hashes in the cache (cache_dir()).
+    return corpus if corpus is not None else open_prepared(folder, tokenizer=named_tokenizer)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

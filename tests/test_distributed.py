@@ -16,14 +16,29 @@ SMALL = ["--config", "9m", "--method", "sltrain", "--batch-size", "4", "--seq-le
          "--eval-batches", "2", "--steps", "10"]
 
 
-def run_torchrun(processes, argv):
+def run_torchrun(processes, argv, succeed=True):
     """torchrun on CPU processes; a failure shows the workers' stderr (the
     launcher's own exit status alone says nothing of the cause)."""
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            f"--nproc_per_node={processes}", *argv], env=env, cwd=ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
-    assert done.returncode == 0, f"torchrun exited {done.returncode}:\n{done.stderr[-6000:]}"
+    if succeed:
+        assert done.returncode == 0, f"torchrun exited {done.returncode}:\n{done.stderr[-6000:]}"
+    return done
+
+
+def test_a_leader_that_cannot_prepare_the_data_stops_every_rank_with_its_error(tmp_path):
+    # Only rank 0 prepares raw --data; the other rank used to wait at a
+    # barrier for the default 30 minutes after rank 0 had failed.
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "empty.txt").write_text("")
+    done = run_torchrun(2, ["-m", "sltrain_ext.train", "--dist", "ddp", "--data", str(corpus), "--steps", "1",
+                            "--out", str(tmp_path / "run")], succeed=False)
+    assert done.returncode != 0
+    assert f"sltrain-train: --data {corpus}: no text found" in done.stderr, done.stderr[-3000:]
+    assert f"sltrain-train: rank 0: --data {corpus}: no text found" in done.stderr, done.stderr[-3000:]
 
 
 def torchrun(processes, argv, dist="ddp"):
