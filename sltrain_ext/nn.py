@@ -145,7 +145,7 @@ class SLLinear(_FactoredLinear):
         self.register_buffer("row_ptr", row_ptr)
         self.register_buffer("col_idx", col_idx)
         self.values = nn.Parameter(torch.empty(nnz, **factory))
-        # The uint16 copy of col_idx the CPU inference kernel reads: built at
+        # The uint16 copy of col_idx the inference kernels read: built at
         # the first forward without grad (or by eval()), dropped by train(),
         # never saved; _compact_source and _compact_version say which col_idx it copies.
         self.register_buffer("compact_col_idx", None, persistent=False)
@@ -176,12 +176,12 @@ class SLLinear(_FactoredLinear):
                                    self._compact_columns())
 
     def _compact_columns(self) -> Tensor | None:
-        """The uint16 copy of ``col_idx`` for the CPU kernel, rebuilt in eager
+        """The uint16 copy of ``col_idx`` for the decode kernels, rebuilt in eager
         mode if ``col_idx`` was replaced or written to (a compiled forward reads
         the cached one: dynamo cannot trace tensor versions; ``eval()`` builds
         it beforehand)."""
         col_idx = self.col_idx
-        if self.in_features > COMPACT_INDEX_LIMIT or not col_idx.is_cpu:
+        if self.in_features > COMPACT_INDEX_LIMIT:
             return None
         if not torch.compiler.is_compiling() and (
                 self._compact_source is not col_idx or self._compact_version != _version_of(col_idx)):
@@ -201,7 +201,7 @@ class SLLinear(_FactoredLinear):
         super().train(mode)
         if mode:
             self.compact_col_idx, self._compact_source = None, None
-        elif self.in_features <= COMPACT_INDEX_LIMIT and self.col_idx.is_cpu:
+        elif self.in_features <= COMPACT_INDEX_LIMIT:
             self._build_compact_columns()
         return self
 

@@ -187,20 +187,6 @@ def test_opcheck_sl_matmul_inference(path, tokens):
                                       (x, *p.operands(), p.bias, columns))
 
 
-def test_cuda_binding_equals_the_training_forward_and_refuses_compact_columns():
-    from emulated_cuda import ops as emulated_cuda_ops
-
-    cuda_ops = emulated_cuda_ops()
-    p = make_problem(30, 20, 4, 120)
-    x = torch.randn(3, 20)
-    for path in ("factored", "materialized"):
-        with sl.matmul_config(path):
-            assert_close(cuda_ops.sl_matmul_inference(x, *p.operands(), p.bias),
-                         training_forward(p, x.clone()).double(), torch.float32, path)
-    with pytest.raises(NotImplementedError, match="`compact_col_idx` is read by the CPU kernel only"):
-        cuda_ops.sl_matmul_inference(x, *p.operands(), p.bias, p.col_idx.to(torch.uint16))
-
-
 def test_hugging_face_generate_through_a_converted_model_equals_its_merged_twin():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
