@@ -11,7 +11,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import sltrain_ext as sl
-from helpers import DTYPES, assert_close, make_problem
+from helpers import DTYPES, assert_close, make_problem, reference_weight
 from sltrain_ext.ops import sl_matmul_inference
 
 
@@ -206,3 +206,24 @@ def test_hugging_face_generate_through_a_converted_model_equals_its_merged_twin(
     assert "sltrain.sl_matmul_inference.default" in recorder.names
     assert "sltrain.sl_matmul.default" not in recorder.names
     assert torch.equal(tokens, merged.generate(prompt, **settings))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("tokens", [1, 5])
+def test_the_cpu_decode_reads_16_bit_operands_as_stored(dtype, tokens):
+    # A 16-bit decode call copies nothing of the size of A, B or values (a
+    # float32 copy of each per call would triple the bytes a token moves);
+    # the profiler sees every ATen op the C++ op calls.
+    p = make_problem(64, 48, 8, 500, dtype=dtype, seed=tokens)
+    x = torch.randn(tokens, 48, dtype=torch.float64).to(dtype)
+    columns = p.col_idx.to(torch.uint16)
+    with sl.matmul_config("factored"), torch.no_grad():
+        with torch.profiler.profile(record_shapes=True) as profile:
+            y = sl_matmul_inference(x, *p.operands(), p.bias, columns)
+    expected = x.double() @ reference_weight(p).T + p.bias.double()
+    operand_shapes = {(8, 48), (64, 8), (500,)}
+    copies = [tuple(map(tuple, event.input_shapes[:1])) for event in profile.events()
+              if event.name in ("aten::_to_copy", "aten::to", "aten::copy_", "aten::clone")]
+    assert not [c for c in copies if c and c[0] in operand_shapes], copies
+    assert y.dtype == dtype
+    assert_close(y, expected, dtype)
