@@ -227,3 +227,30 @@ def test_the_cpu_decode_reads_16_bit_operands_as_stored(dtype, tokens):
     assert not [c for c in copies if c and c[0] in operand_shapes], copies
     assert y.dtype == dtype
     assert_close(y, expected, dtype)
+
+
+def test_a_decode_layer_call_runs_little_python():
+    # Host time is most of a small decode layer's time: the no-grad forward
+    # reads its tensors from the module's dicts (nn.Module.__getattr__ costs
+    # about a microsecond a name) and calls the op without a Python wrapper.
+    import sys
+
+    layer = sl.SLLinear(64, 64, rank=8, density=0.05).eval()
+    x = torch.randn(1, 64)
+    frames: list[tuple[str, str]] = []
+
+    def record(frame, event, arg):
+        if event == "call":
+            frames.append((frame.f_code.co_filename, frame.f_code.co_name))
+
+    with torch.inference_mode():
+        expected = layer(x)
+        sys.setprofile(record)
+        try:
+            actual = layer(x)
+        finally:
+            sys.setprofile(None)
+    assert torch.equal(actual, expected)
+    assert not [f for f in frames if f[1] == "__getattr__"], frames
+    ours = [name for path, name in frames if "sltrain_ext" in path]
+    assert ours == ["forward", "scale", "_compact_columns", "_version_of"], ours
