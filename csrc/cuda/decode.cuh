@@ -134,11 +134,16 @@ __global__ void __launch_bounds__(kDecodeWarpsPerBlock * kWarp)
   T* x_s = reinterpret_cast<T*>(shared + layout.x_offset);
   const int n = int(a.n), r = int(a.r), r_pad = int(layout.r_pad);  // n, r < 2^31: they fit shared memory
   for (int j = 0; j < kTokens; ++j) {
-    const bool live = j < count;
-    const Acc<T>* t_row = a.t + (t0 + j) * a.r;
-    for (int q = threadIdx.x; q < r_pad; q += blockDim.x) t_s[j * r_pad + q] = live && q < r ? t_row[q] : Acc<T>(0);
-    const T* x_row = a.x + (t0 + j) * a.ld_x;
-    for (int c = threadIdx.x; c < n; c += blockDim.x) x_s[c * kTokens + j] = live ? x_row[c] : narrow<T>(Acc<T>(0));
+    // Tokens past `count` are zeros: the loops below run all kTokens unrolled.
+    if (j < count) {
+      const Acc<T>* t_row = a.t + (t0 + j) * a.r;
+      const T* x_row = a.x + (t0 + j) * a.ld_x;
+      for (int q = threadIdx.x; q < r_pad; q += blockDim.x) t_s[j * r_pad + q] = q < r ? t_row[q] : Acc<T>(0);
+      for (int c = threadIdx.x; c < n; c += blockDim.x) x_s[c * kTokens + j] = x_row[c];
+    } else {
+      for (int q = threadIdx.x; q < r_pad; q += blockDim.x) t_s[j * r_pad + q] = Acc<T>(0);
+      for (int c = threadIdx.x; c < n; c += blockDim.x) x_s[c * kTokens + j] = narrow<T>(Acc<T>(0));
+    }
   }
   __syncthreads();
 
