@@ -13,6 +13,12 @@ namespace {
 constexpr int64_t kBatchBlock = 256;
 // Multiply-adds worth giving a thread of their own.
 constexpr int64_t kWorkGrain = int64_t{1} << 15;
+// The same for sl_decode_rows, whose multiply-adds each stream a weight from
+// memory: waking a pooled thread (tens of µs under OMP_WAIT_POLICY=PASSIVE)
+// must buy about a megabyte of weights, or a small decode layer runs slower
+// on two threads than on one (measured: 512 x 512, r 128, b 1 took 26 µs on
+// two threads and 18 on one; 512 -> 1376, 40-53 against 31).
+constexpr int64_t kDecodeWorkGrain = int64_t{1} << 18;
 
 template <class T>
 SLTRAIN_SIMD_CLONES void axpy(int64_t count, T alpha, const T* __restrict x, T* __restrict y) {
@@ -265,7 +271,7 @@ bool sl_decode_rows(int64_t m, int64_t n, int64_t r, int64_t b, DecodeAcc<T> sca
                     const T* x_t, const T* bias, T* y) {
   std::atomic<bool> ok{true};
   const int64_t work_per_row = std::max<int64_t>(1, (r + row_ptr[m] / std::max<int64_t>(m, 1)) * b);
-  parallel_for(0, m, std::max<int64_t>(1, kWorkGrain / work_per_row), [&](int64_t begin, int64_t end) {
+  parallel_for(0, m, std::max<int64_t>(1, kDecodeWorkGrain / work_per_row), [&](int64_t begin, int64_t end) {
     const auto rows = [&](auto tokens) {
       return decode_row_range<decltype(tokens)::value>(begin, end, m, n, r, b, scale, B, t, row_ptr,
                                                        col_idx, values, x_t, bias, y);
