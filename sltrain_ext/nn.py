@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Mapping
@@ -15,7 +16,6 @@ from .ops import (
     nnz_for_density,
     random_support,
     sl_matmul,
-    sl_matmul_inference,
     validate_support,
 )
 
@@ -38,6 +38,11 @@ def check_alpha(alpha: float, rank: int, dtype: torch.dtype | None) -> None:
                          f"largest value {largest:g}")
 
 
+# The inference op itself rather than ops.sl_matmul_inference, its Python
+# wrapper: one call frame less per layer call.
+_inference_op = torch.ops.sltrain.sl_matmul_inference.default
+
+
 def _version_of(tensor: Tensor) -> int:
     """The tensor's version counter; -1 for an inference tensor (made under
     ``torch.inference_mode()``), which has none: in-place writes to it go
@@ -46,6 +51,7 @@ def _version_of(tensor: Tensor) -> int:
 
 
 @torch.compiler.assume_constant_result
+@functools.cache  # asked at every layer call: a dict lookup, not torch.amp's Python
 def _has_autocast(device_type: str) -> bool:
     """Whether autocast exists for this device type (the meta device has none:
     asking it whether autocast is enabled would raise). A property of the
@@ -145,7 +151,7 @@ class SLLinear(_FactoredLinear):
         self.register_buffer("row_ptr", row_ptr)
         self.register_buffer("col_idx", col_idx)
         self.values = nn.Parameter(torch.empty(nnz, **factory))
-        # The uint16 copy of col_idx the CPU inference kernel reads: built at
+        # The uint16 copy of col_idx the inference kernels read: built at
         # the first forward without grad (or by eval()), dropped by train(),
         # never saved; _compact_source and _compact_version say which col_idx it copies.
         self.register_buffer("compact_col_idx", None, persistent=False)
@@ -163,30 +169,35 @@ class SLLinear(_FactoredLinear):
         nn.init.uniform_(self.values, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
-        A, B, values, bias = self.A, self.B, self.values, self.bias
-        if _has_autocast(x.device.type) and torch.is_autocast_enabled(x.device.type):
+        # Parameters and buffers straight from nn.Module's dicts: its
+        # __getattr__ costs about a microsecond a name, which at decode sizes
+        # is a tenth of the layer's whole time (benchmarks/bench_generate.py).
+        parameters, buffers = self._parameters, self._buffers
+        A, B, values = parameters["A"], parameters["B"], parameters["values"]
+        bias = parameters.get("bias")  # None: no bias (a plain attribute then, not a parameter)
+        row_ptr, col_idx = buffers["row_ptr"], buffers["col_idx"]
+        device_type = x.device.type
+        if _has_autocast(device_type) and torch.is_autocast_enabled(device_type):
             # Autocast does not know this op: cast as it would cast nn.Linear.
-            dtype = torch.get_autocast_dtype(x.device.type)
+            dtype = torch.get_autocast_dtype(device_type)
             x, A, B, values = x.to(dtype), A.to(dtype), B.to(dtype), values.to(dtype)
             bias = bias.to(dtype) if bias is not None else None
         if torch.is_grad_enabled():
-            return sl_matmul(x, A, B, values, self.row_ptr, self.col_idx, self.scale, bias)
+            return sl_matmul(x, A, B, values, row_ptr, col_idx, self.scale, bias)
         # Inference: one C++ op, no autograd formula, 16-bit columns where they fit.
-        return sl_matmul_inference(x, A, B, values, self.row_ptr, self.col_idx, self.scale, bias,
-                                   self._compact_columns())
+        return _inference_op(x, A, B, values, row_ptr, col_idx, self.scale, bias, self._compact_columns(col_idx))
 
-    def _compact_columns(self) -> Tensor | None:
-        """The uint16 copy of ``col_idx`` for the CPU kernel, rebuilt in eager
+    def _compact_columns(self, col_idx: Tensor) -> Tensor | None:
+        """The uint16 copy of ``col_idx`` for the decode kernels, rebuilt in eager
         mode if ``col_idx`` was replaced or written to (a compiled forward reads
         the cached one: dynamo cannot trace tensor versions; ``eval()`` builds
         it beforehand)."""
-        col_idx = self.col_idx
-        if self.in_features > COMPACT_INDEX_LIMIT or not col_idx.is_cpu:
+        if self.in_features > COMPACT_INDEX_LIMIT:
             return None
         if not torch.compiler.is_compiling() and (
                 self._compact_source is not col_idx or self._compact_version != _version_of(col_idx)):
             self._build_compact_columns()
-        return self.compact_col_idx
+        return self._buffers["compact_col_idx"]
 
     def _build_compact_columns(self) -> None:
         with torch.no_grad():
@@ -201,7 +212,7 @@ class SLLinear(_FactoredLinear):
         super().train(mode)
         if mode:
             self.compact_col_idx, self._compact_source = None, None
-        elif self.in_features <= COMPACT_INDEX_LIMIT and self.col_idx.is_cpu:
+        elif self.in_features <= COMPACT_INDEX_LIMIT:
             self._build_compact_columns()
         return self
 

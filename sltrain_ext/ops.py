@@ -76,11 +76,11 @@ def sl_matmul_inference(
     compact_col_idx: Tensor | None = None,
 ) -> Tensor:
     """``sl_matmul``'s forward as one C++ op with no autograd formula (results
-    carry no gradient): the inference path of ``SLLinear``. On the CPU, up to
-    32 tokens take one pass over ``B`` and the sparse entries; with
-    ``compact_col_idx``, a ``uint16`` copy of ``col_idx`` (``n <= 65536``), it
-    reads 2-byte columns instead of 4. The copy must equal ``col_idx``; CUDA
-    takes none yet."""
+    carry no gradient): the inference path of ``SLLinear``. Up to 32 tokens on
+    the CPU and 16 on CUDA take one pass over ``B`` and the sparse entries;
+    with ``compact_col_idx``, a ``uint16`` copy of ``col_idx`` (``n <= 65536``,
+    on ``col_idx``'s device), they read 2-byte columns instead of 4. The copy
+    must equal ``col_idx``."""
     return _ops.sl_matmul_inference.default(x, A, B, values, row_ptr, col_idx, scale, bias, compact_col_idx)
 
 

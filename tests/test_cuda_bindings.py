@@ -15,7 +15,7 @@ import torch
 
 import emulated_cuda
 import sltrain_ext as sl
-from helpers import DTYPES, assert_close, make_problem, reference_forward_backward
+from helpers import DTYPES, assert_close, make_problem, reference_forward_backward, reference_weight
 
 PATHS = ["factored", "materialized"]
 FAKE_LIBRARY = torch.library.Library("sltrain_emulated_cuda", "FRAGMENT")  # fake kernels the tests add
@@ -357,3 +357,73 @@ def test_zero_tokens_cost_nothing_on_either_path(cuda_ops, path):
     assert dA.shape == (0, n) and dB.shape == (4, 0)
     assert torch.equal(dvalues, torch.zeros(1))
     assert ledger.peak <= 64  # the bias and dvalues: nothing of size n
+
+
+# ---- inference: the fused decode kernels (csrc/cuda/decode.cuh) -------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tokens", [1, 5, 16, 17])
+@pytest.mark.parametrize("n", [37, 64])
+@pytest.mark.parametrize("compact", [False, True])
+def test_inference_equals_the_float64_forward(cuda_ops, dtype, tokens, n, compact):
+    # 1..16 tokens take the fused kernels (5: a padded group of 8; n = 37: the
+    # scalar loads of A and x), with int32 or uint16 columns; 17 takes
+    # sl_matmul's factored path, which reads the int32 columns only.
+    p = make_problem(29, n, 6, 400, dtype, seed=tokens + n, bias=tokens % 2 == 1)
+    x = torch.randn(tokens, n, dtype=torch.float64).to(dtype)
+    columns = p.col_idx.to(torch.uint16) if compact else None
+    with sl.matmul_config("factored"):
+        y = cuda_ops.sl_matmul_inference(x, *p.operands(), p.bias, columns)
+    expected = x.double() @ reference_weight(p).T + (p.bias.double() if p.bias is not None else 0)
+    assert y.dtype == dtype
+    assert_close(y, expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_inference_of_strided_inputs_and_leading_dimensions(cuda_ops, dtype):
+    # x a column slice of a wider tensor (row stride 41, not 16-byte aligned)
+    # with two leading dimensions; B a transposed view (made contiguous).
+    p = make_problem(23, 40, 5, 200, dtype, seed=3)
+    wide = torch.randn(2, 3, 41, dtype=torch.float64).to(dtype)
+    x = wide[..., 1:]
+    B = p.B.t().contiguous().t()
+    with sl.matmul_config("factored"):
+        y = cuda_ops.sl_matmul_inference(x, p.A, B, p.values, p.row_ptr, p.col_idx, p.scale, p.bias,
+                                         p.col_idx.to(torch.uint16))
+    expected = x.double() @ reference_weight(p).T + p.bias.double()
+    assert y.shape == (2, 3, 23)
+    assert_close(y, expected, dtype)
+
+
+def test_the_fused_kernels_read_the_compact_columns(cuda_ops):
+    # A compact copy that differs from col_idx (every entry moved to column
+    # 0): up to 16 tokens the result is the product over the copy's columns,
+    # so the 16-bit indices are what the CUDA kernel reads; at 17 tokens
+    # (unfused) the copy is not read.
+    p = make_problem(21, 30, 4, 150, seed=9)
+    moved = torch.zeros_like(p.col_idx)
+    row_sums = torch.segment_reduce(p.values.double(), "sum", offsets=p.row_ptr.long())
+    low_rank = p.scale * p.B.double() @ p.A.double()
+    for tokens in (3, 16, 17):
+        x = torch.randn(tokens, 30, dtype=torch.float64).float()
+        with sl.matmul_config("factored"):
+            y = cuda_ops.sl_matmul_inference(x, *p.operands(), p.bias, moved.to(torch.uint16))
+        if tokens <= 16:
+            expected = x.double() @ low_rank.T + x.double()[:, :1] * row_sums + p.bias.double()
+        else:
+            expected = x.double() @ reference_weight(p).T + p.bias.double()
+        assert_close(y, expected, torch.float32, f"{tokens} tokens")
+
+
+def test_inference_scales_after_the_product(cuda_ops):
+    # B = 0 as at init with a scale near float32's largest: the fused kernel
+    # multiplies by scale after B's dot product, so nothing overflows.
+    p = make_problem(48, 40, 8, 300)
+    A, B = torch.randn(8, 40), torch.zeros(48, 8)
+    x = torch.randn(4, 40)
+    with sl.matmul_config("factored"):
+        y = cuda_ops.sl_matmul_inference(x, A, B, p.values, p.row_ptr, p.col_idx, 3.4e38, None,
+                                         p.col_idx.to(torch.uint16))
+    S = sl.densify(A, B, p.values, p.row_ptr, p.col_idx, 0.0).double()
+    torch.testing.assert_close(y.double(), x.double() @ S.T, rtol=1e-5, atol=1e-4)

@@ -16,8 +16,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # Both paths, many chunks and staging tiles, every mask, odd widths, strided
-# inputs, the Adam groups: the bindings' own index arithmetic.
-SELECTION = "edge_shapes or every_output_mask or staging or strided or adam or zero_tokens or densify"
+# inputs, the Adam groups, the fused decode kernels on 16-bit columns: the
+# bindings' own index arithmetic.
+SELECTION = ("edge_shapes or every_output_mask or staging or strided or adam or zero_tokens or densify "
+             "or fused_kernels_read_the_compact_columns")
 
 
 def sanitizer_runtimes() -> list[str]:

@@ -11,7 +11,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import sltrain_ext as sl
-from helpers import DTYPES, assert_close, make_problem
+from helpers import DTYPES, assert_close, make_problem, reference_weight
 from sltrain_ext.ops import sl_matmul_inference
 
 
@@ -187,20 +187,6 @@ def test_opcheck_sl_matmul_inference(path, tokens):
                                       (x, *p.operands(), p.bias, columns))
 
 
-def test_cuda_binding_equals_the_training_forward_and_refuses_compact_columns():
-    from emulated_cuda import ops as emulated_cuda_ops
-
-    cuda_ops = emulated_cuda_ops()
-    p = make_problem(30, 20, 4, 120)
-    x = torch.randn(3, 20)
-    for path in ("factored", "materialized"):
-        with sl.matmul_config(path):
-            assert_close(cuda_ops.sl_matmul_inference(x, *p.operands(), p.bias),
-                         training_forward(p, x.clone()).double(), torch.float32, path)
-    with pytest.raises(NotImplementedError, match="`compact_col_idx` is read by the CPU kernel only"):
-        cuda_ops.sl_matmul_inference(x, *p.operands(), p.bias, p.col_idx.to(torch.uint16))
-
-
 def test_hugging_face_generate_through_a_converted_model_equals_its_merged_twin():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
@@ -220,3 +206,51 @@ def test_hugging_face_generate_through_a_converted_model_equals_its_merged_twin(
     assert "sltrain.sl_matmul_inference.default" in recorder.names
     assert "sltrain.sl_matmul.default" not in recorder.names
     assert torch.equal(tokens, merged.generate(prompt, **settings))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("tokens", [1, 5])
+def test_the_cpu_decode_reads_16_bit_operands_as_stored(dtype, tokens):
+    # A 16-bit decode call copies nothing of the size of A, B or values (a
+    # float32 copy of each per call would triple the bytes a token moves);
+    # the profiler sees every ATen op the C++ op calls.
+    p = make_problem(64, 48, 8, 500, dtype=dtype, seed=tokens)
+    x = torch.randn(tokens, 48, dtype=torch.float64).to(dtype)
+    columns = p.col_idx.to(torch.uint16)
+    with sl.matmul_config("factored"), torch.no_grad():
+        with torch.profiler.profile(record_shapes=True) as profile:
+            y = sl_matmul_inference(x, *p.operands(), p.bias, columns)
+    expected = x.double() @ reference_weight(p).T + p.bias.double()
+    operand_shapes = {(8, 48), (64, 8), (500,)}
+    copies = [tuple(map(tuple, event.input_shapes[:1])) for event in profile.events()
+              if event.name in ("aten::_to_copy", "aten::to", "aten::copy_", "aten::clone")]
+    assert not [c for c in copies if c and c[0] in operand_shapes], copies
+    assert y.dtype == dtype
+    assert_close(y, expected, dtype)
+
+
+def test_a_decode_layer_call_runs_little_python():
+    # Host time is most of a small decode layer's time: the no-grad forward
+    # reads its tensors from the module's dicts (nn.Module.__getattr__ costs
+    # about a microsecond a name) and calls the op without a Python wrapper.
+    import sys
+
+    layer = sl.SLLinear(64, 64, rank=8, density=0.05).eval()
+    x = torch.randn(1, 64)
+    frames: list[tuple[str, str]] = []
+
+    def record(frame, event, arg):
+        if event == "call":
+            frames.append((frame.f_code.co_filename, frame.f_code.co_name))
+
+    with torch.inference_mode():
+        expected = layer(x)
+        sys.setprofile(record)
+        try:
+            actual = layer(x)
+        finally:
+            sys.setprofile(None)
+    assert torch.equal(actual, expected)
+    assert not [f for f in frames if f[1] == "__getattr__"], frames
+    ours = [name for path, name in frames if "sltrain_ext" in path]
+    assert ours == ["forward", "scale", "_compact_columns", "_version_of"], ours

@@ -147,11 +147,17 @@ Tensor sl_matmul_cpu(const Tensor& x, const Tensor& A, const Tensor& B, const Te
   return y.to(x.scalar_type()).view(out_sizes);
 }
 
+// The torch-free kernels' spelling of an ATen element type.
+template <class T> struct Storage { using type = T; };
+template <> struct Storage<at::BFloat16> { using type = bf16; };
+template <> struct Storage<at::Half> { using type = fp16; };
+
 // sl_matmul's forward for inference: the same result (to rounding), one op
 // call. Up to kMaxDecodeTokens tokens on the factored path go through one pass
 // over B and S's entries (sl_decode_rows) instead of GEMV, scale, GEMV and
-// SpMV, reading 16-bit columns where compact_col_idx is given; other calls
-// take sl_matmul's own path.
+// SpMV, reading 16-bit columns where compact_col_idx is given, and 16-bit
+// operands as stored (never widened copies of A, B and values per call);
+// other calls take sl_matmul's own path.
 Tensor sl_matmul_inference_cpu(const Tensor& x, const Tensor& A, const Tensor& B,
                                const Tensor& values, const Tensor& row_ptr, const Tensor& col_idx,
                                double scale, const std::optional<Tensor>& bias,
@@ -165,30 +171,34 @@ Tensor sl_matmul_inference_cpu(const Tensor& x, const Tensor& A, const Tensor& B
   if (batch == 0 || dims.n == 0 || batch > cpu::kMaxDecodeTokens || !use_factored_path(batch, dims)) {
     return sl_matmul_cpu(x, A, B, values, row_ptr, col_idx, scale, bias);
   }
-  const Csr csr = make_csr(op, row_ptr, col_idx, values, dims);
-  const Tensor x2 = flatten_tokens(x, dims.n);
-  const Tensor t = at::mm(x2, to_compute(A).t());
-  const Tensor b_factor = to_compute(B);
+  const Csr csr{checked_row_ptr(op, row_ptr, dims.m, dims.nnz), col_idx.contiguous(), values.contiguous(),
+                dims.m, dims.n, dims.nnz};
+  const Tensor x2 = x.reshape({batch, dims.n});
+  // x A^T read in the storage dtype (b x r, then widened: a few KiB).
+  const Tensor t = at::mm(x2, A.t()).to(compute_dtype(x2)).contiguous();
+  const Tensor b_factor = B.contiguous();
   const Tensor x_t = x2.t().contiguous();
-  const Tensor bias_c = bias.has_value() ? to_compute(*bias) : Tensor();
+  const Tensor bias_c = bias.has_value() ? bias->contiguous() : Tensor();
   const Tensor compact = compact_col_idx.has_value() ? compact_col_idx->contiguous() : Tensor();
   Tensor y = at::empty({batch, dims.m}, x2.options());
-  AT_DISPATCH_FLOATING_TYPES(x2.scalar_type(), "sl_matmul_inference_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x2.scalar_type(), "sl_matmul_inference_cpu", [&] {
+    using T = typename Storage<scalar_t>::type;
+    using Acc = cpu::DecodeAcc<T>;
+    const auto data = [](const Tensor& tensor) { return reinterpret_cast<const T*>(tensor.const_data_ptr()); };
     const auto run = [&](const auto* columns) {
-      return cpu::sl_decode_rows<scalar_t>(
-          dims.m, dims.n, dims.r, batch, scalar_t(scale), b_factor.data_ptr<scalar_t>(),
-          t.data_ptr<scalar_t>(), csr.rows(), columns, csr.values.data_ptr<scalar_t>(),
-          x_t.data_ptr<scalar_t>(), bias_c.defined() ? bias_c.data_ptr<scalar_t>() : nullptr,
-          y.data_ptr<scalar_t>());
+      return cpu::sl_decode_rows<T>(dims.m, dims.n, dims.r, batch, Acc(scale), data(b_factor),
+                                    t.const_data_ptr<Acc>(), csr.rows(), columns, data(csr.values), data(x_t),
+                                    bias_c.defined() ? data(bias_c) : nullptr,
+                                    reinterpret_cast<T*>(y.data_ptr()));
     };
     check_columns(op,
-                  compact.defined() ? run(static_cast<const uint16_t*>(compact.data_ptr()))
+                  compact.defined() ? run(static_cast<const uint16_t*>(compact.const_data_ptr()))
                                     : run(csr.cols()),
                   csr);
   });
   auto out_sizes = x.sizes().vec();
   out_sizes.back() = dims.m;
-  return y.to(x.scalar_type()).view(out_sizes);
+  return y.view(out_sizes);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cpu(

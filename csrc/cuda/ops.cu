@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
 #include "../checks.h"
@@ -22,6 +23,7 @@
 #include "adam.cuh"
 #include "bindings.h"
 #include "csr.cuh"
+#include "decode.cuh"
 
 namespace sltrain {
 namespace {
@@ -332,17 +334,52 @@ Tensor cached_transposed_support(const Tensor& row_ptr, const Tensor& col_idx, i
   return cache->get(row_ptr, col_idx, n, stream());
 }
 
-// sl_matmul_inference on CUDA: sl_matmul's kernels on the int32 columns (so
-// far only the CPU decode kernel reads the 16-bit copy).
+// sl_matmul_inference on CUDA: up to cuda::kMaxDecodeTokens tokens on the
+// factored path go through the fused decode kernels (decode.cuh: a GEMV, then
+// one pass over B and S's entries, reading compact_col_idx's 16-bit columns
+// where given); other calls take sl_matmul's own path.
 Tensor sl_matmul_inference_cuda(const Tensor& x, const Tensor& A, const Tensor& B,
                                 const Tensor& values, const Tensor& row_ptr, const Tensor& col_idx,
                                 double scale, const std::optional<Tensor>& bias,
                                 const std::optional<Tensor>& compact_col_idx) {
-  check_sl_matmul_inference(x, A, B, values, row_ptr, col_idx, scale, bias, compact_col_idx);
-  TORCH_CHECK_NOT_IMPLEMENTED(!compact_col_idx.has_value(),
-                              "sl_matmul_inference: `compact_col_idx` is read by the CPU kernel "
-                              "only; on CUDA pass none");
-  return sl_matmul_cuda(x, A, B, values, row_ptr, col_idx, scale, bias);
+  const NoAutocast no_autocast;
+  const FactorDims dims =
+      check_sl_matmul_inference(x, A, B, values, row_ptr, col_idx, scale, bias, compact_col_idx).concrete();
+  const c10::cuda::CUDAGuard guard(A.device());
+  const Tensor x2 = flatten_tokens(x, dims.n);
+  const int64_t batch = x2.size(0);
+  bool fused = batch > 0 && dims.m > 0 && batch <= cuda::kMaxDecodeTokens && use_factored_path(batch, dims);
+  SLTRAIN_DISPATCH_FLOATS(x2.scalar_type(), "sl_decode_supported", [&] {
+    fused = fused && cuda::decode_supported<typename Device<scalar_t>::type>(dims.n, dims.r, batch);
+  });
+  if (!fused) return sl_matmul_cuda(x, A, B, values, row_ptr, col_idx, scale, bias);
+
+  const Tensor a = A.contiguous(), b_factor = B.contiguous(), vals = values.contiguous();
+  const Tensor rows = row_ptr.contiguous();
+  const Tensor bias_contiguous = bias.has_value() ? bias->contiguous() : Tensor();
+  const Tensor columns = compact_col_idx.has_value() ? compact_col_idx->contiguous() : col_idx.contiguous();
+  const at::ScalarType accumulation = x2.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const Tensor t = at::empty({batch, dims.r}, x2.options().dtype(accumulation));
+  Tensor y = at::empty({batch, dims.m}, x2.options());
+  SLTRAIN_DISPATCH_FLOATS(x2.scalar_type(), "sl_decode", [&] {
+    using T = typename Device<scalar_t>::type;
+    const auto run = [&](const auto* index) {
+      using Index = std::remove_const_t<std::remove_pointer_t<decltype(index)>>;
+      const cuda::DecodeArgs<T, Index> args{
+          dims.m, dims.n, dims.r, dims.nnz, batch, cuda::Acc<T>(scale), ptr<scalar_t>(a),
+          ptr<scalar_t>(b_factor), rows.data_ptr<int32_t>(), index, ptr<scalar_t>(vals), ptr<scalar_t>(x2),
+          x2.stride(0), bias.has_value() ? ptr<scalar_t>(bias_contiguous) : nullptr, ptr<scalar_t>(y),
+          y.stride(0), reinterpret_cast<cuda::Acc<T>*>(t.data_ptr())};
+      C10_CUDA_CHECK(cuda::sl_decode(args, stream()));
+    };
+    if (compact_col_idx.has_value())
+      run(static_cast<const uint16_t*>(columns.const_data_ptr()));
+    else
+      run(columns.const_data_ptr<int32_t>());
+  });
+  auto out_sizes = x.sizes().vec();
+  out_sizes.back() = dims.m;
+  return y.view(out_sizes);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cuda(

@@ -31,3 +31,12 @@
 #endif
 
 #include <cstdint>
+
+// `#pragma unroll N` for nvcc (loops of constant trip count unroll fully
+// without it); nothing for g++, which does not know the pragma.
+#if defined(__CUDACC__)
+#define SLTRAIN_PRAGMA_(text) _Pragma(#text)
+#define SLTRAIN_UNROLL(n) SLTRAIN_PRAGMA_(unroll n)
+#else
+#define SLTRAIN_UNROLL(n)
+#endif

@@ -8,6 +8,7 @@
 #include <limits>
 #include <random>
 #include <set>
+#include <type_traits>
 #include <vector>
 
 #include "common/quant8.h"
@@ -355,6 +356,57 @@ void test_decode_rows(int64_t m, int64_t n, int64_t r, int64_t b, int64_t nnz) {
          "sl_decode_rows reports a bad column");
 }
 
+template <class H>
+H narrow_16(float value) {
+  if constexpr (std::is_same_v<H, bf16>) return to_bf16(value);
+  else return to_fp16(value);
+}
+
+// sl_decode_rows reading bf16 or fp16 operands as stored (float t): against
+// float64 sums of the same rounded values, within one rounding of the output
+// (2^-8 for bf16, 2^-11 for fp16) of the terms' magnitude.
+template <class H>
+void test_decode_rows_16_bit(int64_t m, int64_t n, int64_t r, int64_t b, int64_t nnz, double unit) {
+  Case c = make_case(m, n, b, nnz, uint64_t(m + b));
+  std::mt19937 gen{unsigned(r * 3 + b)};
+  std::normal_distribution<float> normal;
+  const auto rounded = [&](size_t count) {
+    std::vector<H> out(count);
+    for (H& e : out) e = narrow_16<H>(normal(gen));
+    return out;
+  };
+  const std::vector<H> B = rounded(m * r), bias = rounded(m);
+  std::vector<H> values(nnz), x_t(n * b);
+  for (int64_t k = 0; k < nnz; ++k) values[k] = narrow_16<H>(c.values[k]);
+  for (int64_t e = 0; e < n * b; ++e) x_t[e] = narrow_16<H>(c.x_t[e]);
+  std::vector<float> t(b * r);
+  for (float& e : t) e = normal(gen);
+  const float scale = 0.75f;
+  std::vector<H> y(b * m, narrow_16<H>(std::numeric_limits<float>::quiet_NaN()));
+  const std::vector<uint16_t> compact(c.col_idx.begin(), c.col_idx.end());
+  expect(sl_decode_rows<H>(m, n, r, b, scale, B.data(), t.data(), c.row_ptr.data(), compact.data(), values.data(),
+                           x_t.data(), bias.data(), y.data()),
+         "16-bit sl_decode_rows ok");
+  bool close = true;
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < b; ++j) {
+      double want = to_float(bias[i]), size = std::abs(want);
+      for (int64_t q = 0; q < r; ++q) {
+        const double term = double(scale) * to_float(B[i * r + q]) * t[j * r + q];
+        want += term;
+        size += std::abs(term);
+      }
+      for (int64_t k = c.row_ptr[i]; k < c.row_ptr[i + 1]; ++k) {
+        const double term = double(to_float(values[k])) * to_float(x_t[c.col_idx[k] * b + j]);
+        want += term;
+        size += std::abs(term);
+      }
+      close = close && std::abs(to_float(y[j * m + i]) - want) <= unit * (size + std::abs(want));
+    }
+  }
+  expect(close, "16-bit sl_decode_rows matches float64");
+}
+
 int main() {
   test_support(1, 1, 1);
   test_support(37, 53, 100);
@@ -365,6 +417,10 @@ int main() {
   test_sparse_products(64, 300, 700, 2000);  // several batch blocks
   test_sparse_products(9, 7, 0, 20);         // no tokens
   for (int64_t b : {1, 3, 16, 32}) test_decode_rows(40, 50, 9, b, 300);
+  for (int64_t b : {1, 5, 16}) {
+    test_decode_rows_16_bit<bf16>(40, 50, 9, b, 300, 1.0 / 256);
+    test_decode_rows_16_bit<fp16>(33, 70, 17, b, 400, 1.0 / 2048);
+  }
   test_adam();
   test_quant8_codes();
   test_quant8_encoders_match_definition();

@@ -14,6 +14,7 @@
 #include "cpu/torch_free_kernels/kernels.h"
 #include "cuda/adam.cuh"
 #include "cuda/csr.cuh"
+#include "cuda/decode.cuh"
 #include "cuda/support.cuh"
 
 using namespace sltrain;
@@ -344,6 +345,67 @@ void test_spmm(int64_t m, int64_t n, int64_t nnz, int64_t tokens, bool transpose
              (with_bias ? " bias" : "") + (misalign ? " misaligned" : ""));
 }
 
+// The fused decode forward y [tokens, ld_y] = scale * x A^T B^T + x S^T (+ bias)
+// against float64, with int32 or uint16 columns. `ld_x` and `b_offset` (B
+// shifted by that many elements) pick the vector or the scalar loads;
+// columns of y past m must keep their poison.
+template <class T, class Index>
+void test_decode(int64_t m, int64_t n, int64_t r, int64_t nnz, int64_t tokens, int64_t ld_x, int b_offset,
+                 bool with_bias) {
+  std::mt19937 gen(unsigned(m * 7 + n * 3 + r + tokens));
+  const Support s = make_support(m, n, nnz, 5);
+  const int64_t ld_y = m + 3;
+  const std::vector<T> A = random_values<T>(r * n, gen), B = random_values<T>(m * r + b_offset, gen);
+  const std::vector<T> values = random_values<T>(nnz, gen), x = random_values<T>(tokens * ld_x, gen);
+  const std::vector<T> bias = random_values<T>(m, gen);
+  const std::vector<Index> columns(s.col_idx.begin(), s.col_idx.end());
+  const double scale = 0.75;
+  DeviceArray<int32_t> d_ptr(s.row_ptr);
+  DeviceArray<Index> d_columns(columns);
+  DeviceArray<T> d_A(A), d_B(B), d_values(values), d_x(x), d_bias(bias), d_y(tokens * ld_y);
+  DeviceArray<cuda::Acc<T>> d_t(tokens * r);
+  const cuda::DecodeArgs<T, Index> args{m, n, r, nnz, tokens, cuda::Acc<T>(scale), d_A.data, d_B.data + b_offset,
+                                        d_ptr.data, d_columns.data, d_values.data, d_x.data, ld_x,
+                                        with_bias ? d_bias.data : nullptr, d_y.data, ld_y, d_t.data};
+  const bool supported = cuda::decode_supported<T>(n, r, tokens);
+  expect(supported && cuda::sl_decode(args, nullptr) == cudaSuccess, "decode launch");
+  const std::vector<T> got = d_y.host();
+  bool close_enough = true, padding_kept = true;
+  for (int64_t j = 0; j < tokens; ++j) {
+    std::vector<double> t(r), t_size(r);
+    for (int64_t q = 0; q < r; ++q)
+      for (int64_t c = 0; c < n; ++c) {
+        const double term = Traits<T>::value(A[q * n + c]) * Traits<T>::value(x[j * ld_x + c]);
+        t[q] += term;
+        t_size[q] += std::abs(term);
+      }
+    for (int64_t i = 0; i < m; ++i) {
+      double want = with_bias ? Traits<T>::value(bias[i]) : 0.0, size = std::abs(want);
+      for (int64_t q = 0; q < r; ++q) {
+        const double b = Traits<T>::value(B[b_offset + i * r + q]);
+        want += scale * b * t[q];
+        size += scale * std::abs(b) * t_size[q];
+      }
+      for (int64_t k = s.row_ptr[i]; k < s.row_ptr[i + 1]; ++k) {
+        const double term = Traits<T>::value(values[k]) * Traits<T>::value(x[j * ld_x + s.col_idx[k]]);
+        want += term;
+        size += std::abs(term);
+      }
+      const double g = Traits<T>::value(got[j * ld_y + i]);
+      close_enough = close_enough && std::abs(g - want) <= Traits<T>::kEps * (size + std::abs(want)) + 1e-30;
+    }
+    for (int64_t i = m; i < ld_y; ++i) {
+      unsigned char bytes[sizeof(T)];
+      std::memcpy(bytes, &got[j * ld_y + i], sizeof(T));
+      for (unsigned char byte : bytes) padding_kept = padding_kept && byte == 0xff;
+    }
+  }
+  expect(close_enough && padding_kept,
+         std::string("decode matches float64, ") + Traits<T>::kName + (sizeof(Index) == 2 ? " uint16 " : " int32 ") +
+             shape(s) + " r " + std::to_string(r) + " tokens " + std::to_string(tokens) + " ld_x " +
+             std::to_string(ld_x) + (b_offset ? " unaligned B" : "") + (with_bias ? " bias" : ""));
+}
+
 template <class T>
 void test_sddmm(int64_t m, int64_t n, int64_t nnz, int64_t tokens) {
   std::mt19937 gen(unsigned(m + n + tokens));
@@ -648,6 +710,26 @@ int main() {
   test_spmm<__half>(25, 99, 600, 9, true, true, false, 0);
   test_spmm<float>(1, 1, 1, 1, false, false, true, 0);
   test_spmm<float>(8, 8, 0, 3, false, true, false, 0);
+
+  // Decode: every token group (1..16, odd counts padded), rows longer than a
+  // warp, odd m (a warp's second row missing), empty rows, aligned and
+  // unaligned A/x and B, both index widths, every dtype; float32 at n = 4096
+  // and 16 tokens needs two passes of 8 tokens to fit shared memory.
+  for (int64_t tokens : {1, 2, 3, 5, 8, 16}) {
+    test_decode<float, int32_t>(37, 64, 8, 900, tokens, 64, 0, true);
+    test_decode<float, uint16_t>(37, 61, 5, 700, tokens, 63, 1, false);
+  }
+  test_decode<float, uint16_t>(33, 4096, 4, 2000, 16, 4096, 0, true);
+  test_decode<float, int32_t>(300, 24, 3, 150, 4, 24, 0, false);
+  test_decode<float, int32_t>(1, 1, 1, 1, 1, 1, 0, true);
+  test_decode<float, int32_t>(5, 8, 0, 12, 2, 8, 0, true);
+  test_decode<double, int32_t>(29, 77, 6, 900, 5, 77, 0, true);
+  test_decode<double, uint16_t>(30, 80, 8, 900, 16, 80, 0, false);
+  test_decode<__nv_bfloat16, uint16_t>(45, 5461, 16, 5000, 1, 5461, 0, true);
+  test_decode<__nv_bfloat16, uint16_t>(40, 128, 16, 1000, 16, 128, 0, true);
+  test_decode<__nv_bfloat16, int32_t>(41, 130, 9, 2000, 7, 131, 3, false);
+  test_decode<__half, uint16_t>(25, 96, 8, 600, 4, 96, 0, true);
+  test_decode<__half, int32_t>(26, 99, 7, 600, 12, 99, 1, true);
 
   for (int64_t tokens : {0, 1, 5, 33}) test_sddmm<float>(23, 5461, 4000, tokens);
   test_sddmm<double>(20, 31, 300, 7);

@@ -13,6 +13,12 @@ namespace {
 constexpr int64_t kBatchBlock = 256;
 // Multiply-adds worth giving a thread of their own.
 constexpr int64_t kWorkGrain = int64_t{1} << 15;
+// The same for sl_decode_rows, whose multiply-adds each stream a weight from
+// memory: waking a pooled thread (tens of µs under OMP_WAIT_POLICY=PASSIVE)
+// must buy about a megabyte of weights, or a small decode layer runs slower
+// on two threads than on one (measured: 512 x 512, r 128, b 1 took 26 µs on
+// two threads and 18 on one; 512 -> 1376, 40-53 against 31).
+constexpr int64_t kDecodeWorkGrain = int64_t{1} << 18;
 
 template <class T>
 SLTRAIN_SIMD_CLONES void axpy(int64_t count, T alpha, const T* __restrict x, T* __restrict y) {
@@ -181,21 +187,50 @@ bool csr_gather_rows(int64_t row_begin, int64_t row_end, int64_t n, const int32_
 
 namespace {
 
+// dot(count, x, y) with x read as stored (16-bit elements widened on the fly)
+// and summed in y's type, in the same fixed order as dot.
+template <class Acc, class X>
+Acc widened_dot(int64_t count, const X* __restrict x, const Acc* __restrict y) {
+  if constexpr (std::is_same_v<X, Acc>) {
+    return dot(count, x, y);
+  } else {
+    constexpr int kLanes = 16;
+    Acc lanes[kLanes] = {};
+    int64_t j = 0;
+    for (; j + kLanes <= count; j += kLanes)
+      for (int l = 0; l < kLanes; ++l) lanes[l] += to_float(x[j + l]) * y[j + l];
+    Acc total = 0;
+    for (; j < count; ++j) total += to_float(x[j]) * y[j];
+    for (int l = 0; l < kLanes; ++l) total += lanes[l];
+    return total;
+  }
+}
+
+// An accumulated value rounded once to the storage type.
+template <class T>
+T narrow_to(DecodeAcc<T> value) {
+  if constexpr (std::is_same_v<T, bf16>) return to_bf16(value);
+  else if constexpr (std::is_same_v<T, fp16>) return to_fp16(value);
+  else return value;
+}
+
 // Rows [row_begin, row_end) of sl_decode_rows. kTokens > 0 fixes b at compile
 // time, so the per-token loops unroll (at b = 1 a runtime-length loop around
 // each sparse entry's single multiply-add costs more than the add itself);
 // kTokens == 0 reads b at run time.
 template <int kTokens, class T, class Index>
 bool decode_row_range(int64_t row_begin, int64_t row_end, int64_t m, int64_t n, int64_t r,
-                      int64_t runtime_b, T scale, const T* B, const T* t, const int32_t* row_ptr,
-                      const Index* col_idx, const T* values, const T* x_t, const T* bias, T* y) {
+                      int64_t runtime_b, DecodeAcc<T> scale, const T* B, const DecodeAcc<T>* t,
+                      const int32_t* row_ptr, const Index* col_idx, const T* values, const T* x_t,
+                      const T* bias, T* y) {
+  using Acc = DecodeAcc<T>;
   const int64_t b = kTokens > 0 ? kTokens : runtime_b;
   bool ok = true;
-  T sums[kMaxDecodeTokens];
+  Acc sums[kMaxDecodeTokens];
   for (int64_t i = row_begin; i < row_end; ++i) {
     // B's row stays in L1 across the tokens' dot products; each entry's
     // column of x_t holds all b tokens side by side.
-    for (int64_t j = 0; j < b; ++j) sums[j] = scale * dot(r, B + i * r, t + j * r);
+    for (int64_t j = 0; j < b; ++j) sums[j] = scale * widened_dot(r, B + i * r, t + j * r);
     // Entry k's column of x_t, or nullptr (and ok cleared) if out of range.
     const auto x_column = [&](int64_t k) -> const T* {
       const int64_t column = col_idx[k];
@@ -208,10 +243,10 @@ bool decode_row_range(int64_t row_begin, int64_t row_end, int64_t m, int64_t n, 
     if constexpr (kTokens == 1) {
       // One token: a single running sum would chain every entry's
       // multiply-add on the previous one (4 cycles each); four overlap.
-      T partial[4] = {};
+      Acc partial[4] = {};
       for (; k + 4 <= row_end_entry; k += 4) {
         for (int l = 0; l < 4; ++l) {
-          if (const T* x = x_column(k + l)) partial[l] += values[k + l] * *x;
+          if (const T* x = x_column(k + l)) partial[l] += to_float(values[k + l]) * to_float(*x);
         }
       }
       sums[0] += (partial[0] + partial[1]) + (partial[2] + partial[3]);
@@ -219,11 +254,11 @@ bool decode_row_range(int64_t row_begin, int64_t row_end, int64_t m, int64_t n, 
     for (; k < row_end_entry; ++k) {
       const T* x = x_column(k);
       if (!x) continue;
-      const T value = values[k];
-      for (int64_t j = 0; j < b; ++j) sums[j] += value * x[j];
+      const Acc value = to_float(values[k]);
+      for (int64_t j = 0; j < b; ++j) sums[j] += value * to_float(x[j]);
     }
-    const T row_bias = bias ? bias[i] : T(0);
-    for (int64_t j = 0; j < b; ++j) y[j * m + i] = sums[j] + row_bias;
+    const Acc row_bias = bias ? to_float(bias[i]) : Acc(0);
+    for (int64_t j = 0; j < b; ++j) y[j * m + i] = narrow_to<T>(sums[j] + row_bias);
   }
   return ok;
 }
@@ -231,12 +266,12 @@ bool decode_row_range(int64_t row_begin, int64_t row_end, int64_t m, int64_t n, 
 }  // namespace
 
 template <class T, class Index>
-bool sl_decode_rows(int64_t m, int64_t n, int64_t r, int64_t b, T scale, const T* B, const T* t,
-                    const int32_t* row_ptr, const Index* col_idx, const T* values, const T* x_t,
-                    const T* bias, T* y) {
+bool sl_decode_rows(int64_t m, int64_t n, int64_t r, int64_t b, DecodeAcc<T> scale, const T* B,
+                    const DecodeAcc<T>* t, const int32_t* row_ptr, const Index* col_idx, const T* values,
+                    const T* x_t, const T* bias, T* y) {
   std::atomic<bool> ok{true};
   const int64_t work_per_row = std::max<int64_t>(1, (r + row_ptr[m] / std::max<int64_t>(m, 1)) * b);
-  parallel_for(0, m, std::max<int64_t>(1, kWorkGrain / work_per_row), [&](int64_t begin, int64_t end) {
+  parallel_for(0, m, std::max<int64_t>(1, kDecodeWorkGrain / work_per_row), [&](int64_t begin, int64_t end) {
     const auto rows = [&](auto tokens) {
       return decode_row_range<decltype(tokens)::value>(begin, end, m, n, r, b, scale, B, t, row_ptr,
                                                        col_idx, values, x_t, bias, y);
@@ -255,6 +290,20 @@ bool sl_decode_rows(int64_t m, int64_t n, int64_t r, int64_t b, T scale, const T
   return ok.load();
 }
 
+#define SLTRAIN_INSTANTIATE_DECODE(T, Index)                                                        \
+  template bool sl_decode_rows<T, Index>(int64_t, int64_t, int64_t, int64_t, DecodeAcc<T>, const T*, \
+                                         const DecodeAcc<T>*, const int32_t*, const Index*, const T*,  \
+                                         const T*, const T*, T*);
+
+SLTRAIN_INSTANTIATE_DECODE(float, int32_t)
+SLTRAIN_INSTANTIATE_DECODE(float, uint16_t)
+SLTRAIN_INSTANTIATE_DECODE(double, int32_t)
+SLTRAIN_INSTANTIATE_DECODE(double, uint16_t)
+SLTRAIN_INSTANTIATE_DECODE(bf16, int32_t)
+SLTRAIN_INSTANTIATE_DECODE(bf16, uint16_t)
+SLTRAIN_INSTANTIATE_DECODE(fp16, int32_t)
+SLTRAIN_INSTANTIATE_DECODE(fp16, uint16_t)
+
 #define SLTRAIN_INSTANTIATE_CSR(T)                                                                \
   template bool csr_spmm<T>(int64_t, int64_t, int64_t, const int32_t*, const int32_t*, const T*, \
                             const T*, int64_t, T*, int64_t);                                      \
@@ -265,13 +314,7 @@ bool sl_decode_rows(int64_t m, int64_t n, int64_t r, int64_t b, T scale, const T
   template bool csr_scatter_add_rows<T>(int64_t, int64_t, int64_t, const int32_t*,                \
                                         const int32_t*, const T*, T*, int64_t);                   \
   template bool csr_gather_rows<T>(int64_t, int64_t, int64_t, const int32_t*, const int32_t*,     \
-                                   const T*, int64_t, T*);                                      \
-  template bool sl_decode_rows<T, int32_t>(int64_t, int64_t, int64_t, int64_t, T, const T*,       \
-                                           const T*, const int32_t*, const int32_t*, const T*,    \
-                                           const T*, const T*, T*);                               \
-  template bool sl_decode_rows<T, uint16_t>(int64_t, int64_t, int64_t, int64_t, T, const T*,      \
-                                            const T*, const int32_t*, const uint16_t*, const T*,  \
-                                            const T*, const T*, T*);
+                                   const T*, int64_t, T*);
 
 SLTRAIN_INSTANTIATE_CSR(float)
 SLTRAIN_INSTANTIATE_CSR(double)

@@ -81,17 +81,25 @@ bool csr_gather_rows(int64_t row_begin, int64_t row_end, int64_t n, const int32_
 // token on the stack. Larger batches are GEMM work, left to the GEMM path.
 constexpr int64_t kMaxDecodeTokens = 32;
 
+// The accumulation type of sl_decode_rows: float for float, bf16 and fp16;
+// double for double.
+template <class T> struct DecodeAccOf { using type = float; };
+template <> struct DecodeAccOf<double> { using type = double; };
+template <class T> using DecodeAcc = typename DecodeAccOf<T>::type;
+
 // The whole factored forward of b <= kMaxDecodeTokens tokens in one pass over
 // the output rows, each reading its row of B and its CSR entries once:
 //   y[j, i] = scale * dot(B[i, :r], t[j, :r]) + sum_k values[k] * x_t[col_idx[k], j] + bias[i]
-// with t = x @ A^T token-major [b, r], x_t feature-major [n, b], y token-major
-// [b, m] and bias nullable. Index is int32_t (the training contract) or
-// uint16_t (the compact inference copy, for n <= 65536). Returns false, having
-// written only in-bounds memory, if a column lies outside [0, n).
+// with t = x @ A^T token-major [b, r] (in the accumulation type), x_t
+// feature-major [n, b], y token-major [b, m] and bias nullable. T is float,
+// double, bf16 or fp16: 16-bit operands are read as stored (2 bytes each) and
+// summed in float, y rounded once. Index is int32_t (the training contract)
+// or uint16_t (the compact inference copy, for n <= 65536). Returns false,
+// having written only in-bounds memory, if a column lies outside [0, n).
 template <class T, class Index>
-bool sl_decode_rows(int64_t m, int64_t n, int64_t r, int64_t b, T scale, const T* B, const T* t,
-                    const int32_t* row_ptr, const Index* col_idx, const T* values, const T* x_t,
-                    const T* bias, T* y);
+bool sl_decode_rows(int64_t m, int64_t n, int64_t r, int64_t b, DecodeAcc<T> scale, const T* B,
+                    const DecodeAcc<T>* t, const int32_t* row_ptr, const Index* col_idx, const T* values,
+                    const T* x_t, const T* bias, T* y);
 
 // ---- optimizer ----------------------------------------------------------------
 
