@@ -232,78 +232,125 @@ SLTRAIN_AVX512_VBMI void decode_block_avx512_vbmi(int64_t count, const int8_t* _
 
 // Steps * exponent field + steps within the octave of 16 lanes, which is
 // Steps * 127 - quant8_detail::steps_below_one (the callers fold the
-// constants of the codes into one add), with one permute instead of
-// the bin table: the number of midpoints at or below a mantissa m in [1, 2)
-// is floor(Steps * log2(m) + 1/2) up to the midpoints' float rounding, so a
-// guess j = floor(Steps * q(m)) from a quadratic q with |q - log2| < 0.0077
-// (0.12 of a step at Steps = 16) is that count or one less, and one
-// comparison with midpoint j settles it. Exact for every mantissa
-// (test_cpu_kernels sweeps all 2^23).
-template <int Steps>
-struct MidpointGuess {
-  __m512i midpoint_fields;  // the 23-bit mantissa fields of the midpoints, 16 lanes
-  __m512 linear, quadratic;  // Steps * q(1 + f / 2^23) = f * (linear + quadratic * f)
+// constants of the codes into the table): the number of midpoints at or
+// below a mantissa, looked up in 32 equal bins of the mantissa range by the
+// top five mantissa bits. Consecutive midpoints are over 1/32 apart (the
+// closest, at Steps = 16, by 0.045), so a bin holds at most one and one
+// integer comparison with it finishes the count, as quant8.h does with its
+// 128 bins. Both tables are two registers each, read by two-register
+// permutes that look only at the index's low five bits: bits >> 18 needs no mask.
+struct BinTable {
+  __m512i below[2];  // midpoints at or below the bin's start, plus the caller's offset
+  __m512i next[2];   // the 23-bit mantissa field of the bin's next midpoint (2^23: none)
 };
 
-template <int Steps>
-SLTRAIN_AVX512 MidpointGuess<Steps> midpoint_guess() {
-  alignas(64) uint32_t fields[16];
-  for (int j = 0; j < 16; ++j) {
-    fields[j] = j < Steps ? uint32_t((quant8_detail::Octave<Steps>::kMidpoint[j] - 1.0f) * 8388608.0f) : (1u << 23);
+// Both tables of one encoder in memory, computed once.
+template <int Steps, int Offset>
+struct BinTableEntries {
+  alignas(64) int32_t below[32];
+  alignas(64) int32_t next[32];
+  BinTableEntries() {
+    for (int bin = 0; bin < 32; ++bin) {
+      const uint32_t start = uint32_t(bin) << 18;  // the bin's first mantissa field
+      int count = 0;
+      for (int j = 0; j < Steps; ++j) count += quant8_detail::midpoint_field<Steps>(j) <= start ? 1 : 0;
+      below[bin] = count + Offset;
+      next[bin] = int32_t(count < Steps ? quant8_detail::midpoint_field<Steps>(count) : 1u << 23);
+    }
   }
-  // q(1 + d) = d * (c + (1 - c) * d), c = 1.3466: exact at d = 0 and 1.
-  constexpr float c = 1.3466f, to_d = 1.0f / 8388608.0f;
-  return {_mm512_load_si512(fields), _mm512_set1_ps(Steps * c * to_d),
-          _mm512_set1_ps(Steps * (1.0f - c) * to_d * to_d)};
+};
+
+template <int Steps, int Offset>
+SLTRAIN_AVX512 BinTable bin_table() {
+  static const BinTableEntries<Steps, Offset> entries;
+  return {{_mm512_load_si512(entries.below), _mm512_load_si512(entries.below + 16)},
+          {_mm512_load_si512(entries.next), _mm512_load_si512(entries.next + 16)}};
 }
 
 template <int Steps>
-SLTRAIN_AVX512 __m512i steps_above_zero(__m512 r, const MidpointGuess<Steps>& guess) {
+SLTRAIN_AVX512 __m512i steps_above_zero(__m512 r, const BinTable& table) {
   const __m512i bits = _mm512_castps_si512(r);
-  const __m512i field = _mm512_and_si512(bits, _mm512_set1_epi32(0x7fffff));
-  const __m512 f = _mm512_cvtepi32_ps(field);
-  const __m512 scaled_log = _mm512_mul_ps(f, _mm512_fmadd_ps(guess.quadratic, f, guess.linear));
-  const __m512i below = _mm512_min_epi32(_mm512_cvttps_epi32(scaled_log), _mm512_set1_epi32(Steps - 1));
-  const __mmask16 past_midpoint =
-      _mm512_cmpge_epu32_mask(field, _mm512_permutexvar_epi32(below, guess.midpoint_fields));
-  const __m512i within_octave = _mm512_mask_add_epi32(below, past_midpoint, below, _mm512_set1_epi32(1));
-  return _mm512_add_epi32(_mm512_mullo_epi32(_mm512_srli_epi32(bits, 23), _mm512_set1_epi32(Steps)), within_octave);
+  const __m512i bin = _mm512_srli_epi32(bits, 18);
+  const __m512i below = _mm512_permutex2var_epi32(table.below[0], bin, table.below[1]);
+  const __m512i next = _mm512_permutex2var_epi32(table.next[0], bin, table.next[1]);
+  const __mmask16 past_next = _mm512_cmpge_epu32_mask(_mm512_and_si512(bits, _mm512_set1_epi32(0x7fffff)), next);
+  const __m512i exponent = _mm512_srli_epi32(bits, 23);
+  const __m512i octaves = Steps == 16 ? _mm512_slli_epi32(exponent, 4) : _mm512_mullo_epi32(exponent, _mm512_set1_epi32(Steps));
+  const __m512i steps = _mm512_add_epi32(octaves, below);
+  return _mm512_mask_sub_epi32(steps, past_next, steps, _mm512_set1_epi32(-1));
 }
 
-SLTRAIN_AVX512 __m512i clamp(__m512i x, int least, int most) {
-  return _mm512_min_epi32(_mm512_max_epi32(x, _mm512_set1_epi32(least)), _mm512_set1_epi32(most));
+// The codes of 16 lanes as 32-bit integers; lanes not kept are 0
+// (encode_signed8 / encode_unsigned8, lane for lane).
+struct Encoder {
+  BinTable signed_bins, unsigned_bins;
+  __m512 m_scale, sqrt_v_scale;
+  __mmask16 m_block_nonzero, sqrt_v_block_nonzero;  // all-zero blocks encode to 0
+
+  SLTRAIN_AVX512 Encoder(float m_scale_, float sqrt_v_scale_)
+      // 127 - clamp(steps below one, 0, 127) = clamp(127 - 12 * 127 + steps above zero, 0, 127);
+      // 255 - clamp(steps below one, 0, 254) = clamp(255 - 16 * 127 + steps above zero, 1, 255).
+      : signed_bins(bin_table<12, 127 - 12 * 127>()),
+        unsigned_bins(bin_table<16, 255 - 16 * 127>()),
+        m_scale(_mm512_set1_ps(m_scale_)),
+        sqrt_v_scale(_mm512_set1_ps(sqrt_v_scale_)),
+        m_block_nonzero(m_scale_ > 0.0f ? 0xffff : 0),
+        sqrt_v_block_nonzero(sqrt_v_scale_ > 0.0f ? 0xffff : 0) {}
+
+  SLTRAIN_AVX512 __m512i signed_codes(__m512 x) const {
+    const __m512 zero = _mm512_setzero_ps();
+    const __mmask16 negative = _mm512_cmp_ps_mask(x, zero, _CMP_LT_OQ);
+    const __mmask16 kept = m_block_nonzero & _mm512_cmp_ps_mask(x, zero, _CMP_NEQ_UQ);
+    const __m512 magnitude_x = _mm512_mask_sub_ps(x, negative, zero, x);
+    const __m512i steps = steps_above_zero<12>(_mm512_mul_ps(magnitude_x, m_scale), signed_bins);
+    const __m512i magnitude = _mm512_maskz_min_epi32(kept, _mm512_max_epi32(steps, _mm512_setzero_si512()), _mm512_set1_epi32(127));
+    return _mm512_mask_sub_epi32(magnitude, negative, _mm512_setzero_si512(), magnitude);
+  }
+
+  // The upper bound 255 is left to the saturating narrowing.
+  SLTRAIN_AVX512 __m512i unsigned_codes(__m512 y) const {
+    const __mmask16 kept = sqrt_v_block_nonzero & _mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_GT_OQ);
+    const __m512i steps = steps_above_zero<16>(_mm512_mul_ps(y, sqrt_v_scale), unsigned_bins);
+    return _mm512_maskz_max_epi32(kept, steps, _mm512_set1_epi32(1));
+  }
+};
+
+// 64 codes from four vectors of 16 (lanes 0-15, 16-31, ...), saturated to
+// bytes: the packs work within 128-bit lanes, leaving in lane k the four
+// elements 4k..4k+3 of each source, which one dword permute puts back in order.
+SLTRAIN_AVX512 __m512i in_order(__m512i packed) {
+  return _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), packed);
+}
+
+SLTRAIN_AVX512 void store_64_signed(int8_t* codes, const __m512i (&code)[4]) {
+  const __m512i words = _mm512_packs_epi16(_mm512_packs_epi32(code[0], code[1]), _mm512_packs_epi32(code[2], code[3]));
+  _mm512_storeu_si512(codes, in_order(words));
+}
+
+SLTRAIN_AVX512 void store_64_unsigned(uint8_t* codes, const __m512i (&code)[4]) {
+  const __m512i words = _mm512_packus_epi16(_mm512_packs_epi32(code[0], code[1]), _mm512_packs_epi32(code[2], code[3]));
+  _mm512_storeu_si512(codes, in_order(words));
 }
 
 SLTRAIN_AVX512 void encode_block_avx512(int64_t count, const float* __restrict m, const float* __restrict sqrt_v,
                                         float m_scale, float sqrt_v_scale, int8_t* __restrict exp_avg,
                                         uint8_t* __restrict sqrt_exp_avg_sq) {
-  const MidpointGuess<12> guess12 = midpoint_guess<12>();
-  const MidpointGuess<16> guess16 = midpoint_guess<16>();
-  const __m512 zero = _mm512_setzero_ps();
-  const __m512 m_scales = _mm512_set1_ps(m_scale), sqrt_v_scales = _mm512_set1_ps(sqrt_v_scale);
-  // encode_signed8 / encode_unsigned8: lanes of an all-zero block stay 0.
-  const __mmask16 m_block_nonzero = m_scale > 0.0f ? 0xffff : 0;
-  const __mmask16 sqrt_v_block_nonzero = sqrt_v_scale > 0.0f ? 0xffff : 0;
-  for (int64_t j = 0; j < count; j += 16) {
+  const Encoder encoder(m_scale, sqrt_v_scale);
+  const int64_t whole = count - count % 64;
+  for (int64_t j = 0; j < whole; j += 64) {
+    __m512i m_code[4], sqrt_v_code[4];
+    for (int part = 0; part < 4; ++part) {
+      m_code[part] = encoder.signed_codes(_mm512_loadu_ps(m + j + 16 * part));
+      sqrt_v_code[part] = encoder.unsigned_codes(_mm512_loadu_ps(sqrt_v + j + 16 * part));
+    }
+    store_64_signed(exp_avg + j, m_code);
+    store_64_unsigned(sqrt_exp_avg_sq + j, sqrt_v_code);
+  }
+  for (int64_t j = whole; j < count; j += 16) {
     const __mmask16 lanes = count - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (count - j)) - 1);
-    const __m512 x = _mm512_maskz_loadu_ps(lanes, m + j);
-    const __mmask16 negative = _mm512_cmp_ps_mask(x, zero, _CMP_LT_OQ);
-    const __m512 magnitude_x = _mm512_mask_sub_ps(x, negative, zero, x);
-    // 127 - clamp(steps below one, 0, 127) = clamp(127 - 12 * 127 + steps above zero, 0, 127).
-    const __m512i magnitude = clamp(
-        _mm512_add_epi32(steps_above_zero<12>(_mm512_mul_ps(magnitude_x, m_scales), guess12), _mm512_set1_epi32(-1397)),
-        0, 127);
-    const __m512i code = _mm512_mask_sub_epi32(magnitude, negative, _mm512_setzero_si512(), magnitude);
-    const __mmask16 m_kept = m_block_nonzero & _mm512_cmp_ps_mask(x, zero, _CMP_NEQ_UQ);
-    store_codes(exp_avg + j, lanes, _mm512_maskz_cvtepi32_epi8(m_kept, code));
-    const __m512 y = _mm512_maskz_loadu_ps(lanes, sqrt_v + j);
-    // 255 - clamp(steps below one, 0, 254) = clamp(255 - 16 * 127 + steps above zero, 1, 255),
-    // the upper bound by the saturating narrowing.
-    const __m512i unsigned_code = _mm512_max_epi32(
-        _mm512_add_epi32(steps_above_zero<16>(_mm512_mul_ps(y, sqrt_v_scales), guess16), _mm512_set1_epi32(-1777)),
-        _mm512_set1_epi32(1));
-    const __mmask16 sqrt_v_kept = sqrt_v_block_nonzero & _mm512_cmp_ps_mask(y, zero, _CMP_GT_OQ);
-    store_codes(sqrt_exp_avg_sq + j, lanes, _mm512_maskz_cvtusepi32_epi8(sqrt_v_kept, unsigned_code));
+    store_codes(exp_avg + j, lanes, _mm512_cvtepi32_epi8(encoder.signed_codes(_mm512_maskz_loadu_ps(lanes, m + j))));
+    store_codes(sqrt_exp_avg_sq + j, lanes,
+                _mm512_cvtusepi32_epi8(encoder.unsigned_codes(_mm512_maskz_loadu_ps(lanes, sqrt_v + j))));
   }
 }
 #pragma GCC diagnostic pop
