@@ -71,6 +71,41 @@ float from_bits(uint32_t u) {
   return x;
 }
 
+// The absmaxes of a block's new moments, and the scales the encoders take.
+struct BlockAbsmaxes {
+  float m, sqrt_v;
+};
+
+float encoder_scale(float absmax) { return absmax > 0.0f ? 1.0f / absmax : 0.0f; }
+
+// The update of a block whose moments were decoded at absmax 1 into m and
+// sqrt_v: the moments are scaled by the old absmaxes, updated with the
+// parameters, and left in m and sqrt_v for the encoder. The loop sees only
+// 32-bit types, so it vectorises without spilling; the absmaxes are integer
+// maxima of the float bits (the same order for non-negative floats; a NaN
+// moment wins and makes its block's absmax NaN instead of vanishing from it).
+// Inlined into each block kernel, whose trip count and SIMD target it takes.
+template <bool kDecoupled, class P>
+__attribute__((always_inline)) inline BlockAbsmaxes update_block(int64_t count, P* __restrict param,
+                                                                 const P* __restrict grad, float* __restrict m,
+                                                                 float* __restrict sqrt_v, BlockAbsmaxes old,
+                                                                 const AdamScalars<float>& scalars) {
+  uint32_t m_absmax_bits = 0, sqrt_v_absmax_bits = 0;
+  for (int64_t j = 0; j < count; ++j) {
+    float m_j = old.m * m[j];
+    const float old_sqrt_v = old.sqrt_v * sqrt_v[j];
+    float v_j = old_sqrt_v * old_sqrt_v;
+    float p = load<float>(param[j]);
+    scalars.template update_as<kDecoupled>(p, load<float>(grad[j]), m_j, v_j);
+    param[j] = store<P>(p);
+    m[j] = m_j;
+    sqrt_v[j] = std::sqrt(v_j);
+    m_absmax_bits = std::max(m_absmax_bits, bits_of(std::fabs(m_j)));
+    sqrt_v_absmax_bits = std::max(sqrt_v_absmax_bits, bits_of(sqrt_v[j]));
+  }
+  return {from_bits(m_absmax_bits), from_bits(sqrt_v_absmax_bits)};
+}
+
 // The decoded moments of a block at absmax 1: table loads, kept out of the
 // vector loops (vectorised, each load becomes an extract and an insert).
 __attribute__((noinline, optimize("no-tree-vectorize"))) void decode_block_portable(
@@ -107,9 +142,10 @@ SLTRAIN_SIMD_CLONES_WITH_AVX512 void encode_block_portable(int64_t count, const 
 // every mantissa through the kernel's encoder and re-encodes decoded moments.
 #define SLTRAIN_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
 // GCC 12's own AVX-512 headers start masked intrinsics from an undefined
-// register and then warn that it may be used uninitialised: a false positive.
+// register and then warn that it is, or may be, used uninitialised: a false positive.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 // The table of one octave's steps, padded to 16 lanes, as float bits.
 template <int Steps>
@@ -217,10 +253,15 @@ SLTRAIN_AVX512_VBMI void decode_64(const void* codes, const uint8_t (*planes)[25
   _mm512_storeu_si512(out + 48, _mm512_unpackhi_epi16(high01, high23));
 }
 
+const BytePlanes& byte_planes() {
+  static const BytePlanes tables;
+  return tables;
+}
+
 SLTRAIN_AVX512_VBMI void decode_block_avx512_vbmi(int64_t count, const int8_t* __restrict exp_avg,
                                                   const uint8_t* __restrict sqrt_exp_avg_sq, float* __restrict m,
                                                   float* __restrict sqrt_v) {
-  static const BytePlanes tables;
+  const BytePlanes& tables = byte_planes();
   const int64_t whole = count - count % 64;
   for (int64_t j = 0; j < whole; j += 64) {
     decode_64(exp_avg + j, tables.plane[0], m + j);
@@ -228,7 +269,6 @@ SLTRAIN_AVX512_VBMI void decode_block_avx512_vbmi(int64_t count, const int8_t* _
   }
   if (whole < count) decode_block_avx512(count - whole, exp_avg + whole, sqrt_exp_avg_sq + whole, m + whole, sqrt_v + whole);
 }
-#undef SLTRAIN_AVX512_VBMI
 
 // Steps * exponent field + steps within the octave of 16 lanes, which is
 // Steps * 127 - quant8_detail::steps_below_one (the callers fold the
@@ -332,20 +372,24 @@ SLTRAIN_AVX512 void store_64_unsigned(uint8_t* codes, const __m512i (&code)[4]) 
   _mm512_storeu_si512(codes, in_order(words));
 }
 
+// Inlined, so that the encoder's tables stay in registers across a block.
+SLTRAIN_AVX512 __attribute__((always_inline)) inline void encode_64(const Encoder& encoder, const float* m, const float* sqrt_v, int8_t* exp_avg,
+                              uint8_t* sqrt_exp_avg_sq) {
+  __m512i m_code[4], sqrt_v_code[4];
+  for (int part = 0; part < 4; ++part) {
+    m_code[part] = encoder.signed_codes(_mm512_loadu_ps(m + 16 * part));
+    sqrt_v_code[part] = encoder.unsigned_codes(_mm512_loadu_ps(sqrt_v + 16 * part));
+  }
+  store_64_signed(exp_avg, m_code);
+  store_64_unsigned(sqrt_exp_avg_sq, sqrt_v_code);
+}
+
 SLTRAIN_AVX512 void encode_block_avx512(int64_t count, const float* __restrict m, const float* __restrict sqrt_v,
                                         float m_scale, float sqrt_v_scale, int8_t* __restrict exp_avg,
                                         uint8_t* __restrict sqrt_exp_avg_sq) {
   const Encoder encoder(m_scale, sqrt_v_scale);
   const int64_t whole = count - count % 64;
-  for (int64_t j = 0; j < whole; j += 64) {
-    __m512i m_code[4], sqrt_v_code[4];
-    for (int part = 0; part < 4; ++part) {
-      m_code[part] = encoder.signed_codes(_mm512_loadu_ps(m + j + 16 * part));
-      sqrt_v_code[part] = encoder.unsigned_codes(_mm512_loadu_ps(sqrt_v + j + 16 * part));
-    }
-    store_64_signed(exp_avg + j, m_code);
-    store_64_unsigned(sqrt_exp_avg_sq + j, sqrt_v_code);
-  }
+  for (int64_t j = 0; j < whole; j += 64) encode_64(encoder, m + j, sqrt_v + j, exp_avg + j, sqrt_exp_avg_sq + j);
   for (int64_t j = whole; j < count; j += 16) {
     const __mmask16 lanes = count - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (count - j)) - 1);
     store_codes(exp_avg + j, lanes, _mm512_cvtepi32_epi8(encoder.signed_codes(_mm512_maskz_loadu_ps(lanes, m + j))));
@@ -353,19 +397,47 @@ SLTRAIN_AVX512 void encode_block_avx512(int64_t count, const float* __restrict m
                 _mm512_cvtusepi32_epi8(encoder.unsigned_codes(_mm512_maskz_loadu_ps(lanes, sqrt_v + j))));
   }
 }
+// A whole block on a VBMI machine: adam8bit_block's decode, update and
+// encode in one function with every trip count known at compile time, the
+// codecs inlined (no calls through pointers, no tail handling), so that the
+// compiler and the out-of-order core overlap the three. The same arithmetic
+// and codes as adam8bit_block, bit for bit: the update is the same inlined
+// loop, and the codecs are the ones CodecKernels picks on such a machine.
+template <bool kDecoupled, class P>
+SLTRAIN_AVX512_VBMI void adam8bit_whole_block_vbmi(P* __restrict param, const P* __restrict grad,
+                                                   int8_t* __restrict exp_avg, float* exp_avg_absmax,
+                                                   uint8_t* __restrict sqrt_exp_avg_sq, float* sqrt_exp_avg_sq_absmax,
+                                                   const AdamScalars<float>& scalars) {
+  const BytePlanes& tables = byte_planes();
+  alignas(64) float m[kQuantBlock], sqrt_v[kQuantBlock];
+  for (int64_t j = 0; j < kQuantBlock; j += 64) {
+    decode_64(exp_avg + j, tables.plane[0], m + j);
+    decode_64(sqrt_exp_avg_sq + j, tables.plane[1], sqrt_v + j);
+  }
+  const BlockAbsmaxes absmax = update_block<kDecoupled>(kQuantBlock, param, grad, m, sqrt_v,
+                                                        {*exp_avg_absmax, *sqrt_exp_avg_sq_absmax}, scalars);
+  const Encoder encoder(encoder_scale(absmax.m), encoder_scale(absmax.sqrt_v));
+  for (int64_t j = 0; j < kQuantBlock; j += 64) encode_64(encoder, m + j, sqrt_v + j, exp_avg + j, sqrt_exp_avg_sq + j);
+  *exp_avg_absmax = absmax.m;
+  *sqrt_exp_avg_sq_absmax = absmax.sqrt_v;
+}
 #pragma GCC diagnostic pop
+#undef SLTRAIN_AVX512_VBMI
 #undef SLTRAIN_AVX512
 #endif
 
-// The decoder and encoder of this machine, chosen once.
+// The decoder and encoder of this machine, chosen once, and whether whole
+// blocks go to adam8bit_whole_block_vbmi.
 struct CodecKernels {
   decltype(&decode_block_portable) decode = decode_block_portable;
   decltype(&encode_block_portable) encode = encode_block_portable;
+  bool whole_blocks_vbmi = false;
   CodecKernels() {
 #if defined(__x86_64__) && defined(__GNUC__)
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl")) {
-      decode = __builtin_cpu_supports("avx512vbmi") ? decode_block_avx512_vbmi : decode_block_avx512;
+      whole_blocks_vbmi = __builtin_cpu_supports("avx512vbmi");
+      decode = whole_blocks_vbmi ? decode_block_avx512_vbmi : decode_block_avx512;
       encode = encode_block_avx512;
     }
 #endif
@@ -390,37 +462,26 @@ struct CodecKernels {
 //   decode 3.1-3.8 ms, whole 5.3 ms (1.43x). The update loop alone is within
 //   reach of the 32-bit step; the encode's instructions are most of the rest.
 // One code block of count <= kQuantBlock elements: decode against the old
-// absmaxes, the 32-bit update, the new absmaxes, re-encode. The update loop
-// sees only 32-bit types, so it vectorises without spilling; the absmaxes are
-// integer maxima of the float bits (the same order for non-negative floats;
-// a NaN moment wins and makes its block's absmax NaN instead of vanishing from it).
+// absmaxes, the 32-bit update, the new absmaxes, re-encode.
 template <bool kDecoupled, class P>
 SLTRAIN_SIMD_CLONES_WITH_AVX512 void adam8bit_block(int64_t count, P* __restrict param, const P* __restrict grad,
                                         int8_t* __restrict exp_avg, float* exp_avg_absmax,
                                         uint8_t* __restrict sqrt_exp_avg_sq, float* sqrt_exp_avg_sq_absmax,
                                         const AdamScalars<float>& scalars, const CodecKernels& codec) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (count == kQuantBlock && codec.whole_blocks_vbmi) {
+    adam8bit_whole_block_vbmi<kDecoupled>(param, grad, exp_avg, exp_avg_absmax, sqrt_exp_avg_sq,
+                                          sqrt_exp_avg_sq_absmax, scalars);
+    return;
+  }
+#endif
   float m[kQuantBlock], sqrt_v[kQuantBlock];
   codec.decode(count, exp_avg, sqrt_exp_avg_sq, m, sqrt_v);
-  const float m_absmax_old = *exp_avg_absmax, sqrt_v_absmax_old = *sqrt_exp_avg_sq_absmax;
-  uint32_t m_absmax_bits = 0, sqrt_v_absmax_bits = 0;
-  for (int64_t j = 0; j < count; ++j) {
-    float m_j = m_absmax_old * m[j];
-    const float old_sqrt_v = sqrt_v_absmax_old * sqrt_v[j];
-    float v_j = old_sqrt_v * old_sqrt_v;
-    float p = load<float>(param[j]);
-    scalars.template update_as<kDecoupled>(p, load<float>(grad[j]), m_j, v_j);
-    param[j] = store<P>(p);
-    m[j] = m_j;
-    sqrt_v[j] = std::sqrt(v_j);
-    m_absmax_bits = std::max(m_absmax_bits, bits_of(std::fabs(m_j)));
-    sqrt_v_absmax_bits = std::max(sqrt_v_absmax_bits, bits_of(sqrt_v[j]));
-  }
-  const float m_absmax = from_bits(m_absmax_bits), sqrt_v_absmax = from_bits(sqrt_v_absmax_bits);
-  const float m_scale = m_absmax > 0.0f ? 1.0f / m_absmax : 0.0f;
-  const float sqrt_v_scale = sqrt_v_absmax > 0.0f ? 1.0f / sqrt_v_absmax : 0.0f;
-  codec.encode(count, m, sqrt_v, m_scale, sqrt_v_scale, exp_avg, sqrt_exp_avg_sq);
-  *exp_avg_absmax = m_absmax;
-  *sqrt_exp_avg_sq_absmax = sqrt_v_absmax;
+  const BlockAbsmaxes absmax = update_block<kDecoupled>(count, param, grad, m, sqrt_v,
+                                                        {*exp_avg_absmax, *sqrt_exp_avg_sq_absmax}, scalars);
+  codec.encode(count, m, sqrt_v, encoder_scale(absmax.m), encoder_scale(absmax.sqrt_v), exp_avg, sqrt_exp_avg_sq);
+  *exp_avg_absmax = absmax.m;
+  *sqrt_exp_avg_sq_absmax = absmax.sqrt_v;
 }
 
 }  // namespace
