@@ -397,29 +397,56 @@ SLTRAIN_AVX512 void encode_block_avx512(int64_t count, const float* __restrict m
                 _mm512_cvtusepi32_epi8(encoder.unsigned_codes(_mm512_maskz_loadu_ps(lanes, sqrt_v + j))));
   }
 }
-// A whole block on a VBMI machine: adam8bit_block's decode, update and
-// encode in one function with every trip count known at compile time, the
-// codecs inlined (no calls through pointers, no tail handling), so that the
-// compiler and the out-of-order core overlap the three. The same arithmetic
-// and codes as adam8bit_block, bit for bit: the update is the same inlined
-// loop, and the codecs are the ones CodecKernels picks on such a machine.
+// Whole blocks on a VBMI machine, software-pipelined: adam8bit_block's
+// decode, update and encode with the codecs inlined and every trip count
+// known, and the encode of each block (which must wait for the block's
+// absmaxes) done a quarter at a time between the quarters of the next
+// block's update. The update streams the parameters and gradients from
+// memory and waits on the divider; the encode is integer work on the
+// moments in L1: interleaved, one hides the other. The same arithmetic and
+// codes as adam8bit_block, bit for bit: the update is the same inlined loop
+// (the absmaxes of the quarters combine by the same integer maximum), and
+// the codecs are the ones CodecKernels picks on such a machine.
 template <bool kDecoupled, class P>
-SLTRAIN_AVX512_VBMI void adam8bit_whole_block_vbmi(P* __restrict param, const P* __restrict grad,
-                                                   int8_t* __restrict exp_avg, float* exp_avg_absmax,
-                                                   uint8_t* __restrict sqrt_exp_avg_sq, float* sqrt_exp_avg_sq_absmax,
-                                                   const AdamScalars<float>& scalars) {
+SLTRAIN_AVX512_VBMI void adam8bit_whole_blocks_vbmi(int64_t blocks, P* __restrict param, const P* __restrict grad,
+                                                    int8_t* __restrict exp_avg, float* exp_avg_absmax,
+                                                    uint8_t* __restrict sqrt_exp_avg_sq,
+                                                    float* sqrt_exp_avg_sq_absmax, const AdamScalars<float>& scalars) {
+  constexpr int64_t kQuarter = kQuantBlock / 4;  // encode_64's width
   const BytePlanes& tables = byte_planes();
-  alignas(64) float m[kQuantBlock], sqrt_v[kQuantBlock];
-  for (int64_t j = 0; j < kQuantBlock; j += 64) {
-    decode_64(exp_avg + j, tables.plane[0], m + j);
-    decode_64(sqrt_exp_avg_sq + j, tables.plane[1], sqrt_v + j);
+  alignas(64) float m[2][kQuantBlock], sqrt_v[2][kQuantBlock];  // this block's moments, and the last one's
+  Encoder last_encoder(0.0f, 0.0f);
+  for (int64_t block = 0; block <= blocks; ++block) {
+    float* const this_m = m[block % 2];
+    float* const this_sqrt_v = sqrt_v[block % 2];
+    const float* const last_m = m[1 - block % 2];
+    const float* const last_sqrt_v = sqrt_v[1 - block % 2];
+    const int64_t first = block * kQuantBlock, last_first = first - kQuantBlock;
+    if (block == blocks) {  // the pipeline's drain: the last block's encode alone
+      for (int64_t j = 0; j < kQuantBlock; j += kQuarter) {
+        encode_64(last_encoder, last_m + j, last_sqrt_v + j, exp_avg + last_first + j, sqrt_exp_avg_sq + last_first + j);
+      }
+      break;
+    }
+    for (int64_t j = 0; j < kQuantBlock; j += kQuarter) {
+      decode_64(exp_avg + first + j, tables.plane[0], this_m + j);
+      decode_64(sqrt_exp_avg_sq + first + j, tables.plane[1], this_sqrt_v + j);
+    }
+    const BlockAbsmaxes old{exp_avg_absmax[block], sqrt_exp_avg_sq_absmax[block]};
+    uint32_t m_absmax_bits = 0, sqrt_v_absmax_bits = 0;
+    for (int64_t j = 0; j < kQuantBlock; j += kQuarter) {
+      const BlockAbsmaxes quarter = update_block<kDecoupled>(kQuarter, param + first + j, grad + first + j,
+                                                             this_m + j, this_sqrt_v + j, old, scalars);
+      m_absmax_bits = std::max(m_absmax_bits, bits_of(quarter.m));
+      sqrt_v_absmax_bits = std::max(sqrt_v_absmax_bits, bits_of(quarter.sqrt_v));
+      if (block > 0) {
+        encode_64(last_encoder, last_m + j, last_sqrt_v + j, exp_avg + last_first + j, sqrt_exp_avg_sq + last_first + j);
+      }
+    }
+    exp_avg_absmax[block] = from_bits(m_absmax_bits);
+    sqrt_exp_avg_sq_absmax[block] = from_bits(sqrt_v_absmax_bits);
+    last_encoder = Encoder(encoder_scale(exp_avg_absmax[block]), encoder_scale(sqrt_exp_avg_sq_absmax[block]));
   }
-  const BlockAbsmaxes absmax = update_block<kDecoupled>(kQuantBlock, param, grad, m, sqrt_v,
-                                                        {*exp_avg_absmax, *sqrt_exp_avg_sq_absmax}, scalars);
-  const Encoder encoder(encoder_scale(absmax.m), encoder_scale(absmax.sqrt_v));
-  for (int64_t j = 0; j < kQuantBlock; j += 64) encode_64(encoder, m + j, sqrt_v + j, exp_avg + j, sqrt_exp_avg_sq + j);
-  *exp_avg_absmax = absmax.m;
-  *sqrt_exp_avg_sq_absmax = absmax.sqrt_v;
 }
 #pragma GCC diagnostic pop
 #undef SLTRAIN_AVX512_VBMI
@@ -427,7 +454,7 @@ SLTRAIN_AVX512_VBMI void adam8bit_whole_block_vbmi(P* __restrict param, const P*
 #endif
 
 // The decoder and encoder of this machine, chosen once, and whether whole
-// blocks go to adam8bit_whole_block_vbmi.
+// blocks go to adam8bit_whole_blocks_vbmi.
 struct CodecKernels {
   decltype(&decode_block_portable) decode = decode_block_portable;
   decltype(&encode_block_portable) encode = encode_block_portable;
@@ -468,13 +495,6 @@ SLTRAIN_SIMD_CLONES_WITH_AVX512 void adam8bit_block(int64_t count, P* __restrict
                                         int8_t* __restrict exp_avg, float* exp_avg_absmax,
                                         uint8_t* __restrict sqrt_exp_avg_sq, float* sqrt_exp_avg_sq_absmax,
                                         const AdamScalars<float>& scalars, const CodecKernels& codec) {
-#if defined(__x86_64__) && defined(__GNUC__)
-  if (count == kQuantBlock && codec.whole_blocks_vbmi) {
-    adam8bit_whole_block_vbmi<kDecoupled>(param, grad, exp_avg, exp_avg_absmax, sqrt_exp_avg_sq,
-                                          sqrt_exp_avg_sq_absmax, scalars);
-    return;
-  }
-#endif
   float m[kQuantBlock], sqrt_v[kQuantBlock];
   codec.decode(count, exp_avg, sqrt_exp_avg_sq, m, sqrt_v);
   const BlockAbsmaxes absmax = update_block<kDecoupled>(count, param, grad, m, sqrt_v,
@@ -502,7 +522,17 @@ void adam8bit_step(int64_t numel, P* param, const P* grad, int8_t* exp_avg, floa
   const AdamScalars<float> scalars(hyper);
   const int64_t blocks = (numel + kQuantBlock - 1) / kQuantBlock;
   static const CodecKernels codec;
+  const int64_t whole_blocks = numel / kQuantBlock;
   parallel_for(0, blocks, 64, [&](int64_t block_begin, int64_t block_end) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (codec.whole_blocks_vbmi && block_begin < whole_blocks) {
+      const int64_t whole_end = std::min(block_end, whole_blocks), first = block_begin * kQuantBlock;
+      const auto run = scalars.decoupled ? adam8bit_whole_blocks_vbmi<true, P> : adam8bit_whole_blocks_vbmi<false, P>;
+      run(whole_end - block_begin, param + first, grad + first, exp_avg + first, exp_avg_absmax + block_begin,
+          sqrt_exp_avg_sq + first, sqrt_exp_avg_sq_absmax + block_begin, scalars);
+      block_begin = whole_end;
+    }
+#endif
     for (int64_t block = block_begin; block < block_end; ++block) {
       const int64_t first = block * kQuantBlock;
       const auto run = scalars.decoupled ? adam8bit_block<true, P> : adam8bit_block<false, P>;
