@@ -473,21 +473,24 @@ struct CodecKernels {
 
 // Work per element (float32 parameters):
 //   32-bit step: loads p, g, m, v (16 B), stores p, m, v (12 B); 8 multiplies
-//     or adds, 2 divisions, 1 square root. Memory-bound on a quiet machine.
+//     or adds, 2 divisions, 1 square root. Memory-bound on a quiet machine
+//     (an AVX-512 clone of its loop measured no faster with aligned buffers).
 //   8-bit step: loads p, g (8 B) and two codes (2 B), stores p (4 B) and two
 //     codes (2 B), plus 8 B of absmaxes per 256 elements: 16 B. The same
-//     arithmetic (its update loop: 26 AVX-512 instructions per 16 elements,
+//     arithmetic (its update loop: 27 AVX-512 instructions per 16 elements,
 //     with the 2 divisions and the square root), and on top, per 16 elements
 //     and for both moments: the decode, about 14 instructions (VBMI byte
-//     permutes; 35 with AVX-512F permutes alone); the absmaxes, 2; the
-//     encode, about 45 (one permute per code); and the block's moments
-//     through L1 between the passes (4 stores and 4 loads). About 5.5 vector
-//     instructions an element against the 32-bit step's 1.6 (on AVX2
-//     machines: the portable decode and encode below).
-//   Measured (bench_cpu_adam, one thread, 8 M elements, a quiet moment of
-//   2026-11-27): 32-bit 3.7 ms; 8-bit update loop alone 2.6-3.0 ms, with the
-//   decode 3.1-3.8 ms, whole 5.3 ms (1.43x). The update loop alone is within
-//   reach of the 32-bit step; the encode's instructions are most of the rest.
+//     permutes); the absmaxes, 2 (and a horizontal maximum per quarter
+//     block); the encode, about 33 (two table permutes per code, the codes
+//     narrowed by packs); the moments through L1 between the passes. About
+//     5 vector instructions an element against the 32-bit step's 1.6, so
+//     compute-bound: adam8bit_whole_blocks_vbmi overlaps the encode with the
+//     next block's update, which waits on memory and the divider (interleaving
+//     the decode too measured slower: its tables and the encoder's do not fit
+//     in the registers together). On AVX2 machines: the portable codecs.
+//   Measured (bench_cpu_adam, one thread, 8 M elements, process CPU time on
+//   the shared VM, 2026-11-27): 32-bit 3.9-4.2 ms, 8-bit 4.1 ms (0.97-1.04x;
+//   5.2 ms, 1.24-1.32x, before the pipelining and the table encoder).
 // One code block of count <= kQuantBlock elements: decode against the old
 // absmaxes, the 32-bit update, the new absmaxes, re-encode.
 template <bool kDecoupled, class P>
