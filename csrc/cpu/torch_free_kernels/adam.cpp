@@ -454,13 +454,14 @@ SLTRAIN_AVX512_VBMI void adam8bit_whole_blocks_vbmi(int64_t blocks, P* __restric
 #endif
 
 // The decoder and encoder of this machine, chosen once, and whether whole
-// blocks go to adam8bit_whole_blocks_vbmi.
+// blocks go to adam8bit_whole_blocks_vbmi. SLTRAIN_PORTABLE_CODECS keeps the
+// portable ones (the ctest cpu_kernels_portable_codecs: what AVX2 machines run).
 struct CodecKernels {
   decltype(&decode_block_portable) decode = decode_block_portable;
   decltype(&encode_block_portable) encode = encode_block_portable;
   bool whole_blocks_vbmi = false;
   CodecKernels() {
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(SLTRAIN_PORTABLE_CODECS)
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl")) {
       whole_blocks_vbmi = __builtin_cpu_supports("avx512vbmi");
