@@ -373,8 +373,9 @@ SLTRAIN_AVX512 void store_64_unsigned(uint8_t* codes, const __m512i (&code)[4]) 
 }
 
 // Inlined, so that the encoder's tables stay in registers across a block.
-SLTRAIN_AVX512 __attribute__((always_inline)) inline void encode_64(const Encoder& encoder, const float* m, const float* sqrt_v, int8_t* exp_avg,
-                              uint8_t* sqrt_exp_avg_sq) {
+SLTRAIN_AVX512 __attribute__((always_inline)) inline void encode_64(const Encoder& encoder, const float* m,
+                                                                    const float* sqrt_v, int8_t* exp_avg,
+                                                                    uint8_t* sqrt_exp_avg_sq) {
   __m512i m_code[4], sqrt_v_code[4];
   for (int part = 0; part < 4; ++part) {
     m_code[part] = encoder.signed_codes(_mm512_loadu_ps(m + 16 * part));
@@ -397,6 +398,7 @@ SLTRAIN_AVX512 void encode_block_avx512(int64_t count, const float* __restrict m
                 _mm512_cvtusepi32_epi8(encoder.unsigned_codes(_mm512_maskz_loadu_ps(lanes, sqrt_v + j))));
   }
 }
+
 // Whole blocks on a VBMI machine, software-pipelined: adam8bit_block's
 // decode, update and encode with the codecs inlined and every trip count
 // known, and the encode of each block (which must wait for the block's
@@ -416,18 +418,12 @@ SLTRAIN_AVX512_VBMI void adam8bit_whole_blocks_vbmi(int64_t blocks, P* __restric
   const BytePlanes& tables = byte_planes();
   alignas(64) float m[2][kQuantBlock], sqrt_v[2][kQuantBlock];  // this block's moments, and the last one's
   Encoder last_encoder(0.0f, 0.0f);
-  for (int64_t block = 0; block <= blocks; ++block) {
+  for (int64_t block = 0; block < blocks; ++block) {
     float* const this_m = m[block % 2];
     float* const this_sqrt_v = sqrt_v[block % 2];
     const float* const last_m = m[1 - block % 2];
     const float* const last_sqrt_v = sqrt_v[1 - block % 2];
     const int64_t first = block * kQuantBlock, last_first = first - kQuantBlock;
-    if (block == blocks) {  // the pipeline's drain: the last block's encode alone
-      for (int64_t j = 0; j < kQuantBlock; j += kQuarter) {
-        encode_64(last_encoder, last_m + j, last_sqrt_v + j, exp_avg + last_first + j, sqrt_exp_avg_sq + last_first + j);
-      }
-      break;
-    }
     for (int64_t j = 0; j < kQuantBlock; j += kQuarter) {
       decode_64(exp_avg + first + j, tables.plane[0], this_m + j);
       decode_64(sqrt_exp_avg_sq + first + j, tables.plane[1], this_sqrt_v + j);
@@ -447,22 +443,35 @@ SLTRAIN_AVX512_VBMI void adam8bit_whole_blocks_vbmi(int64_t blocks, P* __restric
     sqrt_exp_avg_sq_absmax[block] = from_bits(sqrt_v_absmax_bits);
     last_encoder = Encoder(encoder_scale(exp_avg_absmax[block]), encoder_scale(sqrt_exp_avg_sq_absmax[block]));
   }
+  // The pipeline's drain: the last block's encode alone.
+  const int64_t last = blocks - 1, last_first = last * kQuantBlock;
+  for (int64_t j = 0; j < kQuantBlock; j += kQuarter) {
+    encode_64(last_encoder, m[last % 2] + j, sqrt_v[last % 2] + j, exp_avg + last_first + j,
+              sqrt_exp_avg_sq + last_first + j);
+  }
 }
 #pragma GCC diagnostic pop
 #undef SLTRAIN_AVX512_VBMI
 #undef SLTRAIN_AVX512
 #endif
 
+// SLTRAIN_PORTABLE_CODECS keeps the portable codecs on any machine (the
+// ctest cpu_kernels_portable_codecs: what AVX2 machines run).
+#if defined(SLTRAIN_PORTABLE_CODECS)
+constexpr bool kPortableCodecsOnly = true;
+#else
+constexpr bool kPortableCodecsOnly = false;
+#endif
+
 // The decoder and encoder of this machine, chosen once, and whether whole
-// blocks go to adam8bit_whole_blocks_vbmi. SLTRAIN_PORTABLE_CODECS keeps the
-// portable ones (the ctest cpu_kernels_portable_codecs: what AVX2 machines run).
+// blocks go to adam8bit_whole_blocks_vbmi.
 struct CodecKernels {
   decltype(&decode_block_portable) decode = decode_block_portable;
   decltype(&encode_block_portable) encode = encode_block_portable;
   bool whole_blocks_vbmi = false;
   CodecKernels() {
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(SLTRAIN_PORTABLE_CODECS)
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (!kPortableCodecsOnly && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl")) {
       whole_blocks_vbmi = __builtin_cpu_supports("avx512vbmi");
       decode = whole_blocks_vbmi ? decode_block_avx512_vbmi : decode_block_avx512;
