@@ -68,6 +68,12 @@ struct Octave<16> {
                                           1.7186192981f, 1.7947090750f, 1.8741676341f, 1.9571441242f};
 };
 
+// The 23-bit mantissa field of midpoint j: (midpoint - 1) * 2^23 is exact for floats in [1, 2).
+template <int Steps>
+SLTRAIN_HOST_DEVICE constexpr uint32_t midpoint_field(int j) {
+  return uint32_t((Octave<Steps>::kMidpoint[j] - 1.0f) * 8388608.0f);
+}
+
 // One octave's codes as the encoder and decoder read them: the steps, and
 // for each of 128 equal bins of the mantissa range [1, 2) one word holding
 // how many midpoints lie at or below the bin's start (bits 24-31) and the
@@ -85,9 +91,7 @@ struct Table {
       const float start = 1.0f + float(b) / 128.0f;
       uint32_t below = 0;
       for (int j = 0; j < Steps; ++j) below += Octave<Steps>::kMidpoint[j] <= start ? 1 : 0;
-      // The midpoint's mantissa field: (midpoint - 1) * 2^23 is exact for floats in [1, 2).
-      const uint32_t next = below < Steps ? uint32_t((Octave<Steps>::kMidpoint[below] - 1.0f) * 8388608.0f)
-                                          : (1u << 23);
+      const uint32_t next = below < Steps ? midpoint_field<Steps>(int(below)) : (1u << 23);
       bin[b] = (below << 24) | next;
     }
   }

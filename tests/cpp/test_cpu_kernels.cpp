@@ -304,6 +304,57 @@ void test_adam8bit_kernel_every_mantissa() {
   expect(mismatches == 0, "the 8-bit kernel encodes every mantissa as quant8.h does");
 }
 
+template <class P>
+P parameter_of(float x) {
+  if constexpr (std::is_same_v<P, bf16>) {
+    return to_bf16(x);
+  } else if constexpr (std::is_same_v<P, fp16>) {
+    return to_fp16(x);
+  } else {
+    return x;
+  }
+}
+
+// The 8-bit step over a whole tensor (the blocks of each thread's chunk
+// software-pipelined, each block's encode overlapping the next one's update,
+// then the partial last block) against the same step taken one block per
+// call: the same parameters, codes and absmaxes, bit for bit, over several
+// steps. A block encoded with a neighbour's absmaxes, or its moments mixed up
+// with the block decoded after it, would differ.
+template <class P>
+void test_adam8bit_whole_tensor_equals_block_by_block(const char* what) {
+  const int64_t n = 150 * kQuantBlock + 100, blocks = n / kQuantBlock + 1;  // two threads' chunks and a tail
+  std::mt19937 gen(11);
+  std::normal_distribution<float> normal;
+  std::uniform_real_distribution<float> octave(-12.0f, 2.0f);
+  std::vector<P> param_whole(n), param_blocks(n), grad(n);
+  for (int64_t i = 0; i < n; ++i) param_whole[i] = param_blocks[i] = parameter_of<P>(normal(gen));
+  std::vector<int8_t> m_whole(n, 0), m_blocks(n, 0);
+  std::vector<uint8_t> v_whole(n, 0), v_blocks(n, 0);
+  std::vector<float> m_absmax_whole(blocks, 0.0f), m_absmax_blocks(blocks, 0.0f);
+  std::vector<float> v_absmax_whole(blocks, 0.0f), v_absmax_blocks(blocks, 0.0f);
+  bool equal = true;
+  for (int64_t step = 1; step <= 3; ++step) {
+    // Gradients of very different sizes from block to block.
+    for (int64_t i = 0; i < n; ++i) grad[i] = parameter_of<P>(normal(gen) * std::exp2(octave(gen) + float(i / kQuantBlock % 9)));
+    const AdamHyper hyper{1e-3, 0.9, 0.999, 1e-8, 0.1, step, step != 2};
+    adam8bit_step<P>(n, param_whole.data(), grad.data(), m_whole.data(), m_absmax_whole.data(), v_whole.data(),
+                     v_absmax_whole.data(), hyper);
+    for (int64_t block = 0; block < blocks; ++block) {
+      const int64_t first = block * kQuantBlock;
+      adam8bit_step<P>(std::min(kQuantBlock, n - first), param_blocks.data() + first, grad.data() + first,
+                       m_blocks.data() + first, m_absmax_blocks.data() + block, v_blocks.data() + first,
+                       v_absmax_blocks.data() + block, hyper);
+    }
+    equal &= std::memcmp(param_whole.data(), param_blocks.data(), n * sizeof(P)) == 0;
+    equal &= m_whole == m_blocks && v_whole == v_blocks;
+    equal &= std::memcmp(m_absmax_whole.data(), m_absmax_blocks.data(), blocks * sizeof(float)) == 0;
+    equal &= std::memcmp(v_absmax_whole.data(), v_absmax_blocks.data(), blocks * sizeof(float)) == 0;
+  }
+  std::set<int> codes_seen(m_whole.begin(), m_whole.end());
+  expect(equal && codes_seen.size() > 100, what);
+}
+
 void test_half_round_trips() {
   bool bf16_ok = true, fp16_ok = true;
   for (uint32_t bits = 0; bits < 65536; ++bits) {
@@ -427,6 +478,9 @@ int main() {
   test_adam8bit_first_step();
   test_adam8bit_kernel_codes();
   test_adam8bit_kernel_every_mantissa();
+  test_adam8bit_whole_tensor_equals_block_by_block<float>("8-bit step of a whole tensor equals it block by block, float");
+  test_adam8bit_whole_tensor_equals_block_by_block<bf16>("8-bit step of a whole tensor equals it block by block, bf16");
+  test_adam8bit_whole_tensor_equals_block_by_block<fp16>("8-bit step of a whole tensor equals it block by block, fp16");
   test_half_round_trips();
   std::printf("%d passed, %d failed\n", passes, failures);
   return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
