@@ -15,7 +15,7 @@ import torch
 
 import emulated_cuda
 import sltrain_ext as sl
-from helpers import DTYPES, assert_close, make_problem, reference_forward_backward
+from helpers import DTYPES, assert_close, codes_in_order, make_problem, reference_forward_backward
 
 PATHS = ["factored", "materialized"]
 FAKE_LIBRARY = torch.library.Library("sltrain_emulated_cuda", "FRAGMENT")  # fake kernels the tests add
@@ -280,15 +280,6 @@ def test_fused_adam_groups_of_mixed_dtypes_match_the_cpu(cuda_ops):
             torch.testing.assert_close(actual, expected, rtol=tolerance, atol=tolerance, msg=f"{name}[{i}]")
 
 
-def _unpacked(codes, bits, signed):
-    """Codes as integers in code order (neighbours differ by 1): 8-bit ones as
-    they are; 4-bit nibbles unpacked, the signed ones from sign and magnitude."""
-    if bits == 8:
-        return codes.int()
-    nibbles = torch.stack([codes & 15, codes >> 4], dim=1).flatten().int()
-    return torch.where(nibbles >= 8, 8 - nibbles, nibbles) if signed else nibbles
-
-
 @pytest.mark.parametrize("bits", [8, 4])
 def test_fused_quantised_adam_groups_of_mixed_dtypes_within_one_code_of_the_cpu(cuda_ops, bits):
     block = 256 if bits == 8 else 128
@@ -312,7 +303,7 @@ def test_fused_quantised_adam_groups_of_mixed_dtypes_within_one_code_of_the_cpu(
         torch.testing.assert_close(b, a, rtol=2e-2, atol=1e-3)
     for signed, (cpu_codes, emulated_codes) in zip((True, False), zip(c_cpu, c_emu)):
         for a, b in zip(cpu_codes, emulated_codes):
-            a, b = _unpacked(a, bits, signed), _unpacked(b, bits, signed)
+            a, b = codes_in_order(a, bits, signed), codes_in_order(b, bits, signed)
             assert (a - b).abs().max().item() <= 1
     for a, b in zip(sum(a_cpu, []), sum(a_emu, [])):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=0)
