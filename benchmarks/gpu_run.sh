@@ -91,7 +91,8 @@ SANITIZER_CASES=(
   "test_densify_matches_cpu[dtype2]"
   "test_random_support_equals_cpu[3-5461-8000-9223372036854775807]"
   "test_fused_adam_matches_cpu[dtype2]"
-  "test_fused_adam8bit_within_one_code_of_cpu[dtype2]"
+  "test_fused_quantised_adam_within_one_code_of_cpu[dtype2-8]"
+  "test_fused_quantised_adam_within_one_code_of_cpu[dtype2-4]"
 )
 sanitizer_k=$(printf ' or %s' "${SANITIZER_CASES[@]}")
 sanitizer_k=${sanitizer_k# or }

@@ -9,14 +9,23 @@ Counts, per GPU and one training step, in GiB:
   gradients    bf16, one per trainable parameter; with per-layer updates only
                the largest single parameter's gradient is ever alive
   states       Adam moments: float32 (8 bytes a parameter), or 8-bit (2 bytes
-               plus a float32 absmax per 256) for tensors of >= 4096 elements
+               plus two float32 absmaxes per 256) or 4-bit (1 byte plus two
+               float32 absmaxes per 128) for tensors of >= 4096 elements
   activations  with activation checkpointing: each layer's bf16 input, one
                layer's recomputed activations (Korthikanti et al. 2022,
                s*b*h*(34 + 5*a*s/h) bytes) and the float32 logits
   transient    what the SL layer materialises: naive SLTrain builds a full bf16
                W and dW of the largest matrix; ours at most its 64 MiB workspace
-Every configuration uses float32 Adam states unless it says 8-bit, so the
-columns compare like with like.
+Every configuration uses float32 Adam states unless it says 8- or 4-bit, so
+the columns compare like with like.
+
+memory_check.md checks the model against the tensors themselves: the config
+built on the meta device and converted, its parameters and index buffers
+counted, SLAdamW's own states allocated by a step on meta gradients, the
+per-layer schedule's largest gradient, and the largest layer's transient peak
+from the allocation plan that the emulated CUDA bindings' ledger verifies
+(cuda_layer_model.py; it includes that layer's output and input gradient,
+which the activation term also counts, so it bounds the transient from above).
 
 Per GPU at world size W (memory_scaling.md, `sltrain-train --dist ...`; the
 micro-batch per GPU stays the same):
@@ -48,6 +57,7 @@ GIB = 2**30
 BF16 = 2
 WORKSPACE = 64 * 2**20
 QUANT_BLOCK = 256
+QUANT4_BLOCK = 128
 MIN_8BIT_NUMEL = 4096
 
 METHODS = {
@@ -55,10 +65,13 @@ METHODS = {
     "naive SLTrain + AdamW": dict(sl=True, naive=True, bits=32, per_layer=False),
     "ours + AdamW": dict(sl=True, naive=False, bits=32, per_layer=False),
     "ours + 8-bit + per-layer": dict(sl=True, naive=False, bits=8, per_layer=True),
+    "ours + 4-bit + per-layer": dict(sl=True, naive=False, bits=4, per_layer=True),
     "ours + 8-bit": dict(sl=True, naive=False, bits=8, per_layer=False),
     "ours + AdamW + per-layer": dict(sl=True, naive=False, bits=32, per_layer=True),
 }
-ONE_GPU = ["full-rank AdamW", "naive SLTrain + AdamW", "ours + AdamW", "ours + 8-bit + per-layer"]
+ONE_GPU = ["full-rank AdamW", "naive SLTrain + AdamW", "ours + AdamW", "ours + 8-bit + per-layer",
+           "ours + 4-bit + per-layer"]
+CHECKED = ["ours + 8-bit + per-layer", "ours + 4-bit + per-layer"]  # memory_check.md, LLaMA-7B
 # (method, --dist) pairs the training command accepts: no per-layer under DDP, no 8-bit under FSDP2.
 SCALING = [("full-rank AdamW", "ddp"), ("full-rank AdamW", "fsdp"), ("ours + AdamW", "ddp"), ("ours + 8-bit", "ddp"),
            ("ours + AdamW", "fsdp"), ("ours + AdamW + per-layer", "fsdp")]
@@ -67,6 +80,8 @@ SCALING = [("full-rank AdamW", "ddp"), ("full-rank AdamW", "fsdp"), ("ours + Ada
 def state_bytes(numel: int, bits: int) -> float:
     if bits == 8 and numel >= MIN_8BIT_NUMEL:
         return 2 * numel + 2 * 4 * -(-numel // QUANT_BLOCK)
+    if bits == 4 and numel >= MIN_8BIT_NUMEL:
+        return 2 * -(-numel // 2) + 2 * 4 * -(-numel // QUANT4_BLOCK)
     return 8 * numel
 
 
@@ -100,6 +115,45 @@ def breakdown(config: configs.LlamaConfig, method: dict, batch: int, seq: int) -
         "indices": indices,
         "gradients": BF16 * (max(tensors) if method["per_layer"] else sum(tensors)),
         "states": sum(state_bytes(t, method["bits"]) for t in tensors),
+        "activations": activation_bytes(config, batch, seq),
+        "transient": transient,
+    }
+    parts = {k: v / GIB for k, v in parts.items()}
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def measured_breakdown(config: configs.LlamaConfig, method: dict, batch: int, seq: int) -> dict[str, float]:
+    """`breakdown`'s parts from the tensors: the SLTrain model built on the
+    meta device (no memory) in bf16, SLAdamW's states as its own step
+    allocates them, and the largest SL layer's transient peak from the
+    allocation plan of the CUDA bindings (activations stay analytic)."""
+    import torch
+
+    import sltrain_ext as sl
+    from cuda_layer_model import Layer, materialized_peak
+    from sltrain_ext.llama import LlamaForCausalLM
+
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    sl.convert(model, rank=config.rank, density=config.density, alpha=config.alpha)
+    model = model.to(torch.bfloat16)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = sl.SLAdamW(params, state_bits=method["bits"], min_8bit_numel=MIN_8BIT_NUMEL)
+    for param in params:
+        param.grad = torch.zeros_like(param)
+    optimizer.step()  # on meta tensors: allocates the states, checks the op's arguments, computes nothing
+    grads = [p.grad.numel() * p.grad.element_size() for p in params]
+    layers = [m for m in model.modules() if isinstance(m, sl.SLLinear)]
+    tokens = batch * seq
+    transient = max(materialized_peak(Layer(b=tokens, m=m.out_features, n=m.in_features, r=m.rank,
+                                            nnz=m.col_idx.numel())) for m in layers)
+    parts = {
+        "weights": sum(p.numel() * p.element_size() for p in model.parameters()),
+        "indices": sum(b.numel() * b.element_size() for b in model.buffers() if b.dtype == torch.int32),
+        "gradients": max(grads) if method["per_layer"] else sum(grads),
+        "states": sum(t.numel() * t.element_size() for state in optimizer.state.values()
+                      for t in state.values() if torch.is_tensor(t)),
         "activations": activation_bytes(config, batch, seq),
         "transient": transient,
     }
@@ -171,6 +225,21 @@ def main() -> None:
     write_results(args.out, "memory", meta | {"rows": rows}, "\n".join(lines))
     plot(args.out / "memory.png", rows, keys[:-1])
 
+    check_config = configs.load("7b")
+    checked = [{"method": name, "source": source, **parts} for name in CHECKED
+               for source, parts in (("analytic", breakdown(check_config, METHODS[name], args.batch, args.seq)),
+                                     ("measured", measured_breakdown(check_config, METHODS[name], args.batch,
+                                                                     args.seq)))]
+    lines = [f"LLaMA-7B SLTrain, per-layer updates, micro-batch {args.batch} x {args.seq}, activation checkpointing: "
+             "the analytic model against the tensors (built on the meta device; states from SLAdamW's own step; "
+             "transient: the largest layer's peak from the ledger-checked allocation plan), GiB. "
+             f"Command: `{meta['command']}` ({meta['date']}).", "",
+             "| method | source | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for row in checked:
+        lines.append(f"| {row['method']} | {row['source']} | " + " | ".join(f"{row[k]:.3f}" for k in keys) + " |")
+    lines.append("")
+    write_results(args.out, "memory_check", meta | {"rows": checked}, "\n".join(lines))
+
     scaling = [{"config": name.upper(), "method": method_name, "dist": dist, "world_size": world,
                 **per_gpu(config, METHODS[method_name], dist, world, args.batch, args.seq)}
                for name, config in scaling_configs.items() for method_name, dist in SCALING for world in worlds]
@@ -216,7 +285,8 @@ def plot(path: Path, rows: list[dict], parts: list[str]) -> None:
             values = [r[part] for r in subset]
             ax.bar(range(len(subset)), values, bottom=bottom, label=part)
             bottom = [b + v for b, v in zip(bottom, values)]
-        ax.set_xticks(range(len(subset)), ["full", "naive SL", "ours", "ours 8b+PL"], rotation=30, ha="right")
+        ax.set_xticks(range(len(subset)), ["full", "naive SL", "ours", "ours 8b+PL", "ours 4b+PL"], rotation=30,
+                      ha="right")
         ax.set_title(f"LLaMA-{config}")
     panels[0][0].set_ylabel("GiB per GPU")
     panels[-1][0].legend(fontsize=8)

@@ -10,6 +10,7 @@
 #include <tuple>
 #include <vector>
 
+#include "common/quant4.h"
 #include "common/quant8.h"
 
 namespace sltrain {
@@ -343,7 +344,7 @@ void check_fused_adam8bit(const char* op, at::TensorList params, at::TensorList 
                           at::TensorList exp_avgs, at::TensorList exp_avg_absmaxes,
                           at::TensorList sqrt_exp_avg_sqs, at::TensorList sqrt_exp_avg_sq_absmaxes,
                           double lr, double beta1, double beta2, double eps, double weight_decay,
-                          int64_t step, c10::Device device) {
+                          int64_t step, c10::Device device, int state_bits) {
   check_list_lengths(op, {{"params", params.size()}, {"grads", grads.size()},
                           {"exp_avgs", exp_avgs.size()}, {"exp_avg_absmaxes", exp_avg_absmaxes.size()},
                           {"sqrt_exp_avg_sqs", sqrt_exp_avg_sqs.size()},
@@ -352,13 +353,17 @@ void check_fused_adam8bit(const char* op, at::TensorList params, at::TensorList 
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& param = params[i];
     check_adam_param(op, i, param, grads[i], device);
-    TORCH_CHECK_TYPE(param.scalar_type() != at::kDouble, op, ": `params`[", i,
-                     "] is float64; 8-bit states are for float32, bfloat16 and float16 params");
+    TORCH_CHECK_TYPE(param.scalar_type() != at::kDouble, op, ": `params`[", i, "] is float64; ", state_bits,
+                     "-bit states are for float32, bfloat16 and float16 params");
     const c10::SymInt numel = param.sym_numel();
-    const c10::SymInt blocks = (numel + kQuantBlock - 1) / kQuantBlock;
-    check_adam_state(op, "exp_avgs", i, exp_avgs[i], at::kChar, numel, param);
+    // 8-bit: a code a byte, int8 for the signed moment; 4-bit: two codes a byte, both uint8.
+    const bool four_bit = state_bits == 4;
+    const int64_t block = four_bit ? kQuant4Block : kQuantBlock;
+    const c10::SymInt blocks = (numel + block - 1) / block;
+    const c10::SymInt code_bytes = four_bit ? (numel + 1) / 2 : numel;
+    check_adam_state(op, "exp_avgs", i, exp_avgs[i], four_bit ? at::kByte : at::kChar, code_bytes, param);
     check_adam_state(op, "exp_avg_absmaxes", i, exp_avg_absmaxes[i], at::kFloat, blocks, param);
-    check_adam_state(op, "sqrt_exp_avg_sqs", i, sqrt_exp_avg_sqs[i], at::kByte, numel, param);
+    check_adam_state(op, "sqrt_exp_avg_sqs", i, sqrt_exp_avg_sqs[i], at::kByte, code_bytes, param);
     check_adam_state(op, "sqrt_exp_avg_sq_absmaxes", i, sqrt_exp_avg_sq_absmaxes[i], at::kFloat,
                      blocks, param);
   }

@@ -83,8 +83,9 @@ void check_random_support_fill(const at::Tensor& row_ptr, const at::Tensor& col_
 // Every list and hyper-parameter of fused_adam_ / fused_adam8bit_: equal list
 // lengths, params contiguous on `device` with grads of their dtype and shape,
 // states of the right dtype and size (float32, float64 for float64 params;
-// 8-bit: int8 / uint8 codes and float32 absmaxes per kQuantBlock), and no two
-// tensors sharing memory.
+// 8-bit: int8 / uint8 codes and float32 absmaxes per kQuantBlock; 4-bit,
+// state_bits = 4: uint8 bytes of two codes and absmaxes per kQuant4Block), and
+// no two tensors sharing memory.
 void check_fused_adam(const char* op, at::TensorList params, at::TensorList grads,
                       at::TensorList exp_avgs, at::TensorList exp_avg_sqs, double lr, double beta1,
                       double beta2, double eps, double weight_decay, int64_t step,
@@ -93,7 +94,7 @@ void check_fused_adam8bit(const char* op, at::TensorList params, at::TensorList 
                           at::TensorList exp_avgs, at::TensorList exp_avg_absmaxes,
                           at::TensorList sqrt_exp_avg_sqs, at::TensorList sqrt_exp_avg_sq_absmaxes,
                           double lr, double beta1, double beta2, double eps, double weight_decay,
-                          int64_t step, c10::Device device);
+                          int64_t step, c10::Device device, int state_bits = 8);
 
 // The optional device scalars of a capturable Adam call: `step_tensor` an
 // int64 tensor of one element (the op adds 1 to it and takes the sum as the

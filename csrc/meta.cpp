@@ -92,15 +92,16 @@ void fused_adam_meta(at::TensorList params, at::TensorList grads, at::TensorList
   check_adam_device_scalars("fused_adam_", step_tensor, lr_tensor, device_of(params));
 }
 
-void fused_adam8bit_meta(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-                         at::TensorList exp_avg_absmaxes, at::TensorList sqrt_exp_avg_sqs,
-                         at::TensorList sqrt_exp_avg_sq_absmaxes, double lr, double beta1,
-                         double beta2, double eps, double weight_decay, int64_t step, bool,
-                         const std::optional<Tensor>& step_tensor, const std::optional<Tensor>& lr_tensor) {
-  check_fused_adam8bit("fused_adam8bit_", params, grads, exp_avgs, exp_avg_absmaxes,
-                       sqrt_exp_avg_sqs, sqrt_exp_avg_sq_absmaxes, lr, beta1, beta2, eps,
-                       weight_decay, step, device_of(params));
-  check_adam_device_scalars("fused_adam8bit_", step_tensor, lr_tensor, device_of(params));
+template <int kBits>
+void fused_adam_quantised_meta(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                               at::TensorList exp_avg_absmaxes, at::TensorList sqrt_exp_avg_sqs,
+                               at::TensorList sqrt_exp_avg_sq_absmaxes, double lr, double beta1,
+                               double beta2, double eps, double weight_decay, int64_t step, bool,
+                               const std::optional<Tensor>& step_tensor, const std::optional<Tensor>& lr_tensor) {
+  constexpr const char* op = kBits == 4 ? "fused_adam4bit_" : "fused_adam8bit_";
+  check_fused_adam8bit(op, params, grads, exp_avgs, exp_avg_absmaxes, sqrt_exp_avg_sqs, sqrt_exp_avg_sq_absmaxes,
+                       lr, beta1, beta2, eps, weight_decay, step, device_of(params), kBits);
+  check_adam_device_scalars(op, step_tensor, lr_tensor, device_of(params));
 }
 
 }  // namespace
@@ -112,7 +113,8 @@ TORCH_LIBRARY_IMPL(sltrain, Meta, m) {
   m.impl("sl_matmul_inference", &sltrain::sl_matmul_inference_meta);
   m.impl("densify", &sltrain::densify_meta);
   m.impl("fused_adam_", &sltrain::fused_adam_meta);
-  m.impl("fused_adam8bit_", &sltrain::fused_adam8bit_meta);
+  m.impl("fused_adam8bit_", &sltrain::fused_adam_quantised_meta<8>);
+  m.impl("fused_adam4bit_", &sltrain::fused_adam_quantised_meta<4>);
   m.impl("_random_support_fill", &sltrain::random_support_fill_meta);
   m.impl("validate_support", &sltrain::validate_support_meta);
   m.impl("transpose_support", &sltrain::transpose_support_meta);

@@ -122,6 +122,14 @@ TORCH_LIBRARY(sltrain, m) {
       "Tensor(e!)[] sqrt_exp_avg_sq_absmaxes, float lr, float beta1, float beta2, float eps, "
       "float weight_decay, int step, bool decoupled, Tensor(z!)? step_tensor=None, "
       "Tensor? lr_tensor=None) -> ()");
+  // The same with 4-bit states (csrc/common/quant4.h): uint8 bytes of two codes
+  // each (exp_avg, sqrt(exp_avg_sq)), one float32 absmax per 128.
+  m.def(
+      "fused_adam4bit_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+      "Tensor(c!)[] exp_avg_absmaxes, Tensor(d!)[] sqrt_exp_avg_sqs, "
+      "Tensor(e!)[] sqrt_exp_avg_sq_absmaxes, float lr, float beta1, float beta2, float eps, "
+      "float weight_decay, int step, bool decoupled, Tensor(z!)? step_tensor=None, "
+      "Tensor? lr_tensor=None) -> ()");
   m.def(
       "random_support(int m, int n, int nnz, int seed, Device? device=None) -> (Tensor, Tensor)");
   // The per-device half of random_support: fills preallocated CSR arrays

@@ -7,6 +7,7 @@ from .convert import ConversionReport, convert, merge
 from .nn import LowRankLinear, SLLinear
 from .ops import (
     densify,
+    fused_adam4bit_,
     fused_adam8bit_,
     fused_adam_,
     matmul_config,
@@ -32,6 +33,7 @@ __all__ = [
     "densify",
     "fused_adam_",
     "fused_adam8bit_",
+    "fused_adam4bit_",
     "convert",
     "load_pretrained",
     "matmul_config",

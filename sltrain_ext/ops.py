@@ -11,7 +11,7 @@ argument checks.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -28,6 +28,7 @@ __all__ = [
     "transpose_support",
     "fused_adam_",
     "fused_adam8bit_",
+    "fused_adam4bit_",
     "validate_support",
     "nnz_for_density",
     "set_matmul_config",
@@ -199,13 +200,53 @@ def fused_adam8bit_(
     ``csrc/common/quant8.h``). Zeros are the initial state. Params are float32,
     bfloat16 or float16.
     """
+    _fused_adam_codes(_ops.fused_adam8bit_, params, grads, exp_avgs, exp_avg_absmaxes, sqrt_exp_avg_sqs,
+                      sqrt_exp_avg_sq_absmaxes, lr, beta1, beta2, eps, weight_decay, step, decoupled,
+                      step_tensor, lr_tensor)
+
+
+def fused_adam4bit_(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    exp_avgs: Sequence[Tensor],
+    exp_avg_absmaxes: Sequence[Tensor],
+    sqrt_exp_avg_sqs: Sequence[Tensor],
+    sqrt_exp_avg_sq_absmaxes: Sequence[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    step: int,
+    decoupled: bool = True,
+    step_tensor: Tensor | None = None,
+    lr_tensor: Tensor | None = None,
+) -> None:
+    """``fused_adam8bit_`` with 4-bit block-quantised moments (the code is in
+    ``csrc/common/quant4.h``).
+
+    Per param of ``numel`` elements: ``exp_avgs`` and ``sqrt_exp_avg_sqs``
+    uint8 ``[ceil(numel / 2)]``, two codes a byte (element ``2i`` in the low
+    nibble), and float32 ``[ceil(numel / 128)]`` absmaxes for each. Zeros are
+    the initial state. Params are float32, bfloat16 or float16.
+    """
+    _fused_adam_codes(_ops.fused_adam4bit_, params, grads, exp_avgs, exp_avg_absmaxes, sqrt_exp_avg_sqs,
+                      sqrt_exp_avg_sq_absmaxes, lr, beta1, beta2, eps, weight_decay, step, decoupled,
+                      step_tensor, lr_tensor)
+
+
+def _fused_adam_codes(op: Callable[..., None], params: Sequence[Tensor], grads: Sequence[Tensor],
+                      exp_avgs: Sequence[Tensor], exp_avg_absmaxes: Sequence[Tensor],
+                      sqrt_exp_avg_sqs: Sequence[Tensor], sqrt_exp_avg_sq_absmaxes: Sequence[Tensor], lr: float,
+                      beta1: float, beta2: float, eps: float, weight_decay: float, step: int, decoupled: bool,
+                      step_tensor: Tensor | None, lr_tensor: Tensor | None) -> None:
+    """Calls a block-quantised Adam op with lists (the dispatcher wants lists, not sequences)."""
     if not any((params, grads, exp_avgs, exp_avg_absmaxes, sqrt_exp_avg_sqs, sqrt_exp_avg_sq_absmaxes)):
         return  # nothing to update, and no tensor for the dispatcher to pick a device by
-    _ops.fused_adam8bit_(
-        list(params), list(grads), list(exp_avgs), list(exp_avg_absmaxes), list(sqrt_exp_avg_sqs),
-        list(sqrt_exp_avg_sq_absmaxes), lr, beta1, beta2, eps, weight_decay, step, decoupled,
-        step_tensor, lr_tensor,
-    )
+    op(list(params), list(grads), list(exp_avgs), list(exp_avg_absmaxes), list(sqrt_exp_avg_sqs),
+       list(sqrt_exp_avg_sq_absmaxes), lr, beta1, beta2, eps, weight_decay, step, decoupled,
+       step_tensor, lr_tensor)
 
 
 def validate_support(row_ptr: Tensor, col_idx: Tensor, m: int, n: int) -> None:

@@ -1,5 +1,5 @@
 """``SLAdamW``: AdamW on fused multi-tensor kernels, with per-layer updates and
-8-bit states."""
+8- or 4-bit states."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .ops import fused_adam8bit_, fused_adam_
+from .ops import fused_adam4bit_, fused_adam8bit_, fused_adam_
 
-__all__ = ["SLAdamW", "QUANT_BLOCK"]
+__all__ = ["SLAdamW", "QUANT_BLOCK", "QUANT4_BLOCK"]
 
 QUANT_BLOCK = 256  # elements per absmax of the 8-bit states (csrc/common/quant8.h)
+QUANT4_BLOCK = 128  # elements per absmax of the 4-bit states (csrc/common/quant4.h)
+_STATE_BITS = (4, 8, 32)
 
 
 def _is_sharded(tensor: Tensor) -> bool:
@@ -41,29 +43,38 @@ def _clip_each(grads: list[Tensor], max_norm: float) -> None:
         torch._foreach_mul_(device_grads, list(coefficients.unbind()))
 
 
-_STATE_KEYS = {False: ("exp_avg", "exp_avg_sq"),
-               True: ("exp_avg", "exp_avg_absmax", "sqrt_exp_avg_sq", "sqrt_exp_avg_sq_absmax")}
+_CODE_KEYS = ("exp_avg", "exp_avg_absmax", "sqrt_exp_avg_sq", "sqrt_exp_avg_sq_absmax")
+_STATE_KEYS = {32: ("exp_avg", "exp_avg_sq"), 8: _CODE_KEYS, 4: _CODE_KEYS}
+_FUSED_OPS = {32: fused_adam_, 8: fused_adam8bit_, 4: fused_adam4bit_}
+
+
+def _bits_of(state: dict[str, Any]) -> int:
+    """The precision of a parameter's moments, from their layout: 4-bit codes
+    are bytes of two codes (uint8 `exp_avg`), 8-bit ones int8."""
+    if "sqrt_exp_avg_sq" not in state:
+        return 32
+    return 4 if state["exp_avg"].dtype == torch.uint8 else 8
 
 
 class _Batch:
     """The parameters of one fused call (one device, step count and state
     precision) and their tensors in the op's argument order, gathered once."""
 
-    def __init__(self, eight_bit: bool, step: int, step_tensor: Tensor | None = None) -> None:
-        self.eight_bit = eight_bit
+    def __init__(self, state_bits: int, step: int, step_tensor: Tensor | None = None) -> None:
+        self.state_bits = state_bits
         self.step = step
         # Capturable: the step count in device memory, shared by every state of
         # the batch and advanced by the op itself (self.step is then unused).
         self.step_tensor = step_tensor
         self.params: list[Tensor] = []
         self.states: list[dict[str, Any]] = []
-        self.state_lists: list[list[Tensor]] = [[] for _ in _STATE_KEYS[eight_bit]]
+        self.state_lists: list[list[Tensor]] = [[] for _ in _STATE_KEYS[state_bits]]
         self.sharded = False
 
     def add(self, param: Tensor, state: dict[str, Any]) -> None:
         self.params.append(param)
         self.states.append(state)
-        for bucket, key in zip(self.state_lists, _STATE_KEYS[self.eight_bit]):
+        for bucket, key in zip(self.state_lists, _STATE_KEYS[self.state_bits]):
             bucket.append(state[key])
         self.sharded = self.sharded or _is_sharded(param)
         if self.step_tensor is not None:
@@ -86,7 +97,7 @@ class _Batch:
         return {"step": self.step}
 
     def lists(self) -> list[list[Tensor]]:
-        """params, grads, then the states, as fused_adam_ / fused_adam8bit_ take them.
+        """params, grads, then the states, as fused_adam_ / fused_adam8bit_ / fused_adam4bit_ take them.
         A plain parameter is passed itself, so a new `.data` is followed; FSDP2
         shards are looked up each time (each rank updates its own shard)."""
         lists = [self.params, [param.grad for param in self.params], *self.state_lists]
@@ -104,7 +115,7 @@ class SLAdamW(torch.optim.Optimizer):
     states only).
 
     The update is ``torch.optim.AdamW``'s, applied by one multi-tensor
-    ``torch.ops.sltrain.fused_adam_`` (or ``fused_adam8bit_``) call per group,
+    ``torch.ops.sltrain.fused_adam_`` (or ``fused_adam8bit_``, ``fused_adam4bit_``) call per group,
     device, step count and state precision. Moments are float32 (float64 for
     float64 params), also for bfloat16 params.
 
@@ -112,8 +123,11 @@ class SLAdamW(torch.optim.Optimizer):
         params, lr, betas, eps, weight_decay: as ``torch.optim.AdamW``.
         state_bits: 32, or 8 for block-quantised moments (a logarithmic int8
             code per element and one float32 absmax per 256 elements: 2 bytes of
-            state per parameter instead of 8). Tensors with fewer than
-            ``min_8bit_numel`` elements (norms, biases) keep 32-bit states.
+            state per parameter instead of 8), or 4 (two 4-bit codes a byte and
+            one float32 absmax per 128 elements: 1.06 bytes per parameter;
+            ``csrc/common/quant4.h`` says which codes and why). Tensors with
+            fewer than ``min_8bit_numel`` elements (norms, biases) keep 32-bit
+            states, at 4 bits as at 8.
         per_layer: update each parameter inside ``backward()``, as soon as its
             gradient is complete, and free that gradient at once, so the
             model's gradients never coexist. ``step()`` then only runs the
@@ -173,8 +187,8 @@ class SLAdamW(torch.optim.Optimizer):
             raise ValueError(f"`eps` must be > 0, got {eps}")
         if not weight_decay >= 0.0:
             raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay}")
-        if state_bits not in (8, 32):
-            raise ValueError(f"`state_bits` must be 8 or 32, got {state_bits}")
+        if state_bits not in _STATE_BITS:
+            raise ValueError(f"`state_bits` must be 4, 8 or 32, got {state_bits}")
         if max_grad_norm is not None and not max_grad_norm > 0.0:
             raise ValueError(f"`max_grad_norm` must be > 0 or None, got {max_grad_norm}")
         if not (isinstance(accumulation_steps, int) and accumulation_steps >= 1):
@@ -205,8 +219,8 @@ class SLAdamW(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        if group["state_bits"] not in (8, 32):
-            raise ValueError(f"`state_bits` must be 8 or 32, got {group['state_bits']}")
+        if group["state_bits"] not in _STATE_BITS:
+            raise ValueError(f"`state_bits` must be 4, 8 or 32, got {group['state_bits']}")
         for param in group["params"]:
             self._group_of[param] = group
             if self.per_layer and param.requires_grad:
@@ -217,15 +231,14 @@ class SLAdamW(torch.optim.Optimizer):
         if "step" not in state:
             state["step"] = 0
             state["pending_backwards"] = 0  # per_layer: backward passes accumulated since the last update
-            if group["state_bits"] == 8 and param.numel() >= self.min_8bit_numel and param.dtype != torch.float64:
+            bits = group["state_bits"]
+            if bits != 32 and param.numel() >= self.min_8bit_numel and param.dtype != torch.float64:
                 if _is_sharded(param):
-                    raise ValueError("8-bit states are not supported for sharded (FSDP2/DTensor) parameters yet: "
-                                     "their blocks would not survive resharding; use state_bits=32")
-                blocks = -(-param.numel() // QUANT_BLOCK)
-                state["exp_avg"] = torch.zeros(param.numel(), dtype=torch.int8, device=param.device)
-                state["exp_avg_absmax"] = torch.zeros(blocks, dtype=torch.float32, device=param.device)
-                state["sqrt_exp_avg_sq"] = torch.zeros(param.numel(), dtype=torch.uint8, device=param.device)
-                state["sqrt_exp_avg_sq_absmax"] = torch.zeros(blocks, dtype=torch.float32, device=param.device)
+                    raise ValueError(f"{bits}-bit states are not supported for sharded (FSDP2/DTensor) parameters "
+                                     "yet: their blocks would not survive resharding; use state_bits=32")
+                layout = _code_layout(param.numel(), bits)
+                for key, (dtype, entries) in layout.items():
+                    state[key] = torch.zeros(entries, dtype=dtype, device=param.device)
             else:
                 # zeros_like keeps a DTensor's sharding: states shard with their param.
                 dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
@@ -257,13 +270,13 @@ class SLAdamW(torch.optim.Optimizer):
         batches: dict[tuple, _Batch] = {}
         for param in params:
             state = self._state_of(param, group)
-            eight_bit = "sqrt_exp_avg_sq" in state
+            bits = _bits_of(state)
             step = int(state["step"])  # capturable: a device tensor, read while the plan is built
-            batch_key = (param.device, step, eight_bit)
+            batch_key = (param.device, step, bits)
             if batch_key not in batches:
                 step_tensor = (torch.tensor(step, dtype=torch.int64, device=param.device)
                                if self.capturable else None)
-                batches[batch_key] = _Batch(eight_bit, step, step_tensor)
+                batches[batch_key] = _Batch(bits, step, step_tensor)
             batches[batch_key].add(param, state)
         return list(batches.values())
 
@@ -282,10 +295,7 @@ class SLAdamW(torch.optim.Optimizer):
                  "beta2": beta2, "eps": group["eps"], "weight_decay": group["weight_decay"]}
         for batch in self._plan(group, params):
             step = batch.advance()
-            if batch.eight_bit:
-                fused_adam8bit_(*batch.lists(), **hyper, **step, decoupled=True)
-            else:
-                fused_adam_(*batch.lists(), **hyper, **step, decoupled=True)
+            _FUSED_OPS[batch.state_bits](*batch.lists(), **hyper, **step, decoupled=True)
 
     def _per_layer_update(self, param: Tensor) -> None:
         group = self._group_of[param]
@@ -343,13 +353,26 @@ class SLAdamW(torch.optim.Optimizer):
         # torch.optim replaces the group dicts: per-layer updates must read the new ones.
         self._group_of = {param: group for group in self.param_groups for param in group["params"]}
         # torch.optim casts every floating state tensor to its param's dtype;
-        # ours keep their own (float32 moments of bf16 params, 8-bit codes).
+        # ours keep their own (float32 moments of bf16 params, 8- and 4-bit codes).
         saved_groups = state_dict["param_groups"]
         for saved, group in zip(saved_groups, self.param_groups):
             for param_id, param in zip(saved["params"], group["params"]):
                 for key, value in state_dict["state"].get(param_id, {}).items():
                     if torch.is_tensor(value):
                         self.state[param][key] = value.to(device=param.device, copy=True)
+
+
+def _code_layout(numel: int, bits: int) -> dict[str, tuple[torch.dtype, int]]:
+    """(dtype, entries) of each state tensor of `numel` elements' 8- or 4-bit
+    moments: a code per byte (8-bit, int8 for the signed `exp_avg`) or two
+    (4-bit, uint8 bytes), and a float32 absmax per block."""
+    block = QUANT4_BLOCK if bits == 4 else QUANT_BLOCK
+    blocks = -(-numel // block)
+    code_bytes = -(-numel // 2) if bits == 4 else numel
+    return {"exp_avg": (torch.uint8 if bits == 4 else torch.int8, code_bytes),
+            "exp_avg_absmax": (torch.float32, blocks),
+            "sqrt_exp_avg_sq": (torch.uint8, code_bytes),
+            "sqrt_exp_avg_sq_absmax": (torch.float32, blocks)}
 
 
 def _check_loaded_state(param_id: Any, param: Tensor, state: dict[str, Any]) -> None:
@@ -361,11 +384,12 @@ def _check_loaded_state(param_id: Any, param: Tensor, state: dict[str, Any]) -> 
     if not state:
         return  # not stepped yet: the first update creates the moments
     where = f"SLAdamW.load_state_dict: parameter {param_id} (shape {tuple(param.shape)})"
-    numel, blocks = param.numel(), -(-param.numel() // QUANT_BLOCK)
-    if "sqrt_exp_avg_sq" in state:  # 8-bit: (dtype, entries, >= 0) of each moment
-        layout = {"exp_avg": (torch.int8, numel, False), "exp_avg_absmax": (torch.float32, blocks, True),
-                  "sqrt_exp_avg_sq": (torch.uint8, numel, False),
-                  "sqrt_exp_avg_sq_absmax": (torch.float32, blocks, True)}
+    numel = param.numel()
+    if "sqrt_exp_avg_sq" in state:  # 8- or 4-bit: (dtype, entries, >= 0) of each moment
+        codes = state.get("exp_avg")
+        bits = 4 if torch.is_tensor(codes) and codes.dtype == torch.uint8 else 8
+        layout = {key: (dtype, entries, key.endswith("absmax"))
+                  for key, (dtype, entries) in _code_layout(numel, bits).items()}
     else:
         moment = torch.float64 if param.dtype == torch.float64 else torch.float32
         layout = {"exp_avg": (moment, numel, False), "exp_avg_sq": (moment, numel, True)}

@@ -89,7 +89,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     train.add_argument("--max-bad-steps", type=int, default=10,
                        help="stop after this many consecutive steps with a non-finite loss or gradient, "
                             "each skipped without an update (default 10)")
-    train.add_argument("--state-bits", type=int, choices=(8, 32), default=32, help="SLAdamW moment precision")
+    train.add_argument("--state-bits", type=int, choices=(4, 8, 32), default=32, help="SLAdamW moment precision")
     train.add_argument("--per-layer", action="store_true",
                        help="update each parameter during backward and free its gradient (clipping per parameter)")
     train.add_argument("--checkpointing", action="store_true", help="activation checkpointing per decoder layer")
@@ -208,8 +208,9 @@ def validate_settings(args: argparse.Namespace) -> None:
         raise ValueError("--per-layer cannot be combined with --dist ddp: DDP keeps every gradient in its "
                          "all-reduce buckets (so nothing would be freed) and reduces them after the per-layer "
                          "hooks run; use --dist fsdp, which reduces each gradient before its update")
-    if args.dist == "fsdp" and args.state_bits == 8:
-        raise ValueError("--state-bits 8 cannot be combined with --dist fsdp yet: 8-bit state blocks do not reshard")
+    if args.dist == "fsdp" and args.state_bits != 32:
+        raise ValueError(f"--state-bits {args.state_bits} cannot be combined with --dist fsdp yet: "
+                         f"{args.state_bits}-bit state blocks do not reshard")
     if args.batch_size % (args.accumulation * args.world_size):
         raise ValueError("--batch-size must be a multiple of --accumulation times the number of processes")
     if args.density is not None and not 0.0 < args.density <= 1.0:

@@ -128,3 +128,14 @@ def split_packed_csc(packed: Tensor, n: int, nnz: int) -> tuple[Tensor, Tensor, 
     assert packed.shape == (entry_at + nnz,), f"packed CSC of {tuple(packed.shape)} for n = {n}, nnz = {nnz}"
     pads = torch.cat([packed[n + 1 : row_idx_at], packed[row_idx_at + nnz : entry_at]])
     return packed[: n + 1], packed[row_idx_at : row_idx_at + nnz], packed[entry_at:], pads
+
+
+def codes_in_order(codes: Tensor, bits: int, signed: bool) -> Tensor:
+    """Optimizer-state codes as integers whose neighbouring codes differ by 1,
+    for "within one code" comparisons: 8-bit codes as they are; 4-bit ones
+    (two a byte, low nibble first) unpacked, the signed ones (sign bit 8 and
+    a magnitude) as +-magnitude."""
+    if bits == 8:
+        return codes.int()
+    nibbles = torch.stack([codes & 15, codes >> 4], dim=1).flatten().int()
+    return torch.where(nibbles >= 8, 8 - nibbles, nibbles) if signed else nibbles

@@ -1,4 +1,4 @@
-"""fused_adam_ and fused_adam8bit_ against float64 references."""
+"""fused_adam_, fused_adam8bit_ and fused_adam4bit_ against float64 references."""
 
 import pytest
 import torch
@@ -124,31 +124,118 @@ def test_fused_adam8bit_rejects_float64_and_wrong_state_sizes():
         sl.fused_adam8bit_([p], [p.clone()], **(states | {"sqrt_exp_avg_sqs": [torch.zeros(300, dtype=torch.int8)]}), **hyper)
 
 
-def _adam_lists(eight_bit, seed=3):
+def reference_decode4(codes, absmax, signed, numel):
+    """float64 decoding of the 4-bit codes of csrc/common/quant4.h (two a byte, low nibble first)."""
+    q = torch.stack([codes & 15, codes >> 4], dim=1).flatten()[:numel].double()
+    scale = absmax.double().repeat_interleave(128)[:numel]
+    if signed:
+        magnitude = q.remainder(8)
+        value = torch.where(magnitude == 0, 0.0, torch.exp2(magnitude - 7))
+        return torch.where(q >= 8, -value, value) * scale
+    return torch.exp2((q - 15) / 2) * scale
+
+
+def reference_codes4(x, signed):
+    """The nearest 4-bit code of each float64 value (absmax per block of 128;
+    sqrt(v) nearest in log2), and whether the value lies within 1e-5
+    (relative) of a threshold, where float32 moments may round either way."""
+    absmax = torch.stack([block.abs().max() for block in x.split(128)]).repeat_interleave(128)[: x.numel()]
+    r = x.abs() / absmax
+    if signed:
+        values = torch.tensor([0.0] + [2.0 ** (k - 7) for k in range(1, 8)], dtype=torch.float64)
+        thresholds = (values[1:] + values[:-1]) / 2
+        magnitude = (r.unsqueeze(1) >= thresholds).sum(1)
+        near = ((r.unsqueeze(1) / thresholds - 1).abs() < 1e-5).any(1)
+        return torch.where((x < 0) & (magnitude > 0), magnitude + 8, magnitude), near
+    position = 2 * torch.log2(r)  # <= 0
+    near = ((position - 0.5) - (position - 0.5).round()).abs() < 2e-5
+    return ((position + 0.5).floor() + 15).clamp(0, 15).long(), near
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_fused_adam4bit_step_matches_reference_from_its_own_states(dtype):
+    # One step from random 4-bit states (odd size: the last byte holds a
+    # padding nibble): the param moves exactly as float64 Adam from the decoded
+    # states, the new absmaxes are the new moments', and every new code is the
+    # float64 nearest except within float rounding of a threshold.
+    gen = torch.Generator().manual_seed(2)
+    numel = 1001
+    blocks = -(-numel // 128)
+    param = torch.randn(numel, generator=gen).to(dtype)
+    grad = (torch.randn(numel, generator=gen) * torch.rand(numel, generator=gen).pow(3)).to(dtype)
+    m_codes = torch.randint(0, 256, (numel // 2 + 1,), generator=gen, dtype=torch.uint8)
+    v_codes = torch.randint(0, 256, (numel // 2 + 1,), generator=gen, dtype=torch.uint8)
+    m_absmax, v_absmax = torch.rand(blocks, generator=gen) + 0.5, torch.rand(blocks, generator=gen) * 0.1 + 0.01
+    m0 = reference_decode4(m_codes, m_absmax, True, numel)
+    v0 = reference_decode4(v_codes, v_absmax, False, numel) ** 2
+    lr, beta1, beta2, eps, wd, step = 1e-2, 0.9, 0.99, 1e-8, 0.1, 7
+    p, g = param.double(), grad.double()
+    m1 = beta1 * m0 + (1 - beta1) * g
+    v1 = beta2 * v0 + (1 - beta2) * g * g
+    p1 = p * (1 - lr * wd) - lr * (m1 / (1 - beta1**step)) / ((v1 / (1 - beta2**step)).sqrt() + eps)
+    sl.fused_adam4bit_([param], [grad], [m_codes], [m_absmax], [v_codes], [v_absmax],
+                       lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd, step=step)
+    ulp = {torch.float32: 1e-6, torch.bfloat16: 8e-3, torch.float16: 1e-3}[dtype]
+    assert ((param.double() - p1).abs() <= ulp * p1.abs() + 1e-6).all()
+    for absmax, moment in ((m_absmax, m1), (v_absmax, v1.sqrt())):
+        want = torch.stack([block.abs().max() for block in moment.split(128)])
+        torch.testing.assert_close(absmax.double(), want, rtol=1e-6, atol=0)
+    for codes, moment, signed in ((m_codes, m1, True), (v_codes, v1.sqrt(), False)):
+        got = torch.stack([codes & 15, codes >> 4], dim=1).flatten().long()
+        want, near = reference_codes4(moment, signed)
+        assert (got[:numel] == want)[~near].all() and near.float().mean() < 0.01
+        assert got[numel] == 0  # the padding nibble
+
+
+def test_fused_adam4bit_rejects_8bit_layouts_and_names_the_argument():
+    p = torch.zeros(300)
+    states = dict(exp_avgs=[torch.zeros(150, dtype=torch.uint8)], exp_avg_absmaxes=[torch.zeros(3)],
+                  sqrt_exp_avg_sqs=[torch.zeros(150, dtype=torch.uint8)], sqrt_exp_avg_sq_absmaxes=[torch.zeros(3)])
+    hyper = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, step=1)
+    sl.fused_adam4bit_([p], [torch.ones(300)], **states, **hyper)  # the right layout is accepted
+    with pytest.raises(TypeError, match="fused_adam4bit_: `params`\\[0\\] is float64; 4-bit states"):
+        sl.fused_adam4bit_([p.double()], [p.double()], **states, **hyper)
+    with pytest.raises(TypeError, match="`exp_avgs`\\[0\\] must be Byte"):  # 8-bit's int8 codes
+        sl.fused_adam4bit_([p], [p.clone()], **(states | {"exp_avgs": [torch.zeros(150, dtype=torch.int8)]}), **hyper)
+    with pytest.raises(ValueError, match="`sqrt_exp_avg_sqs`\\[0\\] must be contiguous with 150 entries"):
+        sl.fused_adam4bit_([p], [p.clone()], **(states | {"sqrt_exp_avg_sqs": [torch.zeros(300, dtype=torch.uint8)]}),
+                           **hyper)
+    with pytest.raises(ValueError, match="`exp_avg_absmaxes`\\[0\\] must be contiguous with 3 entries"):
+        sl.fused_adam4bit_([p], [p.clone()], **(states | {"exp_avg_absmaxes": [torch.zeros(2)]}), **hyper)
+    with pytest.raises(ValueError, match="fused_adam4bit_: `sqrt_exp_avg_sq_absmaxes`\\[0\\]\\[1\\] = nan"):
+        sl.fused_adam4bit_([p], [p.clone()], **(states | {"sqrt_exp_avg_sq_absmaxes": [torch.tensor([0.0, float("nan"), 0.0])]}),
+                           **hyper)
+
+
+def _adam_lists(state_bits, seed=3):
     """Params, fixed grads and zero states for a float32 and a bfloat16 tensor."""
     gen = torch.Generator().manual_seed(seed)
     params = [torch.randn(700, generator=gen), torch.randn(5, 100, generator=gen).bfloat16()]
     grads = [torch.randn(p.shape, generator=gen).to(p.dtype) for p in params]
-    if eight_bit:
+    if state_bits == 8:
         blocks = [-(-p.numel() // 256) for p in params]
         states = [[torch.zeros(p.numel(), dtype=torch.int8) for p in params], [torch.zeros(b) for b in blocks],
                   [torch.zeros(p.numel(), dtype=torch.uint8) for p in params], [torch.zeros(b) for b in blocks]]
+    elif state_bits == 4:
+        blocks = [-(-p.numel() // 128) for p in params]
+        states = [[torch.zeros(-(-p.numel() // 2), dtype=torch.uint8) for p in params], [torch.zeros(b) for b in blocks],
+                  [torch.zeros(-(-p.numel() // 2), dtype=torch.uint8) for p in params], [torch.zeros(b) for b in blocks]]
     else:
         states = [[torch.zeros(p.shape) for p in params] for _ in range(2)]
     return params, grads, states
 
 
-@pytest.mark.parametrize("eight_bit", [False, True])
-def test_same_call_with_a_step_tensor_n_times_equals_n_steps(eight_bit):
+@pytest.mark.parametrize("state_bits", [32, 8, 4])
+def test_same_call_with_a_step_tensor_n_times_equals_n_steps(state_bits):
     # What a CUDA graph replay does: the very same arguments each time; the op
     # advances the step count in step_tensor and reads the learning rate from lr_tensor.
-    op = sl.fused_adam8bit_ if eight_bit else sl.fused_adam_
+    op = {32: sl.fused_adam_, 8: sl.fused_adam8bit_, 4: sl.fused_adam4bit_}[state_bits]
     hyper = dict(beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1)
-    params, grads, states = _adam_lists(eight_bit)
+    params, grads, states = _adam_lists(state_bits)
     step_tensor, lr_tensor = torch.zeros((), dtype=torch.int64), torch.tensor(3e-2, dtype=torch.float64)
     for _ in range(5):
         op(params, grads, *states, lr=99.0, step=1000, step_tensor=step_tensor, lr_tensor=lr_tensor, **hyper)
-    eager_params, _, eager_states = _adam_lists(eight_bit)
+    eager_params, _, eager_states = _adam_lists(state_bits)
     for step in range(1, 6):
         op(eager_params, grads, *eager_states, lr=3e-2, step=step, **hyper)
     assert step_tensor.item() == 5
@@ -157,7 +244,7 @@ def test_same_call_with_a_step_tensor_n_times_equals_n_steps(eight_bit):
 
 
 def test_bad_step_or_lr_tensors_are_named_and_change_nothing():
-    params, grads, states = _adam_lists(False)
+    params, grads, states = _adam_lists(32)
     before = [t.clone() for t in params]
     hyper = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, step=1)
     step_tensor = torch.zeros((), dtype=torch.int64)

@@ -15,7 +15,8 @@ import torch
 
 import emulated_cuda
 import sltrain_ext as sl
-from helpers import DTYPES, assert_close, make_problem, reference_forward_backward, reference_weight
+from helpers import (DTYPES, assert_close, codes_in_order, make_problem, reference_forward_backward,
+                     reference_weight)
 
 PATHS = ["factored", "materialized"]
 FAKE_LIBRARY = torch.library.Library("sltrain_emulated_cuda", "FRAGMENT")  # fake kernels the tests add
@@ -280,15 +281,20 @@ def test_fused_adam_groups_of_mixed_dtypes_match_the_cpu(cuda_ops):
             torch.testing.assert_close(actual, expected, rtol=tolerance, atol=tolerance, msg=f"{name}[{i}]")
 
 
-def test_fused_adam8bit_groups_of_mixed_dtypes_within_one_code_of_the_cpu(cuda_ops):
-    sizes = [1, 255, 256, 257, 5461, 16 * 256 + 100]
+@pytest.mark.parametrize("bits", [8, 4])
+def test_fused_quantised_adam_groups_of_mixed_dtypes_within_one_code_of_the_cpu(cuda_ops, bits):
+    block = 256 if bits == 8 else 128
+    sizes = [1, block - 1, block, block + 1, 5461, 16 * block + 101]
     dtypes = [torch.float32, torch.bfloat16, torch.float16] * 2
+    name = f"fused_adam{bits}bit_"
+    code_bytes = [s if bits == 8 else (s + 1) // 2 for s in sizes]
     results = []
-    for op in (torch.ops.sltrain.fused_adam8bit_, cuda_ops.fused_adam8bit_):
+    for op in (getattr(torch.ops.sltrain, name), getattr(cuda_ops, name)):
         gen = torch.Generator().manual_seed(1)
         params = [torch.randn(s, generator=gen).to(d) for s, d in zip(sizes, dtypes)]
-        codes = [[torch.zeros(s, dtype=t) for s in sizes] for t in (torch.int8, torch.uint8)]
-        absmax = [[torch.zeros((s + 255) // 256) for s in sizes] for _ in range(2)]
+        m_dtype = torch.int8 if bits == 8 else torch.uint8
+        codes = [[torch.zeros(n, dtype=t) for n in code_bytes] for t in (m_dtype, torch.uint8)]
+        absmax = [[torch.zeros(-(-s // block)) for s in sizes] for _ in range(2)]
         for step in (1, 2, 3):
             grads = [torch.randn(s, generator=gen).to(d) for s, d in zip(sizes, dtypes)]
             op(params, grads, codes[0], absmax[0], codes[1], absmax[1], 1e-2, 0.9, 0.999, 1e-8, 0.0, step, True)
@@ -296,8 +302,10 @@ def test_fused_adam8bit_groups_of_mixed_dtypes_within_one_code_of_the_cpu(cuda_o
     (p_cpu, c_cpu, a_cpu), (p_emu, c_emu, a_emu) = results
     for a, b in zip(p_cpu, p_emu):
         torch.testing.assert_close(b, a, rtol=2e-2, atol=1e-3)
-    for a, b in zip(sum(c_cpu, []), sum(c_emu, [])):
-        assert (a.int() - b.int()).abs().max().item() <= 1
+    for signed, (cpu_codes, emulated_codes) in zip((True, False), zip(c_cpu, c_emu)):
+        for a, b in zip(cpu_codes, emulated_codes):
+            a, b = codes_in_order(a, bits, signed), codes_in_order(b, bits, signed)
+            assert (a - b).abs().max().item() <= 1
     for a, b in zip(sum(a_cpu, []), sum(a_emu, [])):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=0)
 

@@ -107,7 +107,8 @@ def test_distributed_flags_need_torchrun_and_refuse_what_cannot_work(monkeypatch
     assert "runs under torchrun" in capsys.readouterr().err
     monkeypatch.setenv("WORLD_SIZE", "2")
     for argv, message in ((["--dist", "ddp", "--per-layer"], "--per-layer cannot be combined with --dist ddp"),
-                          (["--dist", "fsdp", "--state-bits", "8"], "--state-bits 8 cannot be combined")):
+                          (["--dist", "fsdp", "--state-bits", "8"], "--state-bits 8 cannot be combined"),
+                          (["--dist", "fsdp", "--state-bits", "4"], "--state-bits 4 cannot be combined")):
         with pytest.raises(SystemExit):
             train.main(argv)
         assert message in capsys.readouterr().err

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import sltrain_ext as sl
-from helpers import DTYPES, assert_close, check_sl_matmul, make_problem
+from helpers import DTYPES, assert_close, check_sl_matmul, codes_in_order, make_problem
 
 pytestmark = pytest.mark.gpu
 
@@ -163,25 +163,30 @@ def test_fused_adam_matches_cpu(dtype):
             torch.testing.assert_close(y.cpu(), x, rtol=tolerance, atol=tolerance, msg=name)
 
 
+@pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_fused_adam8bit_within_one_code_of_cpu(dtype):
-    sizes = [1, 255, 256, 257, 5461, 16 * 256 + 100]
+def test_fused_quantised_adam_within_one_code_of_cpu(dtype, bits):
+    block = 256 if bits == 8 else 128
+    sizes = [1, block - 1, block, block + 1, 5461, 16 * block + 101]
+    code_bytes = [s if bits == 8 else (s + 1) // 2 for s in sizes]
+    op = sl.fused_adam8bit_ if bits == 8 else sl.fused_adam4bit_
     results = {}
     for device in ("cpu", "cuda"):
         gen = torch.Generator().manual_seed(1)
         params = [torch.randn(s, generator=gen).to(dtype).to(device) for s in sizes]
-        states = [[torch.zeros(s, dtype=t, device=device) for s in sizes] for t in (torch.int8, torch.uint8)]
-        absmax = [[torch.zeros((s + 255) // 256, device=device) for s in sizes] for _ in range(2)]
+        m_dtype = torch.int8 if bits == 8 else torch.uint8
+        states = [[torch.zeros(n, dtype=t, device=device) for n in code_bytes] for t in (m_dtype, torch.uint8)]
+        absmax = [[torch.zeros(-(-s // block), device=device) for s in sizes] for _ in range(2)]
         for step in (1, 2, 3):
             grads = [torch.randn(s, generator=gen).to(dtype).to(device) for s in sizes]
-            sl.fused_adam8bit_(params, grads, states[0], absmax[0], states[1], absmax[1], lr=1e-2,
-                               beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, step=step)
+            op(params, grads, states[0], absmax[0], states[1], absmax[1], lr=1e-2,
+               beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, step=step)
         results[device] = (params, states, absmax)
     for p_cpu, p_cuda in zip(results["cpu"][0], results["cuda"][0]):
         torch.testing.assert_close(p_cuda.cpu(), p_cpu, rtol=2e-2, atol=1e-3)
-    for codes_cpu, codes_cuda in zip(results["cpu"][1], results["cuda"][1]):
+    for signed, (codes_cpu, codes_cuda) in zip((True, False), zip(results["cpu"][1], results["cuda"][1])):
         for a, b in zip(codes_cpu, codes_cuda):
-            assert (a.int() - b.cpu().int()).abs().max().item() <= 1
+            assert (codes_in_order(a, bits, signed) - codes_in_order(b.cpu(), bits, signed)).abs().max().item() <= 1
     for a, b in zip(sum(results["cpu"][2], []), sum(results["cuda"][2], [])):
         torch.testing.assert_close(b.cpu(), a, rtol=1e-4, atol=0)
 
@@ -251,7 +256,7 @@ def test_captured_decode_step_replayed_equals_eager():
         assert_close(static_y, model(x).detach().double(), torch.float32, "training forward")
 
 
-@pytest.mark.parametrize("state_bits", [32, 8])
+@pytest.mark.parametrize("state_bits", [32, 8, 4])
 def test_captured_sladamw_step_replayed_n_times_equals_n_eager_steps(state_bits):
     """capturable=True keeps the step counts and a tensor lr on the device, so
     each replay of one captured training step takes the next step (a graph of

@@ -69,6 +69,15 @@ def test_opcheck_fused_adam8bit():
     torch.library.opcheck(ops.fused_adam8bit_.default, args)
 
 
+def test_opcheck_fused_adam4bit():
+    params = [torch.randn(301), torch.randn(2, 200).bfloat16()]  # an odd size: a padding nibble
+    args = (params, [torch.randn_like(p) for p in params],
+            [torch.zeros((p.numel() + 1) // 2, dtype=torch.uint8) for p in params], [torch.zeros(3), torch.zeros(4)],
+            [torch.zeros((p.numel() + 1) // 2, dtype=torch.uint8) for p in params], [torch.zeros(3), torch.zeros(4)],
+            1e-3, 0.9, 0.999, 1e-8, 0.01, 1, True)
+    torch.library.opcheck(ops.fused_adam4bit_.default, args)
+
+
 @pytest.mark.parametrize("op,args", [
     (ops.set_matmul_config.default, ("auto", 64 << 20)),
     (ops.get_matmul_config.default, ()),

@@ -32,7 +32,8 @@ def test_trains_every_method_and_the_loss_decreases(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["results"][0]["method"] == "sltrain"
 
 
-@pytest.mark.parametrize("extra", [[], ["--state-bits", "8", "--per-layer", "--accumulation", "2"]])
+@pytest.mark.parametrize("extra", [[], ["--state-bits", "8", "--per-layer", "--accumulation", "2"],
+                                   ["--state-bits", "4"]])
 def test_resume_continues_exactly(tmp_path, extra):
     common = SMALL + ["--steps", "20", "--method", "sltrain", "--save-every", "7"] + extra
     train.main(common + ["--out", str(tmp_path / "straight")])
@@ -434,7 +435,7 @@ BAD_FLAGS = [
     (["--device", "tpu"], "--device tpu: not a device of this program"),
     (["--device", "cuda:x"], "--device cuda:x: not a device"),
     (["--dist", "ddp"], "--dist ddp runs under torchrun"),
-    (["--state-bits", "4"], "--state-bits: invalid choice"),
+    (["--state-bits", "16"], "--state-bits: invalid choice"),
     (["--resume", "maybe"], "--resume: invalid choice"),
     (["--steps", "many"], "--steps: invalid int value"),
 ]

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 namespace sltrain {
 
@@ -53,5 +54,17 @@ inline fp16 to_fp16(float f) {
 
 inline float to_float(float f) { return f; }
 inline double to_float(double d) { return d; }
+
+// float to a param type P (float, bf16 or fp16), rounding to nearest even.
+template <class P>
+P from_float(float f) {
+  if constexpr (std::is_same_v<P, bf16>) {
+    return to_bf16(f);
+  } else if constexpr (std::is_same_v<P, fp16>) {
+    return to_fp16(f);
+  } else {
+    return f;
+  }
+}
 
 }  // namespace sltrain

@@ -394,30 +394,34 @@ void fused_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
 // over numel / 256 floats per state, before anything is written, so a refused
 // call changes nothing. (The CUDA binding does not copy them to the host on
 // every step; SLAdamW.load_state_dict checks states that come from outside.)
-void check_absmaxes(const char* name, at::TensorList absmaxes) {
+void check_absmaxes(const char* op, const char* name, at::TensorList absmaxes) {
   for (size_t i = 0; i < absmaxes.size(); ++i) {
     const float* data = absmaxes[i].data_ptr<float>();
     const int64_t blocks = absmaxes[i].numel();
     const float* bad =
         std::find_if(data, data + blocks, [](float a) { return !(a >= 0.0f && std::isfinite(a)); });
-    TORCH_CHECK_VALUE(bad == data + blocks, "fused_adam8bit_: `", name, "`[", i, "][", bad - data,
-                      "] = ", *bad, "; every absmax of an 8-bit state must be finite and >= 0 "
+    TORCH_CHECK_VALUE(bad == data + blocks, op, ": `", name, "`[", i, "][", bad - data,
+                      "] = ", *bad, "; every absmax of a quantised state must be finite and >= 0 "
                       "(a damaged optimizer state?)");
   }
 }
 
-void fused_adam8bit_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-                        at::TensorList exp_avg_absmaxes, at::TensorList sqrt_exp_avg_sqs,
-                        at::TensorList sqrt_exp_avg_sq_absmaxes, double lr_arg, double beta1,
-                        double beta2, double eps, double weight_decay, int64_t step_arg,
-                        bool decoupled, const std::optional<Tensor>& step_tensor,
-                        const std::optional<Tensor>& lr_tensor) {
-  const auto [step, lr] = adam_step_and_lr("fused_adam8bit_", step_tensor, lr_tensor, step_arg, lr_arg);
-  check_fused_adam8bit("fused_adam8bit_", params, grads, exp_avgs, exp_avg_absmaxes,
-                       sqrt_exp_avg_sqs, sqrt_exp_avg_sq_absmaxes, lr, beta1, beta2, eps,
-                       weight_decay, step, c10::Device(c10::kCPU));
-  check_absmaxes("exp_avg_absmaxes", exp_avg_absmaxes);
-  check_absmaxes("sqrt_exp_avg_sq_absmaxes", sqrt_exp_avg_sq_absmaxes);
+// fused_adam8bit_ (kBits = 8) and fused_adam4bit_ (kBits = 4): the same
+// arguments, checks and dispatch; only the codes' layout and kernel differ.
+template <int kBits>
+void fused_adam_quantised_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                              at::TensorList exp_avg_absmaxes, at::TensorList sqrt_exp_avg_sqs,
+                              at::TensorList sqrt_exp_avg_sq_absmaxes, double lr_arg, double beta1,
+                              double beta2, double eps, double weight_decay, int64_t step_arg,
+                              bool decoupled, const std::optional<Tensor>& step_tensor,
+                              const std::optional<Tensor>& lr_tensor) {
+  constexpr const char* op = kBits == 4 ? "fused_adam4bit_" : "fused_adam8bit_";
+  const auto [step, lr] = adam_step_and_lr(op, step_tensor, lr_tensor, step_arg, lr_arg);
+  check_fused_adam8bit(op, params, grads, exp_avgs, exp_avg_absmaxes, sqrt_exp_avg_sqs,
+                       sqrt_exp_avg_sq_absmaxes, lr, beta1, beta2, eps, weight_decay, step,
+                       c10::Device(c10::kCPU), kBits);
+  check_absmaxes(op, "exp_avg_absmaxes", exp_avg_absmaxes);
+  check_absmaxes(op, "sqrt_exp_avg_sq_absmaxes", sqrt_exp_avg_sq_absmaxes);
   if (step_tensor) step_tensor->fill_(step);  // only once every argument is valid
   const AdamHyper hyper{lr, beta1, beta2, eps, weight_decay, step, decoupled};
   for (size_t i = 0; i < params.size(); ++i) {
@@ -425,11 +429,18 @@ void fused_adam8bit_cpu(at::TensorList params, at::TensorList grads, at::TensorL
     const Tensor g = grads[i].contiguous();
     const auto step_as = [&](auto* param_type) {
       using P = std::remove_pointer_t<decltype(param_type)>;
-      cpu::adam8bit_step<P>(param.numel(), reinterpret_cast<P*>(param.data_ptr()),
-                            reinterpret_cast<const P*>(g.data_ptr()), exp_avgs[i].data_ptr<int8_t>(),
-                            exp_avg_absmaxes[i].data_ptr<float>(),
-                            sqrt_exp_avg_sqs[i].data_ptr<uint8_t>(),
-                            sqrt_exp_avg_sq_absmaxes[i].data_ptr<float>(), hyper);
+      P* param_data = reinterpret_cast<P*>(param.data_ptr());
+      const P* grad_data = reinterpret_cast<const P*>(g.data_ptr());
+      float* m_absmax = exp_avg_absmaxes[i].data_ptr<float>();
+      float* sqrt_v_absmax = sqrt_exp_avg_sq_absmaxes[i].data_ptr<float>();
+      uint8_t* sqrt_v_codes = sqrt_exp_avg_sqs[i].data_ptr<uint8_t>();
+      if constexpr (kBits == 4) {
+        cpu::adam4bit_step<P>(param.numel(), param_data, grad_data, exp_avgs[i].data_ptr<uint8_t>(), m_absmax,
+                              sqrt_v_codes, sqrt_v_absmax, hyper);
+      } else {
+        cpu::adam8bit_step<P>(param.numel(), param_data, grad_data, exp_avgs[i].data_ptr<int8_t>(), m_absmax,
+                              sqrt_v_codes, sqrt_v_absmax, hyper);
+      }
     };
     switch (param.scalar_type()) {
       case at::kFloat: step_as(static_cast<float*>(nullptr)); break;
@@ -448,7 +459,8 @@ TORCH_LIBRARY_IMPL(sltrain, CPU, m) {
   m.impl("sl_matmul_inference", &sltrain::sl_matmul_inference_cpu);
   m.impl("densify", &sltrain::densify_cpu);
   m.impl("fused_adam_", &sltrain::fused_adam_cpu);
-  m.impl("fused_adam8bit_", &sltrain::fused_adam8bit_cpu);
+  m.impl("fused_adam8bit_", &sltrain::fused_adam_quantised_cpu<8>);
+  m.impl("fused_adam4bit_", &sltrain::fused_adam_quantised_cpu<4>);
   m.impl("_random_support_fill", &sltrain::random_support_fill_cpu);
   m.impl("validate_support", &sltrain::validate_support_cpu);
   m.impl("transpose_support", &sltrain::transpose_support_cpu);

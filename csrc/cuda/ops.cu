@@ -624,16 +624,20 @@ void fused_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList
   groups[at::kHalf].run(cuda::adam_step<__half, float>, hyper, device_scalars);
 }
 
-void fused_adam8bit_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-                         at::TensorList exp_avg_absmaxes, at::TensorList sqrt_exp_avg_sqs,
-                         at::TensorList sqrt_exp_avg_sq_absmaxes, double lr, double beta1,
-                         double beta2, double eps, double weight_decay, int64_t step,
-                         bool decoupled, const std::optional<Tensor>& step_tensor,
-                         const std::optional<Tensor>& lr_tensor) {
-  constexpr const char* op = "fused_adam8bit_";
+// fused_adam8bit_ (Codec = cuda::Codes8) and fused_adam4bit_ (cuda::Codes4).
+template <class Codec>
+void fused_adam_quantised_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                               at::TensorList exp_avg_absmaxes, at::TensorList sqrt_exp_avg_sqs,
+                               at::TensorList sqrt_exp_avg_sq_absmaxes, double lr, double beta1,
+                               double beta2, double eps, double weight_decay, int64_t step,
+                               bool decoupled, const std::optional<Tensor>& step_tensor,
+                               const std::optional<Tensor>& lr_tensor) {
+  constexpr bool four_bit = std::is_same_v<Codec, cuda::Codes4>;
+  constexpr const char* op = four_bit ? "fused_adam4bit_" : "fused_adam8bit_";
   const c10::Device device = device_of(params);
   check_fused_adam8bit(op, params, grads, exp_avgs, exp_avg_absmaxes, sqrt_exp_avg_sqs,
-                       sqrt_exp_avg_sq_absmaxes, lr, beta1, beta2, eps, weight_decay, step, device);
+                       sqrt_exp_avg_sq_absmaxes, lr, beta1, beta2, eps, weight_decay, step, device,
+                       four_bit ? 4 : 8);
   check_adam_device_scalars(op, step_tensor, lr_tensor, device);
   const c10::cuda::CUDAGuard guard(device);
   const AdamHyper hyper{lr, beta1, beta2, eps, weight_decay, step, decoupled};
@@ -641,9 +645,9 @@ void fused_adam8bit_cuda(at::TensorList params, at::TensorList grads, at::Tensor
       params, grads, {exp_avgs, exp_avg_absmaxes, sqrt_exp_avg_sqs, sqrt_exp_avg_sq_absmaxes});
   Tensor scalars_buffer;
   const auto* device_scalars = advance_on_device(step_tensor, lr_tensor, hyper, device, scalars_buffer);
-  groups[at::kFloat].run(cuda::adam8bit_step<float>, hyper, device_scalars);
-  groups[at::kBFloat16].run(cuda::adam8bit_step<__nv_bfloat16>, hyper, device_scalars);
-  groups[at::kHalf].run(cuda::adam8bit_step<__half>, hyper, device_scalars);
+  groups[at::kFloat].run(cuda::quantised_adam_step<float, Codec>, hyper, device_scalars);
+  groups[at::kBFloat16].run(cuda::quantised_adam_step<__nv_bfloat16, Codec>, hyper, device_scalars);
+  groups[at::kHalf].run(cuda::quantised_adam_step<__half, Codec>, hyper, device_scalars);
 }
 
 }  // namespace
@@ -655,5 +659,6 @@ TORCH_LIBRARY_IMPL(SLTRAIN_CUDA_LIBRARY, SLTRAIN_CUDA_DISPATCH_KEY, m) {
   m.impl("sl_matmul_backward", &sltrain::sl_matmul_backward_cuda);
   m.impl("densify", &sltrain::densify_cuda);
   m.impl("fused_adam_", &sltrain::fused_adam_cuda);
-  m.impl("fused_adam8bit_", &sltrain::fused_adam8bit_cuda);
+  m.impl("fused_adam8bit_", &sltrain::fused_adam_quantised_cuda<sltrain::cuda::Codes8>);
+  m.impl("fused_adam4bit_", &sltrain::fused_adam_quantised_cuda<sltrain::cuda::Codes4>);
 }

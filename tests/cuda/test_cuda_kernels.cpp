@@ -8,6 +8,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "common/csc_layout.h"
@@ -509,35 +510,45 @@ void test_adam(const std::vector<int64_t>& sizes, int misalign) {
                     std::to_string(sizes.size()) + " tensors" + (misalign ? ", misaligned" : ""));
 }
 
-template <class P>
-void test_adam8bit(const std::vector<int64_t>& sizes) {
+// The codes of element i of a state as signed integers in code order, so
+// that neighbouring codes differ by 1: 8-bit codes as int8 (exp_avg) or
+// uint8; 4-bit nibbles, the signed ones as sign and magnitude.
+int code_of(const std::vector<uint8_t>& bytes, int64_t i, int bits, bool is_signed) {
+  if (bits == 8) return is_signed ? int(int8_t(bytes[i])) : int(bytes[i]);
+  const int nibble = i % 2 == 0 ? low_code(bytes[i / 2]) : high_code(bytes[i / 2]);
+  return is_signed && nibble >= 8 ? -(nibble - 8) : nibble;
+}
+
+// The 8- or 4-bit kernel (Codec cuda::Codes8 or cuda::Codes4) against the CPU's.
+template <class P, class Codec>
+void test_quantised_adam(const std::vector<int64_t>& sizes) {
   using Cpu = typename Traits<P>::Cpu;
+  constexpr int bits = std::is_same_v<Codec, cuda::Codes4> ? 4 : 8;
   std::mt19937 gen(unsigned(sizes.size() * 7));
   bool ok = true;
   // Two steps from zero states: the second decodes codes the first wrote.
   std::vector<std::vector<Cpu>> p_cpu;
-  std::vector<std::vector<int8_t>> m_cpu;
-  std::vector<std::vector<uint8_t>> v_cpu;
+  std::vector<std::vector<uint8_t>> m_cpu, v_cpu;
   std::vector<std::vector<float>> m_abs_cpu, v_abs_cpu;
   std::vector<std::unique_ptr<DeviceArray<P>>> params, grads;
-  std::vector<std::unique_ptr<DeviceArray<int8_t>>> ms;
-  std::vector<std::unique_ptr<DeviceArray<uint8_t>>> vs;
+  std::vector<std::unique_ptr<DeviceArray<uint8_t>>> ms, vs;
   std::vector<std::unique_ptr<DeviceArray<float>>> m_abs, v_abs;
   std::vector<std::array<void*, 6>> pointers;
   for (int64_t size : sizes) {
-    const int64_t blocks = (size + kQuantBlock - 1) / kQuantBlock;
+    const int64_t blocks = (size + Codec::kBlock - 1) / Codec::kBlock;
+    const int64_t code_bytes = (size + Codec::kCodesPerByte - 1) / Codec::kCodesPerByte;
     const std::vector<P> p = random_values<P>(size, gen);
     std::vector<Cpu> p_copy(size);
     copy_bytes(p_copy.data(), p.data(), sizeof(P) * size);
     p_cpu.push_back(p_copy);
-    m_cpu.emplace_back(size, 0);
-    v_cpu.emplace_back(size, 0);
+    m_cpu.emplace_back(code_bytes, 0);
+    v_cpu.emplace_back(code_bytes, 0);
     m_abs_cpu.emplace_back(blocks, 0.0f);
     v_abs_cpu.emplace_back(blocks, 0.0f);
     params.push_back(std::make_unique<DeviceArray<P>>(p));
     grads.push_back(std::make_unique<DeviceArray<P>>(size));
-    ms.push_back(std::make_unique<DeviceArray<int8_t>>(size, 0));
-    vs.push_back(std::make_unique<DeviceArray<uint8_t>>(size, 0));
+    ms.push_back(std::make_unique<DeviceArray<uint8_t>>(code_bytes, 0));
+    vs.push_back(std::make_unique<DeviceArray<uint8_t>>(code_bytes, 0));
     m_abs.push_back(std::make_unique<DeviceArray<float>>(blocks, 0));
     v_abs.push_back(std::make_unique<DeviceArray<float>>(blocks, 0));
     pointers.push_back({params.back()->data, grads.back()->data, ms.back()->data, m_abs.back()->data,
@@ -550,11 +561,16 @@ void test_adam8bit(const std::vector<int64_t>& sizes) {
       cudaMemcpy(grads[t]->data, g.data(), sizeof(P) * sizes[t], cudaMemcpyHostToDevice);
       std::vector<Cpu> g_cpu(sizes[t]);
       copy_bytes(g_cpu.data(), g.data(), sizeof(P) * sizes[t]);
-      cpu::adam8bit_step<Cpu>(sizes[t], p_cpu[t].data(), g_cpu.data(), m_cpu[t].data(), m_abs_cpu[t].data(),
-                              v_cpu[t].data(), v_abs_cpu[t].data(), hyper);
+      if constexpr (bits == 4) {
+        cpu::adam4bit_step<Cpu>(sizes[t], p_cpu[t].data(), g_cpu.data(), m_cpu[t].data(), m_abs_cpu[t].data(),
+                                v_cpu[t].data(), v_abs_cpu[t].data(), hyper);
+      } else {
+        cpu::adam8bit_step<Cpu>(sizes[t], p_cpu[t].data(), g_cpu.data(), reinterpret_cast<int8_t*>(m_cpu[t].data()),
+                                m_abs_cpu[t].data(), v_cpu[t].data(), v_abs_cpu[t].data(), hyper);
+      }
     }
-    ok = ok && cuda::adam8bit_step<P>(int64_t(sizes.size()), pointers.data(), sizes.data(), hyper, nullptr) ==
-                   cudaSuccess;
+    ok = ok && cuda::quantised_adam_step<P, Codec>(int64_t(sizes.size()), pointers.data(), sizes.data(), hyper,
+                                                   nullptr, nullptr) == cudaSuccess;
   }
   for (size_t t = 0; t < sizes.size(); ++t) {
     const auto m_got = ms[t]->host();
@@ -562,7 +578,8 @@ void test_adam8bit(const std::vector<int64_t>& sizes) {
     const auto m_abs_got = m_abs[t]->host(), v_abs_got = v_abs[t]->host();
     const auto p_got = params[t]->host();
     for (int64_t i = 0; i < sizes[t]; ++i) {
-      ok = ok && std::abs(int(m_got[i]) - int(m_cpu[t][i])) <= 1 && std::abs(int(v_got[i]) - int(v_cpu[t][i])) <= 1;
+      ok = ok && std::abs(code_of(m_got, i, bits, true) - code_of(m_cpu[t], i, bits, true)) <= 1 &&
+           std::abs(code_of(v_got, i, bits, false) - code_of(v_cpu[t], i, bits, false)) <= 1;
       P p_want;
       std::memcpy(&p_want, &p_cpu[t][i], sizeof(P));
       const double pw = Traits<P>::value(p_want), pg = Traits<P>::value(p_got[i]);
@@ -571,8 +588,10 @@ void test_adam8bit(const std::vector<int64_t>& sizes) {
     for (size_t b = 0; b < m_abs_got.size(); ++b)
       ok = ok && std::abs(m_abs_got[b] - m_abs_cpu[t][b]) <= 1e-5f * m_abs_cpu[t][b] &&
            std::abs(v_abs_got[b] - v_abs_cpu[t][b]) <= 1e-5f * v_abs_cpu[t][b];
+    // An odd tensor's padding nibble is code 0 on both.
+    if (bits == 4 && sizes[t] % 2 != 0) ok = ok && high_code(m_got.back()) == 0 && high_code(v_got.back()) == 0;
   }
-  expect(ok, std::string("adam8bit within one code of the CPU kernel, ") + Traits<P>::kName + ", " +
+  expect(ok, "adam" + std::to_string(bits) + "bit within one code of the CPU kernel, " + Traits<P>::kName + ", " +
                  std::to_string(sizes.size()) + " tensors");
 }
 
@@ -744,12 +763,19 @@ int main() {
   test_adam<double>({1, 7, 333}, 0);
   test_adam<__nv_bfloat16>(sizes, 0);
   test_adam<__half>({6, 100, 5461}, 1);
-  test_adam8bit<float>({1, 255, 256, 257, 5461, cuda::kAdam8bitChunk + 100});
+  test_quantised_adam<float, cuda::Codes8>({1, 255, 256, 257, 5461, cuda::kAdam8bitChunk + 100});
   // More tensors than one launch takes, more chunks than the grid has blocks.
-  test_adam8bit<float>(std::vector<int64_t>(cuda::Adam8bitChunks::kTensors + 5, 3 * 256 + 7));
-  test_adam8bit<float>({cuda::kAdam8bitChunk * 1100 + 9});
-  test_adam8bit<__nv_bfloat16>({300, 4096});
-  test_adam8bit<__half>({513});
+  test_quantised_adam<float, cuda::Codes8>(std::vector<int64_t>(cuda::Adam8bitChunks::kTensors + 5, 3 * 256 + 7));
+  test_quantised_adam<float, cuda::Codes8>({cuda::kAdam8bitChunk * 1100 + 9});
+  test_quantised_adam<__nv_bfloat16, cuda::Codes8>({300, 4096});
+  test_quantised_adam<__half, cuda::Codes8>({513});
+  // 4-bit: odd sizes (a padding nibble), one block and one past it, a chunk and past it.
+  const int64_t chunk4 = cuda::kQuantisedChunk<cuda::Codes4>;
+  test_quantised_adam<float, cuda::Codes4>({1, 7, 127, 128, 129, 5461, chunk4 + 101});
+  test_quantised_adam<float, cuda::Codes4>(std::vector<int64_t>(cuda::Adam8bitChunks::kTensors + 5, 3 * 128 + 7));
+  test_quantised_adam<float, cuda::Codes4>({chunk4 * 1100 + 9});
+  test_quantised_adam<__nv_bfloat16, cuda::Codes4>({300, 4096});
+  test_quantised_adam<__half, cuda::Codes4>({513});
   test_adam_device_step();
 
   std::printf("%d passed, %d failed\n", passes, failures);

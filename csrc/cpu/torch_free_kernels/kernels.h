@@ -119,4 +119,12 @@ template <class P>
 void adam8bit_step(int64_t numel, P* param, const P* grad, int8_t* exp_avg, float* exp_avg_absmax,
                    uint8_t* sqrt_exp_avg_sq, float* sqrt_exp_avg_sq_absmax, const AdamHyper& hyper);
 
+// The same update with 4-bit block-quantised states (common/quant4.h): two
+// codes a byte, exp_avg and sqrt_exp_avg_sq [ceil(numel / 2)] bytes each, one
+// float32 absmax per block of kQuant4Block in exp_avg_absmax and
+// sqrt_exp_avg_sq_absmax. P is float, bf16 or fp16.
+template <class P>
+void adam4bit_step(int64_t numel, P* param, const P* grad, uint8_t* exp_avg, float* exp_avg_absmax,
+                   uint8_t* sqrt_exp_avg_sq, float* sqrt_exp_avg_sq_absmax, const AdamHyper& hyper);
+
 }  // namespace sltrain::cpu

@@ -61,7 +61,7 @@ namespace {
 constexpr const char* kLibrary = "sltrain_emulated_cuda";
 const char* const kOps[] = {"sl_matmul",       "sl_matmul_backward",   "sl_matmul_inference",
                             "densify",         "fused_adam_",          "fused_adam8bit_",
-                            "_random_support_fill", "transpose_support"};
+                            "fused_adam4bit_", "_random_support_fill", "transpose_support"};
 
 TORCH_LIBRARY(sltrain_emulated_cuda, m) {
   for (const char* op : kOps) {
