@@ -52,7 +52,8 @@ from .preemption import PREEMPTED_EXIT_STATUS, StopOnSignal
 from .prepare import training_corpus
 from .pretrained import save_pretrained
 from .run_log import RunLog, check_trackers
-from .run_record import check_resumed_settings, run_record, write_run_record
+from .run_record import check_resumed_settings, record_extension, run_record, write_run_record
+from .schedule import LearningRateSchedule, resumed_schedule
 from .shards import PreparedCorpus, WindowSampler
 from .throughput import step_costs
 from .tokenization import MIN_BPE_VOCAB, padded_vocab_size
@@ -284,15 +285,6 @@ def build_model(args: argparse.Namespace, settings: dict[str, Any]) -> tuple[nn.
     return model, parameters
 
 
-def lr_factor(step: int, total: int, warmup_fraction: float, floor: float) -> float:
-    """Linear warm-up, then cosine decay to `floor` (step counts from 0)."""
-    warmup = int(warmup_fraction * total)
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, held_out: WindowSampler, args: argparse.Namespace) -> float:
     """Mean loss (nats a token) over the same --eval-batches held-out batches every time."""
@@ -306,25 +298,34 @@ def evaluate(model: nn.Module, held_out: WindowSampler, args: argparse.Namespace
 
 def restore(method: str, folder: Path, args: argparse.Namespace, model: nn.Module, optimizer: SLAdamW,
             scheduler: torch.optim.lr_scheduler.LRScheduler, corpus: PreparedCorpus, settings: dict[str, Any],
-            windows_per_epoch: int, log: RunLog) -> tuple[int, dict[str, Any]]:
-    """The step and data position `method` starts from: under --resume its
-    newest intact checkpoint, loaded into the model, optimizer and scheduler;
-    else (or when it has none yet) step 0."""
+            windows_per_epoch: int, log: RunLog) -> tuple[int, dict[str, Any], LearningRateSchedule]:
+    """The step, data position and learning-rate schedule `method` starts
+    from: under --resume its newest intact checkpoint, loaded into the model,
+    optimizer and scheduler, its schedule extended when --steps grew; else
+    (or when it has none yet) step 0 and a fresh schedule."""
     root = folder / "checkpoints"
-    fresh = corpus.position(args.seq_len, args.seed)
+    fresh = corpus.position(args.seq_len, args.seed), LearningRateSchedule.fresh(args.steps, args.warmup,
+                                                                                  args.min_lr_ratio)
     if not args.resume:
         log.start_fresh()
-        return 0, fresh
+        return 0, *fresh
     saved, damaged = find_checkpoint(root, legacy=folder / "checkpoint")
     log.passed_over(damaged, intact_found=saved is not None)
     if saved is not None:
-        start, saved_data = load_checkpoint(saved, model, optimizer, scheduler, args.steps, settings)
+        restored = load_checkpoint(saved, model, optimizer, scheduler, args.steps, settings)
         try:
-            data_state = corpus.continue_from(saved_data, args.seq_len, args.seed)
+            data_state = corpus.continue_from(restored.data, args.seq_len, args.seed)
         except ValueError as error:
             raise SystemExit(f"sltrain-train: --resume: {saved}: {error}") from None
-        log.resumed(saved, start, args.steps, data_state["next_window"], windows_per_epoch, args.seq_len)
-        return start, data_state
+        log.resumed(saved, restored.step, restored.steps, data_state["next_window"], windows_per_epoch, args.seq_len)
+        schedule, extension = resumed_schedule(restored.schedule, restored.steps, args.warmup, args.min_lr_ratio,
+                                               restored.step, args.steps)
+        if extension is not None:
+            log.say(f"--steps {args.steps}: {method} extended from step {restored.step} of {restored.steps}; the "
+                    f"learning rate was {extension['schedule_before']}, and is now {extension['schedule_after']}")
+            if args.dist_rank == 0:
+                record_extension(args.out, method, extension)
+        return restored.step, data_state, schedule
     if (folder / "checkpoint.pt").exists():
         raise SystemExit(f"{folder / 'checkpoint.pt'} is a single-file checkpoint of sltrain_ext 0.1.x; "
                          "resume it with that version (this one reads torch.distributed.checkpoint folders)")
@@ -333,7 +334,7 @@ def restore(method: str, folder: Path, args: argparse.Namespace, model: nn.Modul
                          f"above); `--resume if-exists` starts {method} again from step 0")
     log.say(f"no {'intact ' if damaged else ''}checkpoint in {folder}, starting from step 0")
     log.start_fresh()
-    return 0, fresh
+    return 0, *fresh
 
 
 def train_one(method: str, args: argparse.Namespace, corpus: PreparedCorpus, stop: StopOnSignal,
@@ -361,15 +362,16 @@ def train_one(method: str, args: argparse.Namespace, corpus: PreparedCorpus, sto
                         weight_decay=args.weight_decay, state_bits=args.state_bits,
                         per_layer=args.per_layer, accumulation_steps=args.accumulation if args.per_layer else 1,
                         max_grad_norm=clip if args.per_layer else None)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, args.steps, args.warmup, args.min_lr_ratio))
+    schedule = LearningRateSchedule.fresh(args.steps, args.warmup, args.min_lr_ratio)
+    # The lambda looks `schedule` up at each step, so the one restore() returns (resumed, extended) is used.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step))
     checkpoint = folder / "checkpoints"
-    start, data_state = restore(method, folder, args, model, optimizer, scheduler, corpus, settings,
-                                train_windows.count, log)
+    start, data_state, schedule = restore(method, folder, args, model, optimizer, scheduler, corpus, settings,
+                                          train_windows.count, log)
 
     def save(step: int) -> None:
         try:
-            save_checkpoint(checkpoint, model, optimizer, scheduler, step, args.steps, args.keep_checkpoints,
+            save_checkpoint(checkpoint, model, optimizer, scheduler, step, schedule, args.keep_checkpoints,
                             data=data_state, settings=settings)
         except CheckpointError as error:
             log.close_bar()
