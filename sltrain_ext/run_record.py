@@ -1,9 +1,11 @@
 """``<out>/run.json``: what a run of sltrain-train is, written before its
 first step so that a run killed at any point says what it was. Every
 resolved setting, keyed by its flag (the learning rate, rank, alpha and
-density per method, as each method uses them), the model config, the data
-(its fingerprint, folder and tokenizer), the software (package version, git
-commit when the package is a git checkout, torch, CUDA) and the devices.
+density per method, as each method uses them), the model config, the recipe
+it was given (file, SHA-256, contents, the keys the command line overrode),
+the data (its fingerprint, folder and tokenizer), the software (package
+version, git commit when the package is a git checkout, torch, CUDA) and the
+devices.
 
 ``--resume`` compares the new run's settings with the recorded ones and
 refuses, naming every flag that differs, except the flags in
@@ -50,7 +52,7 @@ MAY_CHANGE_ON_RESUME = ("--method", "--stop-after", "--eval-every", "--save-ever
                         "--device", "--dist", "--tokenizer", "--vocab-size", "--recipe")
 
 # Derived attributes of the parsed flags that are not flags of their own.
-_DERIVED = {"methods", "world_size", "dist_rank", "llama", "trackers"}
+_DERIVED = {"methods", "world_size", "dist_rank", "llama", "trackers", "recipe_file"}
 _PER_METHOD = ("--lr", "--rank", "--alpha", "--density")
 _PER_METHOD_FIELDS = {flag.removeprefix("--") for flag in _PER_METHOD}
 
@@ -103,6 +105,7 @@ def run_record(args: argparse.Namespace, corpus: PreparedCorpus, methods: dict[s
             "total_tokens": args.steps * args.batch_size * args.seq_len, "world_size": args.world_size,
             "schedule": LearningRateSchedule.fresh(args.steps, args.warmup, args.min_lr_ratio).describe(),
         },
+        "recipe": args.recipe_file.record() if args.recipe_file else None,
         "extensions": [],
         "data": {"folder": str(corpus.folder), "argument": str(args.data), "fingerprint": corpus.fingerprint,
                  "tokenizer": corpus.index["tokenizer"], "train_tokens": corpus.train.tokens,

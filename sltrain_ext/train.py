@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from . import configs
+from . import configs, recipes
 from .checkpointing import (CheckpointError, find_checkpoint, has_checkpoints, load_checkpoint,
                             newest_checkpoint_note, save_checkpoint)
 from .convert import convert
@@ -65,6 +65,10 @@ DEFAULT_LR = {"full": 1e-3, "lowrank": 3e-3, "sltrain": 3e-3}  # the SLTrain pap
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="sltrain-train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe",
+                        help=f"a file of settings: JSON (or TOML on Python 3.11+) whose keys are these flags without "
+                             f"their dashes, or a shipped recipe: {', '.join(recipes.available())} (the SLTrain "
+                             f"paper's runs); flags given here override it")
     model = parser.add_argument_group("model")
     model.add_argument("--config", default="9m",
                        help=f"LLaMA config: one of {', '.join(configs.available())} or a JSON path (default 9m)")
@@ -122,11 +126,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     run.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                      help="parameter dtype: auto is bfloat16 on a GPU, float32 on the CPU")
+    try:
+        recipe = recipes.apply(parser, argv)
+    except recipes.RecipeError as error:
+        parser.error(str(error))
     args = parser.parse_args(argv)
+    args.recipe_file = recipe
     try:
         validate_settings(args)
     except ValueError as error:
-        parser.error(str(error))
+        parser.error(recipes.blame(str(error), recipe))
     return args
 
 
