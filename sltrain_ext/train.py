@@ -59,7 +59,6 @@ from .throughput import step_costs
 from .tokenization import MIN_BPE_VOCAB, padded_vocab_size
 
 METHODS = ("full", "lowrank", "sltrain")
-DEFAULT_LR = {"full": 1e-3, "lowrank": 3e-3, "sltrain": 3e-3}  # the SLTrain paper's settings
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -85,7 +84,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     train.add_argument("--batch-size", type=int, default=16, help="sequences per optimizer step (default 16)")
     train.add_argument("--accumulation", type=int, default=1, help="micro-batches per step (default 1)")
     train.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")
-    train.add_argument("--lr", type=float, help="peak learning rate (default: 1e-3 full, 3e-3 lowrank/sltrain)")
+    train.add_argument("--lr", type=float,
+                       help="peak learning rate (default: the config's for each method: for 9m, the main job's, the "
+                            "best of benchmarks/results/lr_sweep.md; for the others the paper's, 1e-3 full, 3e-3 "
+                            "lowrank and sltrain)")
     train.add_argument("--warmup", type=float, default=0.1, help="warm-up fraction of the steps (default 0.1)")
     train.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine floor as a fraction of --lr")
     train.add_argument("--weight-decay", type=float, default=0.0)
@@ -154,6 +156,7 @@ def _load_config(name: str) -> configs.LlamaConfig:
     naming the field, not inside the model."""
     try:
         config = configs.load(name)
+        configs.learning_rates(name)  # checked here, used per method
     except json.JSONDecodeError as error:
         raise ValueError(f"--config {name}: not valid JSON ({error})") from None
     except KeyError as error:
@@ -258,7 +261,11 @@ def model_settings(args: argparse.Namespace, method: str, vocab_size: int) -> di
 
 
 def learning_rate(args: argparse.Namespace, method: str) -> float:
-    return DEFAULT_LR[method] if args.lr is None else args.lr
+    return configs.learning_rates(args.config)[method][0] if args.lr is None else args.lr
+
+
+def learning_rate_source(args: argparse.Namespace, method: str) -> str:
+    return configs.learning_rates(args.config)[method][1] if args.lr is None else "--lr"
 
 
 def clip_gradients(model: nn.Module, max_norm: float | None) -> float:
@@ -580,6 +587,8 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> list[dict[str, Any]
         print(f"{r['method']:<8} {r['parameters']:>12,} {shown('val_ppl', '.3f'):>13} {shown('val_bpb', '.4f'):>10} "
               f"{shown('tokens_per_s', ',.0f'):>10} {shown('flops_per_token', '.3f', 1e-9):>11} {mfu:>10} "
               f"{shown('peak_memory_gib', '.2f', unit=' GiB'):>9} {r['seconds']:>7.1f}s")
+    for line in comparison_notes(args, results):
+        print(line)
     (args.out / "summary.json").write_text(json.dumps(
         {"command": shlex.join(["sltrain-train", *(sys.argv[1:] if argv is None else argv)]), "results": results},
         indent=2) + "\n")
@@ -589,6 +598,23 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> list[dict[str, Any]
         print(f"stopped at step {', '.join(str(r['steps']) for r in results)} of {args.steps} (--stop-after "
               f"{args.stop_after} steps a command): the same command with --resume trains on")
     return results
+
+
+def comparison_notes(args: argparse.Namespace, results: list[dict[str, Any]]) -> list[str]:
+    """What the summary table compares, in words: the learning rate of each
+    method and where it comes from, and, for several methods, what one seed
+    at this budget cannot show."""
+    by_source: dict[str, list[str]] = {}
+    for result in results:
+        method = result["method"]
+        by_source.setdefault(learning_rate_source(args, method), []).append(
+            f"{method} {learning_rate(args, method):g}")
+    notes = ["learning rates: " + "; ".join(f"{', '.join(rates)} ({source})" for source, rates in by_source.items())]
+    if len(results) > 1:
+        notes.append(f"one seed, {args.steps} steps of LLaMA-{args.config}: a small gap may be noise, and a short run "
+                     "of a small model does not predict larger ones (the SLTrain paper finds SLTrain close to, not "
+                     "better than, full-rank from 60M to 7B)")
+    return notes
 
 
 def record(args: argparse.Namespace, corpus: PreparedCorpus, argv: list[str] | None) -> None:

@@ -12,7 +12,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file
 
-from sltrain_ext import checkpointing, train
+from sltrain_ext import checkpointing, configs, train
 from sltrain_ext.run_log import MEASURED
 from sltrain_ext.schedule import LearningRateSchedule
 
@@ -579,3 +579,16 @@ def test_an_extension_during_the_warm_up_keeps_its_length():
     assert extended(10) == 1.0 and extended(199) == pytest.approx(0.1, abs=1e-3)
     with pytest.raises(ValueError, match="cannot be shortened"):
         schedule.extended(from_step=50, total=90)
+
+
+def test_the_summary_says_which_learning_rates_it_compares_and_where_they_come_from(tmp_path, capsys):
+    train.main(SMALL + ["--steps", "1", "--method", "sltrain,full", "--out", str(tmp_path / "a")])
+    out = capsys.readouterr().out
+    (sltrain, source), (full, _) = configs.learning_rates("9m")["sltrain"], configs.learning_rates("9m")["full"]
+    assert f"learning rates: sltrain {sltrain:g}, full {full:g} ({source})" in out
+    assert "one seed, 1 steps of LLaMA-9m: a small gap may be noise" in out
+    train.main(SMALL + ["--steps", "1", "--method", "full", "--lr", "0.02", "--out", str(tmp_path / "b")])
+    out = capsys.readouterr().out
+    assert "learning rates: full 0.02 (--lr)" in out and "one seed" not in out
+    train.main(SMALL + ["--steps", "1", "--method", "lowrank", "--config", "20m", "--out", str(tmp_path / "c")])
+    assert "learning rates: lowrank 0.003 (the SLTrain paper's)" in capsys.readouterr().out
