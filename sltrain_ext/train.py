@@ -314,17 +314,17 @@ def evaluate(model: nn.Module, held_out: WindowSampler, args: argparse.Namespace
 
 def restore(method: str, folder: Path, args: argparse.Namespace, model: nn.Module, optimizer: SLAdamW,
             scheduler: torch.optim.lr_scheduler.LRScheduler, corpus: PreparedCorpus, settings: dict[str, Any],
-            windows_per_epoch: int, log: RunLog) -> tuple[int, dict[str, Any], LearningRateSchedule]:
-    """The step, data position and learning-rate schedule `method` starts
-    from: under --resume its newest intact checkpoint, loaded into the model,
-    optimizer and scheduler, its schedule extended when --steps grew; else
-    (or when it has none yet) step 0 and a fresh schedule."""
+            windows_per_epoch: int, log: RunLog) -> tuple[int, dict[str, Any], LearningRateSchedule | None]:
+    """The step and data position `method` starts from, and the learning-rate
+    schedule it resumes: under --resume its newest intact checkpoint, loaded
+    into the model, optimizer and scheduler, its schedule extended when
+    --steps grew; else (or when it has none yet) step 0 and None (a fresh
+    schedule)."""
     root = folder / "checkpoints"
-    fresh = corpus.position(args.seq_len, args.seed), LearningRateSchedule.fresh(args.steps, args.warmup,
-                                                                                  args.min_lr_ratio)
+    fresh = corpus.position(args.seq_len, args.seed)
     if not args.resume:
         log.start_fresh()
-        return 0, *fresh
+        return 0, fresh, None
     saved, damaged = find_checkpoint(root, legacy=folder / "checkpoint")
     log.passed_over(damaged, intact_found=saved is not None)
     if saved is not None:
@@ -350,7 +350,7 @@ def restore(method: str, folder: Path, args: argparse.Namespace, model: nn.Modul
                          f"above); `--resume if-exists` starts {method} again from step 0")
     log.say(f"no {'intact ' if damaged else ''}checkpoint in {folder}, starting from step 0")
     log.start_fresh()
-    return 0, *fresh
+    return 0, fresh, None
 
 
 def train_one(method: str, args: argparse.Namespace, corpus: PreparedCorpus, stop: StopOnSignal,
@@ -379,11 +379,12 @@ def train_one(method: str, args: argparse.Namespace, corpus: PreparedCorpus, sto
                         per_layer=args.per_layer, accumulation_steps=args.accumulation if args.per_layer else 1,
                         max_grad_norm=clip if args.per_layer else None)
     schedule = LearningRateSchedule.fresh(args.steps, args.warmup, args.min_lr_ratio)
-    # The lambda looks `schedule` up at each step, so the one restore() returns (resumed, extended) is used.
+    # The lambda looks `schedule` up at each step, so a resumed (or extended) one set below is the one used.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step))
     checkpoint = folder / "checkpoints"
-    start, data_state, schedule = restore(method, folder, args, model, optimizer, scheduler, corpus, settings,
-                                          train_windows.count, log)
+    start, data_state, resumed = restore(method, folder, args, model, optimizer, scheduler, corpus, settings,
+                                         train_windows.count, log)
+    schedule = resumed or schedule
 
     def save(step: int) -> None:
         try:

@@ -85,8 +85,8 @@ def test_local_text_files_and_resume_guard(tmp_path):
         (corpus / f"doc{i}.txt").write_text(f"document {i}: " + "the quick brown fox jumps over the lazy dog. " * 20)
     out = tmp_path / "out"
     train.main(SMALL + ["--steps", "4", "--method", "full", "--data", str(corpus), "--out", str(out)])
-    with pytest.raises(SystemExit, match=re.escape("another --steps (4, now 6)")):
-        train.main(SMALL + ["--steps", "6", "--method", "full", "--data", str(corpus), "--out", str(out), "--resume"])
+    with pytest.raises(SystemExit, match=re.escape("--steps 3 is below the 4 steps of the run")):
+        train.main(SMALL + ["--steps", "3", "--method", "full", "--data", str(corpus), "--out", str(out), "--resume"])
 
 
 def checkpoint_step(folder):
@@ -592,3 +592,14 @@ def test_the_summary_says_which_learning_rates_it_compares_and_where_they_come_f
     assert "learning rates: full 0.02 (--lr)" in out and "one seed" not in out
     train.main(SMALL + ["--steps", "1", "--method", "lowrank", "--config", "20m", "--out", str(tmp_path / "c")])
     assert "learning rates: lowrank 0.003 (the SLTrain paper's)" in capsys.readouterr().out
+
+
+def test_the_main_jobs_learning_rates_are_the_best_of_the_committed_sweep():
+    sweep = json.loads((Path(__file__).resolve().parents[1] / "benchmarks/results/lr_sweep.json").read_text())
+    main_job = train.parse_args([])
+    assert sweep["steps"] == main_job.steps and set(sweep["methods"]) == set(main_job.methods)
+    for method in main_job.methods:
+        runs = [run for run in sweep["runs"] if run["method"] == method]
+        best = min(runs, key=lambda run: run["val_bpb"])
+        assert train.learning_rate(main_job, method) == best["lr"] == sweep["best"][method]["lr"]
+        assert "benchmarks/results/lr_sweep.md" in train.learning_rate_source(main_job, method)
