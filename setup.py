@@ -65,7 +65,7 @@ setup(
     version="0.2.0",
     description="Fast, memory-lean SLTrain (sparse + low-rank pretraining) kernels for PyTorch",
     packages=find_packages(include=["sltrain_ext", "sltrain_ext.*"]),
-    package_data={"sltrain_ext": ["configs/*.json"]},
+    package_data={"sltrain_ext": ["configs/*.json", "recipes/*.json"]},
     python_requires=">=3.10",
     # The floor is the oldest torch the suite runs on: 2.11, the GPU machine's
     # (benchmarks/check_torch211.sh); CI runs 2.14.1.

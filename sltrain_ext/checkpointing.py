@@ -18,6 +18,7 @@ ones names the flag that differs instead of failing on a tensor shape.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -37,9 +38,10 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 from .files import file_sha256
 from .optim import SLAdamW
+from .schedule import LearningRateSchedule
 
-__all__ = ["find_checkpoint", "has_checkpoints", "load_checkpoint", "save_checkpoint", "newest_checkpoint_note",
-           "CheckpointError"]
+__all__ = ["Restored", "find_checkpoint", "has_checkpoints", "load_checkpoint", "save_checkpoint",
+           "newest_checkpoint_note", "CheckpointError"]
 
 MANIFEST = "manifest.json"
 _STEP = re.compile(r"step_(\d+)")
@@ -55,11 +57,24 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be written; the earlier ones are intact."""
 
 
-def _trainer_state(scheduler: torch.optim.lr_scheduler.LRScheduler, step: int, steps: int,
+def _trainer_state(scheduler: torch.optim.lr_scheduler.LRScheduler, step: int, schedule: LearningRateSchedule,
                    data: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
-    # The data position and model settings as JSON text: opaque values that any later field can join.
-    return {"scheduler": scheduler.state_dict(), "step": step, "steps": steps, "data": json.dumps(data),
-            "settings": json.dumps(settings)}
+    # The data position, model settings and schedule as JSON text: opaque values that any later field can join.
+    return {"scheduler": scheduler.state_dict(), "step": step, "steps": schedule.total, "data": json.dumps(data),
+            "settings": json.dumps(settings), "schedule": json.dumps(schedule.state())}
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """What a checkpoint says of the run beyond the model and optimizer: the
+    step it was taken at, the data position, and the run's length and
+    learning-rate schedule's state (None when written before schedules were
+    saved: then the base schedule of `steps`)."""
+
+    step: int
+    data: dict[str, Any]
+    steps: int
+    schedule: dict[str, Any] | None
 
 
 @contextlib.contextmanager
@@ -199,7 +214,7 @@ def _why_the_save_failed(error: BaseException, root: Path) -> str:
 
 
 def save_checkpoint(root: Path, model: nn.Module, optimizer: SLAdamW,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, step: int, steps: int,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, step: int, schedule: LearningRateSchedule,
                     keep: int, data: dict[str, Any], settings: dict[str, Any]) -> Path:
     """Writes `root/step_<step>` (with `data`, the position in the training
     data, and `settings`, the model's) and keeps the newest `keep`
@@ -218,7 +233,7 @@ def save_checkpoint(root: Path, model: nn.Module, optimizer: SLAdamW,
     try:
         with _single_process_quiet():
             dcp.save({"model": model_state, "optimizer": optimizer_state,
-                      "trainer": _trainer_state(scheduler, step, steps, data, settings)},
+                      "trainer": _trainer_state(scheduler, step, schedule, data, settings)},
                      checkpoint_id=staging)
         _barrier()
         if _is_leader():
@@ -277,27 +292,30 @@ def _refuse_other_settings(folder: Path, saved: dict[str, Any], current: dict[st
 
 def load_checkpoint(folder: Path, model: nn.Module, optimizer: SLAdamW,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, steps: int,
-                    settings: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    """Restores what `save_checkpoint` wrote, resharded to this run's layout,
-    and returns the step it was taken at and its data position. Refuses
-    (naming the flag) a checkpoint of a model with other `settings`.
+                    settings: dict[str, Any]) -> Restored:
+    """Restores what `save_checkpoint` wrote, resharded to this run's layout.
+    Refuses (naming the flag) a checkpoint of a model with other `settings`,
+    or of a run longer than `steps` (a run is extended, never shortened).
     Collective."""
     recorded = dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata
     if "trainer.data" not in recorded:
         raise SystemExit(f"{folder} was written by sltrain_ext 0.2, which trained on bytes held in memory and saved "
                          "no data position; this version trains on token shards: start the run again without --resume")
     with _single_process_quiet():
-        saved = {"trainer": _trainer_state(scheduler, 0, 0, {}, {})}
-        if "trainer.settings" not in recorded:  # written before settings were recorded
-            del saved["trainer"]["settings"]
+        saved = {"trainer": _trainer_state(scheduler, 0, LearningRateSchedule.fresh(0, 0.0, 0.0), {}, {})}
+        for later_field in ("settings", "schedule"):  # absent from checkpoints written before it was recorded
+            if f"trainer.{later_field}" not in recorded:
+                del saved["trainer"][later_field]
         dcp.load(saved, checkpoint_id=folder)  # the small part first, to check it
         trainer = saved["trainer"]
-        if trainer["steps"] != steps:
-            raise SystemExit(f"{folder} is for --steps {trainer['steps']}, not {steps}")
+        if trainer["steps"] > steps:
+            raise SystemExit(f"sltrain-train: --steps {steps}: {folder} is from a run of {trainer['steps']} steps "
+                             f"(at step {trainer['step']}); a run can be extended to more steps, not shortened")
         _refuse_other_settings(folder, json.loads(trainer.get("settings", "{}")), settings)
         model_state, optimizer_state = get_state_dict(model, optimizer)  # this run's shards, filled in place
         state = {"model": model_state, "optimizer": optimizer_state}
         dcp.load(state, checkpoint_id=folder)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     scheduler.load_state_dict(trainer["scheduler"])
-    return trainer["step"], json.loads(trainer["data"])
+    schedule = json.loads(trainer["schedule"]) if "schedule" in trainer else None
+    return Restored(trainer["step"], json.loads(trainer["data"]), trainer["steps"], schedule)

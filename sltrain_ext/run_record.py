@@ -1,14 +1,19 @@
 """``<out>/run.json``: what a run of sltrain-train is, written before its
 first step so that a run killed at any point says what it was. Every
 resolved setting, keyed by its flag (the learning rate, rank, alpha and
-density per method, as each method uses them), the model config, the data
-(its fingerprint, folder and tokenizer), the software (package version, git
-commit when the package is a git checkout, torch, CUDA) and the devices.
+density per method, as each method uses them), the model config, the recipe
+it was given (file, SHA-256, contents, the keys the command line overrode),
+the data (its fingerprint, folder and tokenizer), the software (package
+version, git commit when the package is a git checkout, torch, CUDA) and the
+devices.
 
 ``--resume`` compares the new run's settings with the recorded ones and
 refuses, naming every flag that differs, except the flags in
 ``MAY_CHANGE_ON_RESUME``: they change how the run is watched, saved or
-spread over devices, not what it computes.
+spread over devices, not what it computes; and ``--steps``, which may grow:
+the run is extended (see ``schedule``), and each method's extension (the
+step it was extended from, the steps and the learning-rate schedule before
+and after) is added to the record's ``extensions`` when it takes effect.
 """
 
 from __future__ import annotations
@@ -27,10 +32,11 @@ import torch
 
 from . import __version__
 from .files import write_atomically
+from .schedule import LearningRateSchedule
 from .shards import PreparedCorpus
 
-__all__ = ["MAY_CHANGE_ON_RESUME", "RUN_RECORD", "ChangedSettings", "check_resumed_settings", "run_record",
-           "write_run_record"]
+__all__ = ["MAY_CHANGE_ON_RESUME", "RUN_RECORD", "ChangedSettings", "check_resumed_settings", "record_extension",
+           "run_record", "write_run_record"]
 
 RUN_RECORD = "run.json"
 
@@ -39,14 +45,14 @@ RUN_RECORD = "run.json"
 # are compared). --data, --tokenizer and --vocab-size are compared through
 # the data's fingerprint (a moved folder is the same data). --device, --dist
 # and the number of processes: checkpoints reshard to any layout (--dtype,
-# which "auto" derives from --device, is compared). --steps is compared:
-# the cosine schedule depends on it.
+# which "auto" derives from --device, is compared). --recipe: the settings it
+# gave are compared one by one, so a run may go on with them spelled out.
 MAY_CHANGE_ON_RESUME = ("--method", "--stop-after", "--eval-every", "--save-every", "--keep-checkpoints",
                         "--max-bad-steps", "--checkpointing", "--compile", "--tracker", "--out", "--resume",
-                        "--device", "--dist", "--tokenizer", "--vocab-size")
+                        "--device", "--dist", "--tokenizer", "--vocab-size", "--recipe")
 
 # Derived attributes of the parsed flags that are not flags of their own.
-_DERIVED = {"methods", "world_size", "dist_rank", "llama", "trackers"}
+_DERIVED = {"methods", "world_size", "dist_rank", "llama", "trackers", "recipe_file"}
 _PER_METHOD = ("--lr", "--rank", "--alpha", "--density")
 _PER_METHOD_FIELDS = {flag.removeprefix("--") for flag in _PER_METHOD}
 
@@ -89,7 +95,6 @@ def run_record(args: argparse.Namespace, corpus: PreparedCorpus, methods: dict[s
     # The config's own rank, alpha and density are defaults: the resolved ones are under their flags.
     settings["--config"] = {key: value for key, value in dataclasses.asdict(args.llama).items()
                             if key not in _PER_METHOD_FIELDS}
-    warmup_steps = int(args.warmup * args.steps)
     cuda = torch.cuda.is_available()
     return {
         "command": shlex.join(["sltrain-train", *(sys.argv[1:] if argv is None else argv)]),
@@ -98,9 +103,10 @@ def run_record(args: argparse.Namespace, corpus: PreparedCorpus, methods: dict[s
         "derived": {
             "methods": methods, "tokens_per_step": args.batch_size * args.seq_len,
             "total_tokens": args.steps * args.batch_size * args.seq_len, "world_size": args.world_size,
-            "schedule": f"linear warm-up over {warmup_steps} steps, then cosine decay to {args.min_lr_ratio} of "
-                        f"the peak learning rate at step {args.steps}",
+            "schedule": LearningRateSchedule.fresh(args.steps, args.warmup, args.min_lr_ratio).describe(),
         },
+        "recipe": args.recipe_file.record() if args.recipe_file else None,
+        "extensions": [],
         "data": {"folder": str(corpus.folder), "argument": str(args.data), "fingerprint": corpus.fingerprint,
                  "tokenizer": corpus.index["tokenizer"], "train_tokens": corpus.train.tokens,
                  "validation_tokens": corpus.validation.tokens},
@@ -135,9 +141,13 @@ def check_resumed_settings(out: Path, record: dict[str, Any]) -> None:
     except (ValueError, KeyError, TypeError) as error:
         raise ChangedSettings(f"sltrain-train: --resume: {path} is not a run record ({error!r}); move it away to "
                               "resume without the check") from None
+    steps, recorded_steps = record["settings"]["--steps"], recorded.get("--steps", record["settings"]["--steps"])
     differences = [f"another {flag} ({change})" for flag in record["settings"]
-                   if flag in recorded and flag not in MAY_CHANGE_ON_RESUME
+                   if flag in recorded and flag not in MAY_CHANGE_ON_RESUME and flag != "--steps"
                    and (change := _difference(recorded[flag], record["settings"][flag])) is not None]
+    if steps < recorded_steps:
+        differences.append(f"--steps {steps} is below the {recorded_steps} steps of the run: a run can be extended "
+                           "to more steps, not shortened")
     if differences:
         raise ChangedSettings(f"sltrain-train: --resume: the run in {out} was started with other settings "
                               f"({path}):\n  " + "\n  ".join(differences)
@@ -146,6 +156,20 @@ def check_resumed_settings(out: Path, record: dict[str, Any]) -> None:
     for flag in _PER_METHOD:
         record["settings"][flag] = {**recorded.get(flag, {}), **record["settings"][flag]}
     record["derived"]["methods"] = {**recorded_methods, **record["derived"]["methods"]}
+    # The schedule the run began with; how each extension changed it is in "extensions".
+    record["derived"]["schedule"] = saved["derived"].get("schedule", record["derived"]["schedule"])
+    record["extensions"] = saved.get("extensions", [])
+
+
+def record_extension(out: Path, method: str, extension: dict[str, Any]) -> None:
+    """Adds to the run record in `out` that `method` was extended to more
+    steps (see schedule.resumed_schedule), once however often it is replayed."""
+    path = out / RUN_RECORD
+    record = json.loads(path.read_text())
+    entry = {"method": method, **extension}
+    if entry not in record["extensions"]:
+        record["extensions"].append(entry)
+        write_run_record(out, record)
 
 
 def write_run_record(out: Path, record: dict[str, Any]) -> None:

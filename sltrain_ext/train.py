@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from . import configs
+from . import configs, recipes
 from .checkpointing import (CheckpointError, find_checkpoint, has_checkpoints, load_checkpoint,
                             newest_checkpoint_note, save_checkpoint)
 from .convert import convert
@@ -53,18 +53,22 @@ from .preemption import PREEMPTED_EXIT_STATUS, StopOnSignal
 from .prepare import training_corpus
 from .pretrained import save_pretrained
 from .run_log import RunLog, check_trackers
-from .run_record import check_resumed_settings, run_record, write_run_record
+from .run_record import check_resumed_settings, record_extension, run_record, write_run_record
+from .schedule import LearningRateSchedule, resumed_schedule
 from .shards import PreparedCorpus, WindowSampler
 from .throughput import step_costs
 from .tokenization import MIN_BPE_VOCAB, padded_vocab_size
 
 METHODS = ("full", "lowrank", "sltrain")
-DEFAULT_LR = {"full": 1e-3, "lowrank": 3e-3, "sltrain": 3e-3}  # the SLTrain paper's settings
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="sltrain-train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe",
+                        help=f"a file of settings: JSON (or TOML on Python 3.11+) whose keys are these flags without "
+                             f"their dashes, or a shipped recipe: {', '.join(recipes.available())} (the SLTrain "
+                             f"paper's runs); flags given here override it")
     model = parser.add_argument_group("model")
     model.add_argument("--config", default="9m",
                        help=f"LLaMA config: one of {', '.join(configs.available())} or a JSON path (default 9m)")
@@ -81,7 +85,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     train.add_argument("--batch-size", type=int, default=16, help="sequences per optimizer step (default 16)")
     train.add_argument("--accumulation", type=int, default=1, help="micro-batches per step (default 1)")
     train.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")
-    train.add_argument("--lr", type=float, help="peak learning rate (default: 1e-3 full, 3e-3 lowrank/sltrain)")
+    train.add_argument("--lr", type=float,
+                       help="peak learning rate (default: the config's for each method: for 9m, the main job's, the "
+                            "best of benchmarks/results/lr_sweep.md; for the others the paper's, 1e-3 full, 3e-3 "
+                            "lowrank and sltrain)")
     train.add_argument("--warmup", type=float, default=0.1, help="warm-up fraction of the steps (default 0.1)")
     train.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine floor as a fraction of --lr")
     train.add_argument("--weight-decay", type=float, default=0.0)
@@ -122,11 +129,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     run.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                      help="parameter dtype: auto is bfloat16 on a GPU, float32 on the CPU")
+    try:
+        recipe = recipes.apply(parser, argv)
+    except recipes.RecipeError as error:
+        parser.error(str(error))
     args = parser.parse_args(argv)
+    args.recipe_file = recipe
     try:
         validate_settings(args)
     except ValueError as error:
-        parser.error(str(error))
+        parser.error(recipes.blame(str(error), recipe))
     return args
 
 
@@ -145,6 +157,7 @@ def _load_config(name: str) -> configs.LlamaConfig:
     naming the field, not inside the model."""
     try:
         config = configs.load(name)
+        configs.learning_rates(name)  # checked here, used per method
     except json.JSONDecodeError as error:
         raise ValueError(f"--config {name}: not valid JSON ({error})") from None
     except KeyError as error:
@@ -250,7 +263,11 @@ def model_settings(args: argparse.Namespace, method: str, vocab_size: int) -> di
 
 
 def learning_rate(args: argparse.Namespace, method: str) -> float:
-    return DEFAULT_LR[method] if args.lr is None else args.lr
+    return configs.learning_rates(args.config)[method][0] if args.lr is None else args.lr
+
+
+def learning_rate_source(args: argparse.Namespace, method: str) -> str:
+    return configs.learning_rates(args.config)[method][1] if args.lr is None else "--lr"
 
 
 def clip_gradients(model: nn.Module, max_norm: float | None) -> float:
@@ -286,15 +303,6 @@ def build_model(args: argparse.Namespace, settings: dict[str, Any]) -> tuple[nn.
     return model, parameters
 
 
-def lr_factor(step: int, total: int, warmup_fraction: float, floor: float) -> float:
-    """Linear warm-up, then cosine decay to `floor` (step counts from 0)."""
-    warmup = int(warmup_fraction * total)
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, held_out: WindowSampler, args: argparse.Namespace) -> float:
     """Mean loss (nats a token) over the same --eval-batches held-out batches every time."""
@@ -308,25 +316,34 @@ def evaluate(model: nn.Module, held_out: WindowSampler, args: argparse.Namespace
 
 def restore(method: str, folder: Path, args: argparse.Namespace, model: nn.Module, optimizer: SLAdamW,
             scheduler: torch.optim.lr_scheduler.LRScheduler, corpus: PreparedCorpus, settings: dict[str, Any],
-            windows_per_epoch: int, log: RunLog) -> tuple[int, dict[str, Any]]:
-    """The step and data position `method` starts from: under --resume its
-    newest intact checkpoint, loaded into the model, optimizer and scheduler;
-    else (or when it has none yet) step 0."""
+            windows_per_epoch: int, log: RunLog) -> tuple[int, dict[str, Any], LearningRateSchedule | None]:
+    """The step and data position `method` starts from, and the learning-rate
+    schedule it resumes: under --resume its newest intact checkpoint, loaded
+    into the model, optimizer and scheduler, its schedule extended when
+    --steps grew; else (or when it has none yet) step 0 and None (a fresh
+    schedule)."""
     root = folder / "checkpoints"
     fresh = corpus.position(args.seq_len, args.seed)
     if not args.resume:
         log.start_fresh()
-        return 0, fresh
+        return 0, fresh, None
     saved, damaged = find_checkpoint(root, legacy=folder / "checkpoint")
     log.passed_over(damaged, intact_found=saved is not None)
     if saved is not None:
-        start, saved_data = load_checkpoint(saved, model, optimizer, scheduler, args.steps, settings)
+        restored = load_checkpoint(saved, model, optimizer, scheduler, args.steps, settings)
         try:
-            data_state = corpus.continue_from(saved_data, args.seq_len, args.seed)
+            data_state = corpus.continue_from(restored.data, args.seq_len, args.seed)
         except ValueError as error:
             raise SystemExit(f"sltrain-train: --resume: {saved}: {error}") from None
-        log.resumed(saved, start, args.steps, data_state["next_window"], windows_per_epoch, args.seq_len)
-        return start, data_state
+        log.resumed(saved, restored.step, restored.steps, data_state["next_window"], windows_per_epoch, args.seq_len)
+        schedule, extension = resumed_schedule(restored.schedule, restored.steps, args.warmup, args.min_lr_ratio,
+                                               restored.step, args.steps)
+        if extension is not None:
+            log.say(f"--steps {args.steps}: {method} extended from step {restored.step} of {restored.steps}; the "
+                    f"learning rate was {extension['schedule_before']}, and is now {extension['schedule_after']}")
+            if args.dist_rank == 0:
+                record_extension(args.out, method, extension)
+        return restored.step, data_state, schedule
     if (folder / "checkpoint.pt").exists():
         raise SystemExit(f"{folder / 'checkpoint.pt'} is a single-file checkpoint of sltrain_ext 0.1.x; "
                          "resume it with that version (this one reads torch.distributed.checkpoint folders)")
@@ -335,7 +352,7 @@ def restore(method: str, folder: Path, args: argparse.Namespace, model: nn.Modul
                          f"above); `--resume if-exists` starts {method} again from step 0")
     log.say(f"no {'intact ' if damaged else ''}checkpoint in {folder}, starting from step 0")
     log.start_fresh()
-    return 0, fresh
+    return 0, fresh, None
 
 
 def train_one(method: str, args: argparse.Namespace, corpus: PreparedCorpus, stop: StopOnSignal,
@@ -363,15 +380,17 @@ def train_one(method: str, args: argparse.Namespace, corpus: PreparedCorpus, sto
                         weight_decay=args.weight_decay, state_bits=args.state_bits,
                         per_layer=args.per_layer, accumulation_steps=args.accumulation if args.per_layer else 1,
                         max_grad_norm=clip if args.per_layer else None)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, args.steps, args.warmup, args.min_lr_ratio))
+    schedule = LearningRateSchedule.fresh(args.steps, args.warmup, args.min_lr_ratio)
+    # The lambda looks `schedule` up at each step, so a resumed (or extended) one set below is the one used.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step))
     checkpoint = folder / "checkpoints"
-    start, data_state = restore(method, folder, args, model, optimizer, scheduler, corpus, settings,
-                                train_windows.count, log)
+    start, data_state, resumed = restore(method, folder, args, model, optimizer, scheduler, corpus, settings,
+                                         train_windows.count, log)
+    schedule = resumed or schedule
 
     def save(step: int) -> None:
         try:
-            save_checkpoint(checkpoint, model, optimizer, scheduler, step, args.steps, args.keep_checkpoints,
+            save_checkpoint(checkpoint, model, optimizer, scheduler, step, schedule, args.keep_checkpoints,
                             data=data_state, settings=settings)
         except CheckpointError as error:
             log.close_bar()
@@ -571,6 +590,8 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> list[dict[str, Any]
         print(f"{r['method']:<8} {r['parameters']:>12,} {shown('val_ppl', '.3f'):>13} {shown('val_bpb', '.4f'):>10} "
               f"{shown('tokens_per_s', ',.0f'):>10} {shown('flops_per_token', '.3f', 1e-9):>11} {mfu:>10} "
               f"{shown('peak_memory_gib', '.2f', unit=' GiB'):>9} {r['seconds']:>7.1f}s")
+    for line in comparison_notes(args, results):
+        print(line)
     (args.out / "summary.json").write_text(json.dumps(
         {"command": shlex.join(["sltrain-train", *(sys.argv[1:] if argv is None else argv)]), "results": results},
         indent=2) + "\n")
@@ -580,6 +601,23 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> list[dict[str, Any]
         print(f"stopped at step {', '.join(str(r['steps']) for r in results)} of {args.steps} (--stop-after "
               f"{args.stop_after} steps a command): the same command with --resume trains on")
     return results
+
+
+def comparison_notes(args: argparse.Namespace, results: list[dict[str, Any]]) -> list[str]:
+    """What the summary table compares, in words: the learning rate of each
+    method and where it comes from, and, for several methods, what one seed
+    at this budget cannot show."""
+    by_source: dict[str, list[str]] = {}
+    for result in results:
+        method = result["method"]
+        by_source.setdefault(learning_rate_source(args, method), []).append(
+            f"{method} {learning_rate(args, method):g}")
+    notes = ["learning rates: " + "; ".join(f"{', '.join(rates)} ({source})" for source, rates in by_source.items())]
+    if len(results) > 1:
+        notes.append(f"one seed, {args.steps} steps of LLaMA-{args.config}: a small gap may be noise, and a short run "
+                     "of a small model does not predict larger ones (the SLTrain paper finds SLTrain close to, not "
+                     "better than, full-rank from 60M to 7B)")
+    return notes
 
 
 def record(args: argparse.Namespace, corpus: PreparedCorpus, argv: list[str] | None) -> None:

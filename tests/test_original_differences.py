@@ -10,6 +10,7 @@ import torch
 import sltrain_ext as sl
 from sltrain_ext import configs, train
 from sltrain_ext.llama import LlamaForCausalLM
+from sltrain_ext.schedule import LearningRateSchedule
 
 
 @pytest.mark.parametrize("name,extra", [("60m", 0), ("130m", 84), ("350m", 72), ("1b", 72)])
@@ -24,8 +25,9 @@ def test_the_support_size_rounds_where_the_original_truncates(name, extra):
 
 def test_warm_up_starts_at_one_steps_worth_not_at_zero():
     # The original's first step has lr 0 (a step that trains nothing).
-    assert train.lr_factor(0, total=100, warmup_fraction=0.1, floor=0.1) == pytest.approx(1 / 10)
-    assert train.lr_factor(9, total=100, warmup_fraction=0.1, floor=0.1) == pytest.approx(1.0)
+    schedule = LearningRateSchedule.fresh(steps=100, warmup_fraction=0.1, floor=0.1)
+    assert schedule(0) == pytest.approx(1 / 10)
+    assert schedule(9) == pytest.approx(1.0)
 
 
 def test_gradients_are_clipped_at_1_by_default_and_0_turns_clipping_off():

@@ -1,7 +1,10 @@
 """The training command: runs, learns, resumes exactly, rejects bad input clearly."""
 
 import json
+import math
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,8 +12,9 @@ import torch
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file
 
-from sltrain_ext import checkpointing, train
+from sltrain_ext import checkpointing, configs, train
 from sltrain_ext.run_log import MEASURED
+from sltrain_ext.schedule import LearningRateSchedule
 
 SMALL = ["--config", "9m", "--batch-size", "4", "--seq-len", "32", "--eval-every", "5", "--eval-batches", "2"]
 
@@ -82,8 +86,8 @@ def test_local_text_files_and_resume_guard(tmp_path):
         (corpus / f"doc{i}.txt").write_text(f"document {i}: " + "the quick brown fox jumps over the lazy dog. " * 20)
     out = tmp_path / "out"
     train.main(SMALL + ["--steps", "4", "--method", "full", "--data", str(corpus), "--out", str(out)])
-    with pytest.raises(SystemExit, match=re.escape("another --steps (4, now 6)")):
-        train.main(SMALL + ["--steps", "6", "--method", "full", "--data", str(corpus), "--out", str(out), "--resume"])
+    with pytest.raises(SystemExit, match=re.escape("--steps 3 is below the 4 steps of the run")):
+        train.main(SMALL + ["--steps", "3", "--method", "full", "--data", str(corpus), "--out", str(out), "--resume"])
 
 
 def checkpoint_step(folder):
@@ -367,7 +371,8 @@ def test_metrics_log_the_learning_rate_each_step_used(tmp_path):
     train.main(SMALL + ["--steps", str(steps), "--method", "full", "--lr", str(lr), "--warmup", "0.2",
                         "--out", str(tmp_path)])
     logged = [r["lr"] for r in metrics(tmp_path / "full") if "loss" in r]
-    expected = [lr * train.lr_factor(step, steps, 0.2, 0.1) for step in range(steps)]
+    schedule = LearningRateSchedule.fresh(steps, warmup_fraction=0.2, floor=0.1)
+    expected = [lr * schedule(step) for step in range(steps)]
     assert logged == pytest.approx(expected)
     assert logged[0] == pytest.approx(lr / 2)  # step 1 of a 2-step warm-up: half the peak
 
@@ -506,3 +511,96 @@ def test_flags_checked_when_the_data_is_opened_are_named(tmp_path, flag, reason)
     missing = tmp_path / "nowhere.json"
     with pytest.raises(SystemExit, match=re.escape(f"sltrain-train: {flag} {missing}: {reason}")):
         train.main(SMALL + ["--steps", "1", "--method", "full", "--out", str(tmp_path)] + data + [flag, str(missing)])
+
+
+def train_process(argv, out):
+    """sltrain-train as a user runs it: a process of its own."""
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, "-m", "sltrain_ext.train", *argv, "--out", str(out)], cwd=root,
+                          capture_output=True, text=True, timeout=600)
+
+
+def base_schedule(step, steps, warmup_steps, floor):
+    """The schedule README states, written out again here: linear warm-up from one step's worth, then a
+    cosine from the peak to `floor` at `steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / (steps - warmup_steps)))
+
+
+def refitted_cosine(step, start, start_factor, steps, floor):
+    return floor + (start_factor - floor) * 0.5 * (1 + math.cos(math.pi * (step - start) / (steps - start)))
+
+
+def test_a_stopped_run_extended_to_more_steps_refits_its_decay_and_records_it(tmp_path):
+    lr, floor = 1e-2, 0.1
+    common = SMALL + ["--method", "full", "--lr", str(lr), "--warmup", "0.2", "--save-every", "100"]
+    stopped = train_process(common + ["--steps", "10", "--stop-after", "4"], tmp_path)
+    assert stopped.returncode == 0, stopped.stderr
+    extended = train_process(common + ["--steps", "16", "--resume"], tmp_path)
+    assert extended.returncode == 0, extended.stderr
+    logged = [r["lr"] for r in metrics(tmp_path / "full") if "loss" in r]
+    before = [lr * base_schedule(step, 10, 2, floor) for step in range(4)]
+    at_extension = base_schedule(4, 10, 2, floor)
+    after = [lr * refitted_cosine(step, 4, at_extension, 16, floor) for step in range(4, 16)]
+    assert logged == pytest.approx(before + after)
+    assert logged[4] == pytest.approx(lr * at_extension)  # no jump where the run was extended
+    assert "--steps 16: full extended from step 4 of 10" in extended.stdout
+    assert f"cosine decay from {at_extension:.6g} of the peak learning rate to 0.1 of it at step 16" in extended.stdout
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["settings"]["--steps"] == 16
+    assert "warm-up over 2 steps" in record["derived"]["schedule"] and "at step 10" in record["derived"]["schedule"]
+    [extension] = record["extensions"]
+    assert extension["method"] == "full" and extension["from_step"] == 4
+    assert (extension["steps_before"], extension["steps_after"]) == (10, 16)
+    assert "at step 16" in extension["schedule_after"] and "at step 10" in extension["schedule_before"]
+
+    shorter = train_process(common + ["--steps", "12", "--resume"], tmp_path)
+    assert shorter.returncode == 2
+    assert "--steps 12 is below the 16 steps of the run" in shorter.stderr and "Traceback" not in shorter.stderr
+
+
+def test_a_finished_run_extended_goes_on_at_the_floor(tmp_path):
+    lr, floor = 1e-2, 0.1
+    common = SMALL + ["--method", "sltrain", "--lr", str(lr), "--warmup", "0.2"]
+    assert train_process(common + ["--steps", "6"], tmp_path).returncode == 0
+    extended = train_process(common + ["--steps", "9", "--resume"], tmp_path)
+    assert extended.returncode == 0, extended.stderr
+    logged = [r["lr"] for r in metrics(tmp_path / "sltrain") if "loss" in r]
+    assert logged[6:] == pytest.approx([lr * floor] * 3)
+    assert "from step 6: constant at the floor, 0.1 of the peak learning rate, to step 9" in extended.stdout
+    assert [r["step"] for r in metrics(tmp_path / "sltrain") if "val_bpb" in r][-1] == 9
+    assert json.loads((tmp_path / "sltrain" / "model" / "sltrain_config.json").read_text())
+
+
+def test_an_extension_during_the_warm_up_keeps_its_length():
+    schedule = LearningRateSchedule.fresh(steps=100, warmup_fraction=0.1, floor=0.1)
+    extended = schedule.extended(from_step=5, total=200)
+    assert [extended(step) for step in range(10)] == [schedule(step) for step in range(10)]
+    assert extended(10) == 1.0 and extended(199) == pytest.approx(0.1, abs=1e-3)
+    with pytest.raises(ValueError, match="cannot be shortened"):
+        schedule.extended(from_step=50, total=90)
+
+
+def test_the_summary_says_which_learning_rates_it_compares_and_where_they_come_from(tmp_path, capsys):
+    train.main(SMALL + ["--steps", "1", "--method", "sltrain,full", "--out", str(tmp_path / "a")])
+    out = capsys.readouterr().out
+    (sltrain, source), (full, _) = configs.learning_rates("9m")["sltrain"], configs.learning_rates("9m")["full"]
+    assert f"learning rates: sltrain {sltrain:g}, full {full:g} ({source})" in out
+    assert "one seed, 1 steps of LLaMA-9m: a small gap may be noise" in out
+    train.main(SMALL + ["--steps", "1", "--method", "full", "--lr", "0.02", "--out", str(tmp_path / "b")])
+    out = capsys.readouterr().out
+    assert "learning rates: full 0.02 (--lr)" in out and "one seed" not in out
+    train.main(SMALL + ["--steps", "1", "--method", "lowrank", "--config", "20m", "--out", str(tmp_path / "c")])
+    assert "learning rates: lowrank 0.003 (the SLTrain paper's)" in capsys.readouterr().out
+
+
+def test_the_main_jobs_learning_rates_are_the_best_of_the_committed_sweep():
+    sweep = json.loads((Path(__file__).resolve().parents[1] / "benchmarks/results/lr_sweep.json").read_text())
+    main_job = train.parse_args([])
+    assert sweep["steps"] == main_job.steps and set(sweep["methods"]) == set(main_job.methods)
+    for method in main_job.methods:
+        runs = [run for run in sweep["runs"] if run["method"] == method]
+        best = min(runs, key=lambda run: run["val_bpb"])
+        assert train.learning_rate(main_job, method) == best["lr"] == sweep["best"][method]["lr"]
+        assert "benchmarks/results/lr_sweep.md" in train.learning_rate_source(main_job, method)

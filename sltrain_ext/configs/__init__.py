@@ -4,12 +4,16 @@ SLTrain's per-size defaults, shipped as JSON: ``llama_60m.json`` and so on."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["LlamaConfig", "available", "load"]
+__all__ = ["PAPER_LEARNING_RATES", "LlamaConfig", "available", "learning_rates", "load"]
 
 _DIR = Path(__file__).parent
+
+# Peak learning rates of the SLTrain paper's runs (full-rank: GaLore's baseline, which the paper compares with).
+PAPER_LEARNING_RATES = {"full": 1e-3, "lowrank": 3e-3, "sltrain": 3e-3}
 
 
 @dataclass(frozen=True)
@@ -70,14 +74,34 @@ def available() -> list[str]:
     return sorted(names, key=lambda n: float(n[:-1]) * (1000 if n.endswith("b") else 1))
 
 
-def load(name: str) -> LlamaConfig:
-    """A config by name ('60m', 'llama_60m', '1B') or by path to a JSON file of the same form."""
+def _read(name: str) -> dict:
     path = Path(name)
     if not path.suffix:
         path = _DIR / f"llama_{name.lower().removeprefix('llama_')}.json"
     if not path.exists():
         raise ValueError(f"unknown config {name!r}: choose one of {available()} or give a JSON path")
-    raw = json.loads(path.read_text())
+    return json.loads(path.read_text())
+
+
+def learning_rates(name: str) -> dict[str, tuple[float, str]]:
+    """Each method's default peak learning rate for a config, and where it
+    comes from: the config's `learning_rates` (with `learning_rates_source`
+    saying how they were chosen) where it has them, else the paper's."""
+    raw = _read(name)
+    chosen = raw.get("learning_rates", {})
+    if not isinstance(chosen, dict) or any(method not in PAPER_LEARNING_RATES for method in chosen):
+        raise ValueError(f"'learning_rates' must map methods of {', '.join(PAPER_LEARNING_RATES)} to numbers")
+    for method, lr in chosen.items():
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr >= 0):
+            raise ValueError(f"'learning_rates' of {method} must be a finite number >= 0, got {lr!r}")
+    source = str(raw.get("learning_rates_source", "the config's"))
+    return {method: (float(chosen[method]), source) if method in chosen else (paper, "the SLTrain paper's")
+            for method, paper in PAPER_LEARNING_RATES.items()}
+
+
+def load(name: str) -> LlamaConfig:
+    """A config by name ('60m', 'llama_60m', '1B') or by path to a JSON file of the same form."""
+    raw = _read(name)
     sltrain = raw.get("sltrain", {})
     return LlamaConfig(
         name=raw["name"], hidden_size=raw["hidden_size"], intermediate_size=raw["intermediate_size"],
