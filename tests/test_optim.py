@@ -130,33 +130,39 @@ def test_state_dict_resume_reproduces_the_trajectory_bitwise(state_bits, dtype, 
     assert_same_parameters(straight, resumed)
 
 
-def test_8bit_states_track_32bit_adam_on_a_fixed_gradient_stream():
-    # Same heavy-tailed gradients for both: the gap is quantisation error alone.
-    # Stated tolerance: within 6 % (relative L2) of 32-bit Adam after 100 steps.
+# Heavy-tailed gradients of pure noise, the same for every precision: the gap
+# to 32-bit Adam is quantisation error alone, and the parameters a random
+# walk, the hardest case for coarse codes. Stated tolerances (relative L2 after
+# 100 steps): 8-bit within 6 % (measured 4.3 %); 4-bit within 50 % (measured
+# 43 %; the first moment rounded in log2 instead of linearly: 141 %).
+@pytest.mark.parametrize("bits,tolerance", [(8, 0.06), (4, 0.5)])
+def test_quantised_states_track_32bit_adam_on_a_fixed_gradient_stream(bits, tolerance):
     gen = torch.Generator().manual_seed(0)
     shapes = [(4096,), (300, 50)]
     stream = [[torch.randn(s, generator=gen) * torch.rand(s, generator=gen).pow(4) * 3 for s in shapes]
               for _ in range(100)]
     final = {}
-    for bits in (32, 8):
+    for state_bits in (32, bits):
         params = [nn.Parameter(torch.zeros(s)) for s in shapes]
-        optimizer = sl.SLAdamW(params, lr=1e-3, state_bits=bits, min_8bit_numel=0)
+        optimizer = sl.SLAdamW(params, lr=1e-3, state_bits=state_bits, min_8bit_numel=0)
         for grads in stream:
             for p, g in zip(params, grads):
                 p.grad = g.clone()
             optimizer.step()
-        final[bits] = torch.cat([p.detach().flatten() for p in params])
-    assert (final[8] - final[32]).norm() <= 0.06 * final[32].norm()
+        final[state_bits] = torch.cat([p.detach().flatten() for p in params])
+    assert (final[bits] - final[32]).norm() <= tolerance * final[32].norm()
 
 
-def test_8bit_states_train_within_2_percent_of_32bit_loss():
+@pytest.mark.parametrize("bits,tolerance", [(8, 0.02), (4, 0.03)])
+def test_quantised_states_train_close_to_32bit_loss(bits, tolerance):
     data = batches(200)
     final_loss = {}
-    for bits in (32, 8):
+    for state_bits in (32, bits):
         model = make_model()
-        losses = train(model, sl.SLAdamW(model.parameters(), lr=3e-3, state_bits=bits, min_8bit_numel=64), data)
-        final_loss[bits] = sum(losses[-20:]) / 20
-    assert abs(final_loss[8] - final_loss[32]) <= 0.02 * final_loss[32]
+        losses = train(model, sl.SLAdamW(model.parameters(), lr=3e-3, state_bits=state_bits, min_8bit_numel=64),
+                       data)
+        final_loss[state_bits] = sum(losses[-20:]) / 20
+    assert abs(final_loss[bits] - final_loss[32]) <= tolerance * final_loss[32]
 
 
 def test_8bit_state_memory_is_two_bytes_per_element():
@@ -168,38 +174,6 @@ def test_8bit_state_memory_is_two_bytes_per_element():
     state_bytes = sum(t.numel() * t.element_size() for t in state.values() if torch.is_tensor(t))
     assert state_bytes == 2 * layer.A.numel() + 2 * 4 * (layer.A.numel() // 256)
     assert optimizer.state[layer.bias]["exp_avg"].dtype == torch.float32  # small: 32-bit
-
-
-def test_4bit_states_track_32bit_adam_on_a_fixed_gradient_stream():
-    # The 8-bit test's heavy-tailed stream of pure noise: the gap is
-    # quantisation error alone, and the parameters a random walk, the hardest
-    # case for coarse codes. Stated tolerance at 4 bits: within 50 % (relative
-    # L2) of 32-bit Adam after 100 steps (measured 43 %; the first moment
-    # rounded in log2 instead of linearly: 141 %; 8-bit codes: 4.3 %).
-    gen = torch.Generator().manual_seed(0)
-    shapes = [(4096,), (300, 50)]
-    stream = [[torch.randn(s, generator=gen) * torch.rand(s, generator=gen).pow(4) * 3 for s in shapes]
-              for _ in range(100)]
-    final = {}
-    for bits in (32, 4):
-        params = [nn.Parameter(torch.zeros(s)) for s in shapes]
-        optimizer = sl.SLAdamW(params, lr=1e-3, state_bits=bits, min_8bit_numel=0)
-        for grads in stream:
-            for p, g in zip(params, grads):
-                p.grad = g.clone()
-            optimizer.step()
-        final[bits] = torch.cat([p.detach().flatten() for p in params])
-    assert (final[4] - final[32]).norm() <= 0.5 * final[32].norm()
-
-
-def test_4bit_states_train_within_3_percent_of_32bit_loss():
-    data = batches(200)
-    final_loss = {}
-    for bits in (32, 4):
-        model = make_model()
-        losses = train(model, sl.SLAdamW(model.parameters(), lr=3e-3, state_bits=bits, min_8bit_numel=64), data)
-        final_loss[bits] = sum(losses[-20:]) / 20
-    assert abs(final_loss[4] - final_loss[32]) <= 0.03 * final_loss[32]
 
 
 def test_4bit_state_memory_is_a_byte_and_an_absmax_per_128_elements():
