@@ -303,12 +303,22 @@ def build_model(args: argparse.Namespace, settings: dict[str, Any]) -> tuple[nn.
     return model, parameters
 
 
+def micro_batch(args: argparse.Namespace) -> int:
+    """Sequences in one forward of a rank: --batch-size split over the
+    processes and the --accumulation steps."""
+    return args.batch_size // args.world_size // args.accumulation
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, held_out: WindowSampler, args: argparse.Namespace) -> float:
-    """Mean loss (nats a token) over the same --eval-batches held-out batches every time."""
+    """Mean loss (nats a token) over the same --eval-batches held-out batches
+    every time, each in forwards of a training micro-batch: a whole
+    --batch-size at once (512 x 256 tokens in the 1B and 7B recipes: 16 GB of
+    float32 logits) would not fit where training's micro-batches just do."""
     model.eval()
-    losses = [model.loss(held_out.windows(i * args.batch_size, args.batch_size).to(args.device)).item()
-              for i in range(args.eval_batches)]
+    losses = [model.loss(chunk.to(args.device)).item()
+              for i in range(args.eval_batches)
+              for chunk in held_out.windows(i * args.batch_size, args.batch_size).split(micro_batch(args))]
     model.train()
     return sum(losses) / len(losses)
 
@@ -399,7 +409,7 @@ def train_one(method: str, args: argparse.Namespace, corpus: PreparedCorpus, sto
     # --stop-after counts the steps of this command, so the same command with --resume goes on
     # (a replay, which starts again from a later checkpoint, keeps the end the command began with).
     end = replay_end or (min(start + args.stop_after, args.steps) if args.stop_after else args.steps)
-    micro = args.batch_size // args.world_size // args.accumulation
+    micro = micro_batch(args)
     costs = step_costs(model, optimizer, args.device, args.batch_size * args.seq_len, micro * args.seq_len,
                        args.seq_len, args.world_size)
     began = time.perf_counter()

@@ -55,6 +55,25 @@ def test_resume_continues_exactly(tmp_path, extra):
         metrics(tmp_path / "resumed" / "sltrain"))
 
 
+def test_held_out_evaluation_runs_in_training_micro_batches(tmp_path, monkeypatch):
+    # --batch-size 8 in 4 accumulation steps: training forwards 2 sequences at
+    # a time, and so must the evaluation (it used to forward all 8 at once).
+    from sltrain_ext.llama import LlamaForCausalLM
+
+    evaluated = []
+    loss = LlamaForCausalLM.loss
+
+    def recording_loss(self, tokens, *rest, **options):
+        if not torch.is_grad_enabled():
+            evaluated.append(tokens.shape[0])
+        return loss(self, tokens, *rest, **options)
+
+    monkeypatch.setattr(LlamaForCausalLM, "loss", recording_loss)
+    train.main(SMALL + ["--batch-size", "8", "--accumulation", "4", "--steps", "5", "--method", "sltrain",
+                        "--out", str(tmp_path)])
+    assert evaluated == [2] * 4 * 2  # --eval-batches 2 of 4 micro-batches each, at step 5
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--method", "dense"], "unknown method 'dense'"),
     (["--config", "3b"], "unknown config '3b'"),
