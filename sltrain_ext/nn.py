@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 from collections.abc import Mapping
@@ -50,15 +49,22 @@ def _version_of(tensor: Tensor) -> int:
     return -1 if tensor.is_inference() else tensor._version
 
 
+_AUTOCAST_AVAILABLE: dict[str, bool] = {}  # by device type: asked at every layer call
+
+
 @torch.compiler.assume_constant_result
-@functools.cache  # asked at every layer call: a dict lookup, not torch.amp's Python
 def _has_autocast(device_type: str) -> bool:
     """Whether autocast exists for this device type (the meta device has none:
     asking it whether autocast is enabled would raise). A property of the
     device type, so torch.compile takes it as a constant: dynamo in torch 2.11
-    cannot trace ``torch.amp.is_autocast_available`` itself. Whether autocast
-    is *enabled* is still asked inside the traced code, where dynamo guards it."""
-    return torch.amp.is_autocast_available(device_type)
+    cannot trace ``torch.amp.is_autocast_available`` itself, nor a
+    ``functools.cache`` around this function (it traces into the wrapper),
+    hence the plain dict. Whether autocast is *enabled* is still asked inside
+    the traced code, where dynamo guards it."""
+    available = _AUTOCAST_AVAILABLE.get(device_type)
+    if available is None:
+        available = _AUTOCAST_AVAILABLE[device_type] = torch.amp.is_autocast_available(device_type)
+    return available
 
 
 class _FactoredLinear(nn.Module):

@@ -253,4 +253,6 @@ def test_a_decode_layer_call_runs_little_python():
     assert torch.equal(actual, expected)
     assert not [f for f in frames if f[1] == "__getattr__"], frames
     ours = [name for path, name in frames if "sltrain_ext" in path]
-    assert ours == ["forward", "scale", "_compact_columns", "_version_of"], ours
+    # _has_autocast: a dict lookup (a functools.cache around it would be no
+    # frame, but dynamo in torch 2.11 traces into that wrapper and fails).
+    assert ours == ["forward", "_has_autocast", "scale", "_compact_columns", "_version_of"], ours
