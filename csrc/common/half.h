@@ -55,15 +55,16 @@ inline fp16 to_fp16(float f) {
 inline float to_float(float f) { return f; }
 inline double to_float(double d) { return d; }
 
-// float to a param type P (float, bf16 or fp16), rounding to nearest even.
-template <class P>
-P from_float(float f) {
+// A float or double to a param type P (float, double, bf16 or fp16),
+// rounding to nearest even.
+template <class P, class S>
+P from_float(S x) {
   if constexpr (std::is_same_v<P, bf16>) {
-    return to_bf16(f);
+    return to_bf16(float(x));
   } else if constexpr (std::is_same_v<P, fp16>) {
-    return to_fp16(f);
+    return to_fp16(float(x));
   } else {
-    return f;
+    return P(x);
   }
 }
 

@@ -13,22 +13,12 @@
 
 #include "common/quant8.h"
 #include "cpu/torch_free_kernels/kernels.h"
+#include "expect.h"
 
 using namespace sltrain;
 using namespace sltrain::cpu;
 
 namespace {
-
-int passes = 0, failures = 0;
-
-void expect(bool ok, const char* what) {
-  if (ok) {
-    ++passes;
-  } else {
-    std::printf("FAILED: %s\n", what);
-    ++failures;
-  }
-}
 
 void expect_close(const std::vector<float>& got, const std::vector<double>& want, const char* what) {
   double error = 0, scale = 1;
@@ -304,17 +294,6 @@ void test_adam8bit_kernel_every_mantissa() {
   expect(mismatches == 0, "the 8-bit kernel encodes every mantissa as quant8.h does");
 }
 
-template <class P>
-P parameter_of(float x) {
-  if constexpr (std::is_same_v<P, bf16>) {
-    return to_bf16(x);
-  } else if constexpr (std::is_same_v<P, fp16>) {
-    return to_fp16(x);
-  } else {
-    return x;
-  }
-}
-
 // The 8-bit step over a whole tensor (the blocks of each thread's chunk
 // software-pipelined, each block's encode overlapping the next one's update,
 // then the partial last block) against the same step taken one block per
@@ -328,7 +307,7 @@ void test_adam8bit_whole_tensor_equals_block_by_block(const char* what) {
   std::normal_distribution<float> normal;
   std::uniform_real_distribution<float> octave(-12.0f, 2.0f);
   std::vector<P> param_whole(n), param_blocks(n), grad(n);
-  for (int64_t i = 0; i < n; ++i) param_whole[i] = param_blocks[i] = parameter_of<P>(normal(gen));
+  for (int64_t i = 0; i < n; ++i) param_whole[i] = param_blocks[i] = from_float<P>(normal(gen));
   std::vector<int8_t> m_whole(n, 0), m_blocks(n, 0);
   std::vector<uint8_t> v_whole(n, 0), v_blocks(n, 0);
   std::vector<float> m_absmax_whole(blocks, 0.0f), m_absmax_blocks(blocks, 0.0f);
@@ -336,7 +315,7 @@ void test_adam8bit_whole_tensor_equals_block_by_block(const char* what) {
   bool equal = true;
   for (int64_t step = 1; step <= 3; ++step) {
     // Gradients of very different sizes from block to block.
-    for (int64_t i = 0; i < n; ++i) grad[i] = parameter_of<P>(normal(gen) * std::exp2(octave(gen) + float(i / kQuantBlock % 9)));
+    for (int64_t i = 0; i < n; ++i) grad[i] = from_float<P>(normal(gen) * std::exp2(octave(gen) + float(i / kQuantBlock % 9)));
     const AdamHyper hyper{1e-3, 0.9, 0.999, 1e-8, 0.1, step, step != 2};
     adam8bit_step<P>(n, param_whole.data(), grad.data(), m_whole.data(), m_absmax_whole.data(), v_whole.data(),
                      v_absmax_whole.data(), hyper);
@@ -482,6 +461,5 @@ int main() {
   test_adam8bit_whole_tensor_equals_block_by_block<bf16>("8-bit step of a whole tensor equals it block by block, bf16");
   test_adam8bit_whole_tensor_equals_block_by_block<fp16>("8-bit step of a whole tensor equals it block by block, fp16");
   test_half_round_trips();
-  std::printf("%d passed, %d failed\n", passes, failures);
-  return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+  return test_summary();
 }

@@ -10,21 +10,11 @@
 
 #include "common/quant4.h"
 #include "cpu/torch_free_kernels/kernels.h"
+#include "expect.h"
 
 using namespace sltrain;
 
 namespace {
-
-int passes = 0, failures = 0;
-
-void expect(bool ok, const char* what) {
-  if (ok) {
-    ++passes;
-  } else {
-    std::printf("FAILED: %s\n", what);
-    ++failures;
-  }
-}
 
 float float_of(uint32_t bits) {
   float x;
@@ -157,6 +147,5 @@ int main() {
   test_every_float_in_range();
   for (int64_t n : {1, 7, 128, 129, 1000, 4097}) test_kernel_codes(n);
   test_kernel_nan_stays_visible();
-  std::printf("%d passed, %d failed\n", passes, failures);
-  return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+  return test_summary();
 }

@@ -17,21 +17,11 @@
 #include "cuda/csr.cuh"
 #include "cuda/decode.cuh"
 #include "cuda/support.cuh"
+#include "../cpp/expect.h"
 
 using namespace sltrain;
 
 namespace {
-
-int passes = 0, failures = 0;
-
-void expect(bool ok, const std::string& what) {
-  if (ok) {
-    ++passes;
-  } else {
-    std::printf("FAILED: %s\n", what.c_str());
-    ++failures;
-  }
-}
 
 // memcpy for arrays that may be empty (std::vector::data() may then be null).
 void copy_bytes(void* dst, const void* src, size_t bytes) {
@@ -778,6 +768,5 @@ int main() {
   test_quantised_adam<__half, cuda::Codes4>({513});
   test_adam_device_step();
 
-  std::printf("%d passed, %d failed\n", passes, failures);
-  return failures == 0 ? 0 : 1;
+  return test_summary();
 }

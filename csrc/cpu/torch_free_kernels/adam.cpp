@@ -23,17 +23,6 @@ S load(P x) {
   }
 }
 
-template <class P, class S>
-P store(S x) {
-  if constexpr (std::is_same_v<P, bf16>) {
-    return to_bf16(float(x));
-  } else if constexpr (std::is_same_v<P, fp16>) {
-    return to_fp16(float(x));
-  } else {
-    return P(x);
-  }
-}
-
 // The decay kind is a template argument: with no branch left in the loop it vectorises.
 template <bool kDecoupled, class P, class S>
 SLTRAIN_SIMD_CLONES void adam_range(int64_t begin, int64_t end, P* __restrict param,
@@ -42,7 +31,7 @@ SLTRAIN_SIMD_CLONES void adam_range(int64_t begin, int64_t end, P* __restrict pa
   for (int64_t i = begin; i < end; ++i) {
     S p = load<S>(param[i]);
     scalars.template update_as<kDecoupled>(p, load<S>(grad[i]), exp_avg[i], exp_avg_sq[i]);
-    param[i] = store<P>(p);
+    param[i] = from_float<P>(p);
   }
 }
 
@@ -97,7 +86,7 @@ __attribute__((always_inline)) inline BlockAbsmaxes update_block(int64_t count, 
     float v_j = old_sqrt_v * old_sqrt_v;
     float p = load<float>(param[j]);
     scalars.template update_as<kDecoupled>(p, load<float>(grad[j]), m_j, v_j);
-    param[j] = store<P>(p);
+    param[j] = from_float<P>(p);
     m[j] = m_j;
     sqrt_v[j] = std::sqrt(v_j);
     m_absmax_bits = std::max(m_absmax_bits, bits_of(std::fabs(m_j)));
