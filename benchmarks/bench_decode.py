@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 import sltrain_ext as sl
-from common import header, measure, pyplot, write_results
+from common import header, measure, provenance, pyplot, write_results
 from sltrain_ext.nn import _has_autocast
 from sltrain_ext.ops import sl_matmul_inference
 
@@ -123,8 +123,7 @@ def main() -> None:
               "| b | variant | ms | x dense time | weight MB | x dense bytes |", "|---:|---|---:|---:|---:|---:|"]
     lines += [f"| {row['b']} | {row['variant']} | {row['ms']:.2f} | {row['vs_dense']:.2f} | "
               f"{row['weight_bytes'] / 1e6:.0f} | {row['bytes_vs_dense']:.2f} |" for row in layer_rows]
-    lines += ["", f"{payload['machine']}, torch {payload['torch']}, {payload['date']}, OMP_WAIT_POLICY "
-              f"{payload['omp_wait_policy']}: `{payload['command']}`", ""]
+    lines += ["", provenance(payload, f"OMP_WAIT_POLICY {payload['omp_wait_policy']}"), ""]
     write_results(RESULTS, "bench_decode_cpu", payload, "\n".join(lines))
 
     plt = pyplot()

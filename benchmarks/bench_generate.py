@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 import sltrain_ext as sl
-from common import header, pyplot, write_results
+from common import header, provenance, pyplot, write_results
 from sltrain_ext import configs
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -105,8 +105,8 @@ def main() -> None:
     lines += [f"| {r['model']} | {r['batch']} | {r['sl_tokens_per_s']:.1f} | {r['dense_tokens_per_s']:.1f} | "
               f"{r['speedup']:.2f} | {r['bytes_ratio']:.2f} | {r['sl_bytes_per_step'] / 1e6:.0f} | "
               f"{r['dense_bytes_per_step'] / 1e6:.0f} |" for r in rows]
-    lines += ["", f"{payload['machine']}, torch {payload['torch']}, {payload['date']}, OMP_WAIT_POLICY "
-              f"{payload['omp_wait_policy']}, {args.new_tokens} new tokens, median of {args.repeats}: `{payload['command']}`", ""]
+    lines += ["", provenance(payload, f"OMP_WAIT_POLICY {payload['omp_wait_policy']}",
+                             f"{args.new_tokens} new tokens", f"median of {args.repeats}"), ""]
     write_results(RESULTS, "bench_generate_cpu", payload, "\n".join(lines))
 
     plt = pyplot()

@@ -38,6 +38,13 @@ def header() -> dict:
     }
 
 
+def provenance(payload: dict, *details: str) -> str:
+    """The closing line of a results markdown: header()'s machine, torch and
+    date, then `details`, then the command."""
+    return ", ".join([payload["machine"], f"torch {payload['torch']}", payload["date"], *details]) + \
+        f": `{payload['command']}`"
+
+
 def measure(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 3) -> float:
     """Median wall time of fn in milliseconds (CUDA events on a GPU)."""
     for _ in range(warmup):
