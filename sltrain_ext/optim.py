@@ -50,10 +50,12 @@ _FUSED_OPS = {32: fused_adam_, 8: fused_adam8bit_, 4: fused_adam4bit_}
 
 def _bits_of(state: dict[str, Any]) -> int:
     """The precision of a parameter's moments, from their layout: 4-bit codes
-    are bytes of two codes (uint8 `exp_avg`), 8-bit ones int8."""
+    are bytes of two codes (uint8 `exp_avg`), 8-bit ones int8 (also what a
+    loaded state whose `exp_avg` is not a tensor is checked as)."""
     if "sqrt_exp_avg_sq" not in state:
         return 32
-    return 4 if state["exp_avg"].dtype == torch.uint8 else 8
+    codes = state.get("exp_avg")
+    return 4 if torch.is_tensor(codes) and codes.dtype == torch.uint8 else 8
 
 
 class _Batch:
@@ -386,8 +388,7 @@ def _check_loaded_state(param_id: Any, param: Tensor, state: dict[str, Any]) -> 
     where = f"SLAdamW.load_state_dict: parameter {param_id} (shape {tuple(param.shape)})"
     numel = param.numel()
     if "sqrt_exp_avg_sq" in state:  # 8- or 4-bit: (dtype, entries, >= 0) of each moment
-        codes = state.get("exp_avg")
-        bits = 4 if torch.is_tensor(codes) and codes.dtype == torch.uint8 else 8
+        bits = _bits_of(state)
         layout = {key: (dtype, entries, key.endswith("absmax"))
                   for key, (dtype, entries) in _code_layout(numel, bits).items()}
     else:
