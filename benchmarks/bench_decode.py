@@ -14,10 +14,10 @@ Two tables, fp32, under torch.no_grad():
   weights each reads once.
 Writes benchmarks/results/bench_decode_cpu.{json,md,png}.
 
-On a machine shared with other jobs run it with OMP_WAIT_POLICY=PASSIVE:
-OpenMP's spinning idle threads otherwise take the cores from the next
-parallel region whenever a BLAS call and our kernels alternate, and the
-timings measure that contention (the JSON records the setting).
+On a machine shared with other jobs, OMP_WAIT_POLICY=PASSIVE keeps
+OpenMP's spinning idle threads from taking the cores from the next parallel
+region (and the decode kernel then splits only large layers across threads);
+the JSON records the setting.
 """
 
 from __future__ import annotations

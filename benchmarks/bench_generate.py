@@ -1,6 +1,6 @@
 """Greedy generation with Hugging Face ``generate`` (issue 24.4), on the CPU.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_generate.py
+    python benchmarks/bench_generate.py
 
 For each of LLaMA-60M and 350M shapes (random weights: speed does not depend
 on them): a Hugging Face LlamaForCausalLM converted to SL form with the

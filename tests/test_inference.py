@@ -5,6 +5,9 @@ column copy, all equal to the training path's forward."""
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -256,3 +259,35 @@ def test_a_decode_layer_call_runs_little_python():
     # _has_autocast: a dict lookup (a functools.cache around it would be no
     # frame, but dynamo in torch 2.11 traces into that wrapper and fails).
     assert ours == ["forward", "_has_autocast", "scale", "_compact_columns", "_version_of"], ours
+
+
+DECODE_IN_A_FRESH_PROCESS = """
+import sys, torch, sltrain_ext as sl
+torch.set_num_threads(int(sys.argv[1]))
+torch.manual_seed(0)
+layer = sl.SLLinear(512, 1376, rank=128, density=0.05).eval()
+torch.nn.init.normal_(layer.B)
+with torch.inference_mode():
+    y = layer(torch.randn(1, 512))
+sys.stdout.write(y.view(torch.int32).numpy().tobytes().hex())
+"""
+
+
+def test_the_decode_result_does_not_depend_on_threads_or_the_wait_policy():
+    # The decode kernel splits a layer into fewer chunks when OpenMP's threads
+    # sleep (OMP_WAIT_POLICY=PASSIVE) than when they spin; each row's sums keep
+    # one order, so every split gives the same bits. This layer (512 -> 1376,
+    # r 128, b 1) is one chunk under PASSIVE and several otherwise.
+    def decode(threads: int, policy: str | None) -> str:
+        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        if policy is not None:
+            env["OMP_WAIT_POLICY"] = policy
+        result = subprocess.run([sys.executable, "-c", DECODE_IN_A_FRESH_PROCESS, str(threads)],
+                                capture_output=True, text=True, env=env, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    spinning = decode(2, None)
+    assert len(spinning) == 1376 * 8
+    assert decode(2, "PASSIVE") == spinning
+    assert decode(1, None) == spinning

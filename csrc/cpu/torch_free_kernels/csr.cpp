@@ -1,5 +1,7 @@
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <strings.h>
 #include <type_traits>
 
 #include "kernels.h"
@@ -14,11 +16,23 @@ constexpr int64_t kBatchBlock = 256;
 // Multiply-adds worth giving a thread of their own.
 constexpr int64_t kWorkGrain = int64_t{1} << 15;
 // The same for sl_decode_rows, whose multiply-adds each stream a weight from
-// memory: waking a pooled thread (tens of µs under OMP_WAIT_POLICY=PASSIVE)
-// must buy about a megabyte of weights, or a small decode layer runs slower
-// on two threads than on one (measured: 512 x 512, r 128, b 1 took 26 µs on
-// two threads and 18 on one; 512 -> 1376, 40-53 against 31).
-constexpr int64_t kDecodeWorkGrain = int64_t{1} << 18;
+// memory, so a chunk's worth is what waking a pooled thread costs. OpenMP's
+// threads spin for a while after a parallel region by default, and waking
+// one costs about a microsecond: 2^15 multiply-adds (128 KB of fp32
+// weights) pay for it (LLaMA-60M generation at batch 1 went from 1.35x to
+// 1.44x dense's speed: benchmarks/bench_generate.py). Under
+// OMP_WAIT_POLICY=PASSIVE they sleep, and waking one costs tens of µs: a
+// chunk must buy about a megabyte of weights, or a small layer runs slower
+// on two threads than on one (512 x 512, r 128, b 1: 26 µs on two, 18 on
+// one).
+int64_t decode_work_grain() {
+  static const int64_t grain = [] {
+    const char* policy = std::getenv("OMP_WAIT_POLICY");
+    const bool threads_sleep = policy != nullptr && strcasecmp(policy, "passive") == 0;
+    return threads_sleep ? int64_t{1} << 18 : int64_t{1} << 15;
+  }();
+  return grain;
+}
 
 template <class T>
 SLTRAIN_SIMD_CLONES void axpy(int64_t count, T alpha, const T* __restrict x, T* __restrict y) {
@@ -271,7 +285,7 @@ bool sl_decode_rows(int64_t m, int64_t n, int64_t r, int64_t b, DecodeAcc<T> sca
                     const T* x_t, const T* bias, T* y) {
   std::atomic<bool> ok{true};
   const int64_t work_per_row = std::max<int64_t>(1, (r + row_ptr[m] / std::max<int64_t>(m, 1)) * b);
-  parallel_for(0, m, std::max<int64_t>(1, kDecodeWorkGrain / work_per_row), [&](int64_t begin, int64_t end) {
+  parallel_for(0, m, std::max<int64_t>(1, decode_work_grain() / work_per_row), [&](int64_t begin, int64_t end) {
     const auto rows = [&](auto tokens) {
       return decode_row_range<decltype(tokens)::value>(begin, end, m, n, r, b, scale, B, t, row_ptr,
                                                        col_idx, values, x_t, bias, y);
