@@ -4,8 +4,8 @@
 
 For each of LLaMA-60M and 350M shapes (random weights: speed does not depend
 on them): a Hugging Face LlamaForCausalLM converted to SL form with the
-paper's rank and density, in eval() (so SLLinear runs sl_matmul_inference
-with 16-bit columns), against the same model merged to dense. Times
+paper's rank and density (SLLinear runs sl_matmul_inference on its 16-bit
+columns), against the same model merged to dense. Times
 max_new_tokens greedy tokens after an 8-token prompt at batch 1 and 16 (the
 first generate call is a warm-up; the median of --repeats calls) and reports tokens/s and the weight bytes
 a decode step reads: every parameter and support buffer except the input
@@ -56,8 +56,7 @@ def decode_step_bytes(model: nn.Module) -> int:
     total = sum(p.numel() * p.element_size() for p in model.parameters() if p is not embedding)
     for module in model.modules():
         if isinstance(module, sl.SLLinear):
-            columns = module.compact_col_idx if module.compact_col_idx is not None else module.col_idx
-            total += module.row_ptr.numel() * 4 + columns.numel() * columns.element_size()
+            total += module.row_ptr.numel() * 4 + module.col_idx.numel() * module.col_idx.element_size()
     return total
 
 

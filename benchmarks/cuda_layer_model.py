@@ -37,6 +37,14 @@ class Layer:
     # padded row stride), as sltrain_ext's LLaMA MLP lays them out (swiglu in
     # sltrain_ext/llama.py), rather than contiguous from an arbitrary producer.
     operands_aligned: bool = False
+    # Bytes a stored column index takes: 2 for the uint16 columns SLLinear
+    # keeps (n <= 65536), which each call widens to int32 (nnz * 4 bytes, taken
+    # from its workspace), or 4.
+    column_bytes: int = 4
+
+    @property
+    def widened_column_bytes(self) -> int:  # ops.cu's widened_column_bytes
+        return 0 if self.column_bytes == 4 else 4 * self.nnz
 
     @property
     def factors_from_dW(self) -> bool:  # csrc/common/cost_model.h
@@ -104,7 +112,9 @@ def aligned_copy(plan: Plan, workspace: Workspace, rows: int, cols: int, element
 def forward_plan(layer: Layer) -> Plan:
     """The materialised forward's allocations (y included) for contiguous inputs."""
     L, e, plan = layer, layer.element, Plan()
+    plan.alloc(L.widened_column_bytes)
     workspace = Workspace(L, forward_spare(L))
+    workspace.left -= L.widened_column_bytes
     aligned_copy(plan, workspace, L.r, L.n, e)
     x_aligned = aligned_copy(plan, workspace, L.b, L.n, e, L.operands_aligned)
     plan.alloc(L.b * L.m * e)  # y
@@ -125,6 +135,7 @@ def backward_plan(layer: Layer, mask=(True, True, True, True)) -> Plan:
     """The materialised backward's allocations (its outputs included)."""
     L, e, plan = layer, layer.element, Plan()
     need_dx, need_dA, need_dB, need_dvalues = mask
+    plan.alloc(L.widened_column_bytes)
     if not L.factors_from_dW:
         if need_dA:
             t = plan.alloc(L.b * L.r * e)  # g @ B
@@ -136,6 +147,7 @@ def backward_plan(layer: Layer, mask=(True, True, True, True)) -> Plan:
             plan.free(t)
     need_dW = need_dvalues or (L.factors_from_dW and (need_dA or need_dB))
     workspace = Workspace(L, backward_spare(L))
+    workspace.left -= L.widened_column_bytes
     g_aligned = aligned_copy(plan, workspace, L.b, L.m, e, L.operands_aligned)
     x_aligned = aligned_copy(plan, workspace, L.b, L.n, e, L.operands_aligned)
     if need_dx:

@@ -5,7 +5,8 @@ on one GPU and per GPU as data parallelism scales.
 
 Counts, per GPU and one training step, in GiB:
   weights      every trainable parameter (and the frozen support) in bf16
-  indices      the sparse support: int64 flat indices (naive) or int32 CSR (ours)
+  indices      the sparse support: int64 flat indices (naive) or CSR (ours: int32
+               row pointers, uint16 columns where the input width is <= 65536)
   gradients    bf16, one per trainable parameter; with per-layer updates only
                the largest single parameter's gradient is ever alive
   states       Adam moments: float32 (8 bytes a parameter), or 8-bit (2 bytes
@@ -51,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from sltrain_ext import configs
+from sltrain_ext.nn import COMPACT_INDEX_LIMIT
 from common import header, pyplot, write_results
 
 GIB = 2**30
@@ -102,7 +104,9 @@ def breakdown(config: configs.LlamaConfig, method: dict, batch: int, seq: int) -
     elif method["naive"]:
         indices = 8 * nnz
     else:
-        indices = 4 * nnz + 4 * sum((m + 1) * c for (m, _), c in config.linear_shapes().items())
+        # int32 row pointers; uint16 columns where the layer's input width allows (SLLinear).
+        indices = sum((4 * (m + 1) + (2 if n <= COMPACT_INDEX_LIMIT else 4) * round(config.density * m * n)) * c
+                      for (m, n), c in config.linear_shapes().items())
     largest = max(m * n for m, n in config.linear_shapes())
     if not method["sl"]:
         transient = 0
@@ -147,10 +151,11 @@ def measured_breakdown(config: configs.LlamaConfig, method: dict, batch: int, se
     layers = [m for m in model.modules() if isinstance(m, sl.SLLinear)]
     tokens = batch * seq
     transient = max(materialized_peak(Layer(b=tokens, m=m.out_features, n=m.in_features, r=m.rank,
-                                            nnz=m.col_idx.numel())) for m in layers)
+                                            nnz=m.col_idx.numel(), column_bytes=m.col_idx.element_size()))
+                    for m in layers)
     parts = {
         "weights": sum(p.numel() * p.element_size() for p in model.parameters()),
-        "indices": sum(b.numel() * b.element_size() for b in model.buffers() if b.dtype == torch.int32),
+        "indices": sum(b.numel() * b.element_size() for b in model.buffers() if b.dtype in (torch.int32, torch.uint16)),
         "gradients": max(grads) if method["per_layer"] else sum(grads),
         "states": sum(t.numel() * t.element_size() for state in optimizer.state.values()
                       for t in state.values() if torch.is_tensor(t)),

@@ -48,6 +48,13 @@ void check_index(const char* op, const char* name, const at::Tensor& t,
                     " but `", like_name, "` is on ", like.device());
 }
 
+void check_columns(const char* op, const at::Tensor& col_idx, const c10::SymInt& n) {
+  TORCH_CHECK_TYPE(col_idx.scalar_type() == at::kInt || col_idx.scalar_type() == at::kUInt16, op,
+                   ": `col_idx` must be int32 or uint16, got ", col_idx.scalar_type());
+  TORCH_CHECK_VALUE(col_idx.scalar_type() != at::kUInt16 || n <= kCompactColumnLimit, op,
+                    ": uint16 `col_idx` holds columns below 65536, but n = ", n, " exceeds 65536");
+}
+
 void check_list_lengths(const char* op, std::initializer_list<std::pair<const char*, size_t>> lists) {
   const auto& [first_name, first_size] = *lists.begin();
   for (const auto& [name, size] : lists) {
@@ -199,6 +206,10 @@ bool exceeds_product(int64_t count, int64_t m, int64_t n) {
   return count > m * n;
 }
 
+at::Tensor int32_columns(const at::Tensor& col_idx) {
+  return col_idx.scalar_type() == at::kInt ? col_idx.contiguous() : col_idx.to(at::kInt);
+}
+
 SymFactorDims check_factors(const char* op, const at::Tensor& A, const at::Tensor& B,
                             const at::Tensor& values, const at::Tensor& row_ptr,
                             const at::Tensor& col_idx, double scale) {
@@ -214,7 +225,12 @@ SymFactorDims check_factors(const char* op, const at::Tensor& A, const at::Tenso
   check_same(op, "values", values, "A", A);
   const SymFactorDims dims{B.sym_size(0), A.sym_size(1), A.sym_size(0), values.sym_size(0)};
   check_index(op, "row_ptr", row_ptr, dims.m + 1, "m + 1", "values", values);
-  check_index(op, "col_idx", col_idx, dims.nnz, "nnz = values.numel()", "values", values);
+  check_columns(op, col_idx, dims.n);
+  TORCH_CHECK_VALUE(col_idx.dim() == 1 && col_idx.sym_size(0) == dims.nnz, op,
+                    ": `col_idx` must be 1-D with nnz = values.numel() = ", dims.nnz,
+                    " entries, got shape ", col_idx.sym_sizes());
+  TORCH_CHECK_VALUE(col_idx.device() == values.device(), op, ": `col_idx` is on ", col_idx.device(),
+                    " but `values` is on ", values.device());
   TORCH_CHECK_VALUE(!exceeds_sym_product(dims.nnz, dims.m, dims.n), op, ": `values` has ",
                     dims.nnz, " entries, more than the m * n = ", dims.m, " * ", dims.n, " of W");
   // Kernels may multiply by scale in the factors' dtype: it must be representable there.
@@ -245,24 +261,11 @@ SymFactorDims check_sl_matmul(const at::Tensor& x, const at::Tensor& A, const at
 SymFactorDims check_sl_matmul_inference(const at::Tensor& x, const at::Tensor& A,
                                         const at::Tensor& B, const at::Tensor& values,
                                         const at::Tensor& row_ptr, const at::Tensor& col_idx,
-                                        double scale, const std::optional<at::Tensor>& bias,
-                                        const std::optional<at::Tensor>& compact_col_idx) {
+                                        double scale, const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "sl_matmul_inference";
   const SymFactorDims dims = check_factors(op, A, B, values, row_ptr, col_idx, scale);
   check_input(op, "x", x, dims.n, A, "n");
   check_bias(op, bias, dims, A);
-  if (compact_col_idx.has_value()) {
-    const at::Tensor& compact = *compact_col_idx;
-    TORCH_CHECK_TYPE(compact.scalar_type() == at::kUInt16, op, ": `compact_col_idx` must be uint16, got ",
-                     compact.scalar_type());
-    TORCH_CHECK_VALUE(compact.dim() == 1 && compact.sym_size(0) == dims.nnz, op,
-                      ": `compact_col_idx` must be 1-D with nnz = ", dims.nnz, " entries, got shape ",
-                      compact.sym_sizes());
-    TORCH_CHECK_VALUE(compact.device() == col_idx.device(), op, ": `compact_col_idx` is on ",
-                      compact.device(), " but `col_idx` is on ", col_idx.device());
-    TORCH_CHECK_VALUE(dims.n <= 65536, op, ": `compact_col_idx` holds 16-bit columns, but n = ",
-                      dims.n, " exceeds 65536");
-  }
   return dims;
 }
 
@@ -281,7 +284,8 @@ void check_support(const char* op, const at::Tensor& row_ptr, const at::Tensor& 
                    const c10::SymInt& m, int64_t n) {
   TORCH_CHECK_VALUE(m >= 0 && n >= 0, op, ": `m` and `n` must be non-negative, got ", m, " and ", n);
   check_int32_vector(op, "row_ptr", row_ptr);
-  check_int32_vector(op, "col_idx", col_idx);
+  check_columns(op, col_idx, n);
+  TORCH_CHECK_VALUE(col_idx.dim() == 1, op, ": `col_idx` must be 1-D, got shape ", col_idx.sym_sizes());
   TORCH_CHECK_VALUE(row_ptr.sym_size(0) == m + 1, op, ": `row_ptr` must have m + 1 = ", m + 1,
                     " entries, got ", row_ptr.sym_size(0));
   TORCH_CHECK_VALUE(col_idx.device() == row_ptr.device(), op, ": `col_idx` is on ",

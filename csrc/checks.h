@@ -34,6 +34,15 @@ struct SymFactorDims {
 // count > m * n, for non-negative sizes, without overflowing int64.
 bool exceeds_product(int64_t count, int64_t m, int64_t n);
 
+// col_idx holds int32 columns, or uint16 ones (2 bytes a nonzero instead of 4)
+// where the input width n is at most this.
+constexpr int64_t kCompactColumnLimit = 65536;
+
+// The int32 columns the training kernels read: col_idx itself, or 16-bit
+// columns widened for this call only (nnz * 4 bytes, freed when it returns).
+// One index type in every training kernel; the decode kernels read both.
+at::Tensor int32_columns(const at::Tensor& col_idx);
+
 // A [r, n], B [m, r], values [nnz], row_ptr int32 [m + 1], col_idx int32 [nnz],
 // floating tensors of one supported dtype, all on one device.
 SymFactorDims check_factors(const char* op, const at::Tensor& A, const at::Tensor& B,
@@ -47,15 +56,11 @@ SymFactorDims check_sl_matmul(const at::Tensor& x, const at::Tensor& A, const at
                               const at::Tensor& col_idx, double scale,
                               const std::optional<at::Tensor>& bias);
 
-// Every argument of sl_matmul_inference: sl_matmul's, and compact_col_idx, if
-// given, a 1-D uint16 copy of col_idx ([nnz], on its device) for n <= 65536.
-// That it equals col_idx is the caller's promise (SLLinear rebuilds it when
-// the support changes); the kernels still check its columns against n.
+// Every argument of sl_matmul_inference (sl_matmul's).
 SymFactorDims check_sl_matmul_inference(const at::Tensor& x, const at::Tensor& A,
                                         const at::Tensor& B, const at::Tensor& values,
                                         const at::Tensor& row_ptr, const at::Tensor& col_idx,
-                                        double scale, const std::optional<at::Tensor>& bias,
-                                        const std::optional<at::Tensor>& compact_col_idx);
+                                        double scale, const std::optional<at::Tensor>& bias);
 
 // Every argument of sl_matmul_backward: sl_matmul's (without bias), and
 // grad_y [..., m] with x's leading dimensions.

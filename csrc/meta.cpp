@@ -30,10 +30,8 @@ Tensor sl_matmul_meta(const Tensor& x, const Tensor& A, const Tensor& B, const T
 
 Tensor sl_matmul_inference_meta(const Tensor& x, const Tensor& A, const Tensor& B,
                                 const Tensor& values, const Tensor& row_ptr, const Tensor& col_idx,
-                                double scale, const std::optional<Tensor>& bias,
-                                const std::optional<Tensor>& compact_col_idx) {
-  const SymFactorDims dims =
-      check_sl_matmul_inference(x, A, B, values, row_ptr, col_idx, scale, bias, compact_col_idx);
+                                double scale, const std::optional<Tensor>& bias) {
+  const SymFactorDims dims = check_sl_matmul_inference(x, A, B, values, row_ptr, col_idx, scale, bias);
   std::vector<c10::SymInt> sizes(x.sym_sizes().begin(), x.sym_sizes().end());
   sizes.back() = dims.m;
   return at::empty_symint(sizes, x.options());

@@ -101,7 +101,7 @@ TORCH_LIBRARY(sltrain, m) {
   // fewer bytes. Gradients go through sl_matmul only.
   m.def(
       "sl_matmul_inference(Tensor x, Tensor A, Tensor B, Tensor values, Tensor row_ptr, "
-      "Tensor col_idx, float scale, Tensor? bias=None, Tensor? compact_col_idx=None) -> Tensor");
+      "Tensor col_idx, float scale, Tensor? bias=None) -> Tensor");
   m.def(
       "densify(Tensor A, Tensor B, Tensor values, Tensor row_ptr, Tensor col_idx, float scale) "
       "-> Tensor");

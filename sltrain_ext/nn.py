@@ -20,7 +20,7 @@ from .ops import (
 
 __all__ = ["SLLinear", "LowRankLinear"]
 
-# The widest input whose column indices fit the 16-bit inference copy.
+# The widest input whose column indices SLLinear keeps in 16 bits.
 COMPACT_INDEX_LIMIT = 1 << 16
 
 
@@ -40,13 +40,6 @@ def check_alpha(alpha: float, rank: int, dtype: torch.dtype | None) -> None:
 # The inference op itself rather than ops.sl_matmul_inference, its Python
 # wrapper: one call frame less per layer call.
 _inference_op = torch.ops.sltrain.sl_matmul_inference.default
-
-
-def _version_of(tensor: Tensor) -> int:
-    """The tensor's version counter; -1 for an inference tensor (made under
-    ``torch.inference_mode()``), which has none: in-place writes to it go
-    unseen, a replaced one is still noticed by identity."""
-    return -1 if tensor.is_inference() else tensor._version
 
 
 _AUTOCAST_AVAILABLE: dict[str, bool] = {}  # by device type: asked at every layer call
@@ -118,8 +111,9 @@ class SLLinear(_FactoredLinear):
     ``B`` (``out x rank``, zeros at init) and ``A`` (``rank x in``,
     Kaiming-uniform) are the low-rank factors; ``S`` is sparse with a support of
     ``round(density * out * in)`` positions drawn uniformly at random once (from
-    ``seed``) and kept in int32 CSR buffers ``row_ptr``/``col_idx``. Only its
-    ``values`` train. Shaped like ``nn.Linear``: input ``[..., in_features]``,
+    ``seed``) and kept in CSR buffers: ``row_ptr`` int32, ``col_idx`` uint16
+    where ``in_features <= 65536`` (half the bytes of int32, which wider layers
+    keep). Only its ``values`` train. Shaped like ``nn.Linear``: input ``[..., in_features]``,
     output ``[..., out_features]``.
 
     Args:
@@ -154,15 +148,11 @@ class SLLinear(_FactoredLinear):
         self.density = density
         self.seed = seed
         row_ptr, col_idx = random_support(out_features, in_features, nnz, seed, device=device)
+        if in_features <= COMPACT_INDEX_LIMIT:
+            col_idx = col_idx.to(torch.uint16)
         self.register_buffer("row_ptr", row_ptr)
         self.register_buffer("col_idx", col_idx)
         self.values = nn.Parameter(torch.empty(nnz, **factory))
-        # The uint16 copy of col_idx the inference kernels read: built at
-        # the first forward without grad (or by eval()), dropped by train(),
-        # never saved; _compact_source and _compact_version say which col_idx it copies.
-        self.register_buffer("compact_col_idx", None, persistent=False)
-        self._compact_source: Tensor | None = None
-        self._compact_version = -1
         self.reset_parameters()
 
     @property
@@ -190,37 +180,25 @@ class SLLinear(_FactoredLinear):
             bias = bias.to(dtype) if bias is not None else None
         if torch.is_grad_enabled():
             return sl_matmul(x, A, B, values, row_ptr, col_idx, self.scale, bias)
-        # Inference: one C++ op, no autograd formula, 16-bit columns where they fit.
-        return _inference_op(x, A, B, values, row_ptr, col_idx, self.scale, bias, self._compact_columns(col_idx))
+        # Inference: one C++ op, no autograd formula.
+        return _inference_op(x, A, B, values, row_ptr, col_idx, self.scale, bias)
 
-    def _compact_columns(self, col_idx: Tensor) -> Tensor | None:
-        """The uint16 copy of ``col_idx`` for the decode kernels, rebuilt in eager
-        mode if ``col_idx`` was replaced or written to (a compiled forward reads
-        the cached one: dynamo cannot trace tensor versions; ``eval()`` builds
-        it beforehand)."""
-        if self.in_features > COMPACT_INDEX_LIMIT:
-            return None
-        if not torch.compiler.is_compiling() and (
-                self._compact_source is not col_idx or self._compact_version != _version_of(col_idx)):
-            self._build_compact_columns()
-        return self._buffers["compact_col_idx"]
+    def __getstate__(self) -> dict[str, Any]:
+        # Plain pickle cannot rebuild a uint16 tensor (torch's unpickler asks its
+        # storage for a typed dtype that uint16 lacks; torch.save and deepcopy
+        # are fine): the columns travel as int32 and are narrowed back on load.
+        state = self.__dict__.copy()
+        columns = self._buffers["col_idx"]
+        if columns is not None and columns.dtype == torch.uint16:
+            state["_buffers"] = {**self._buffers, "col_idx": columns.to(torch.int32)}
+            state["_pickled_wide_columns"] = True
+        return state
 
-    def _build_compact_columns(self) -> None:
-        with torch.no_grad():
-            self.compact_col_idx = self.col_idx.to(torch.uint16)
-        # The tensor and version the copy was made from (the tensor, not its
-        # id: an id can be reused once the old buffer is freed).
-        self._compact_source, self._compact_version = self.col_idx, _version_of(self.col_idx)
-
-    def train(self, mode: bool = True) -> "SLLinear":
-        """``nn.Module.train``; training mode drops the 16-bit column copy,
-        evaluation mode builds it (where the input width allows)."""
-        super().train(mode)
-        if mode:
-            self.compact_col_idx, self._compact_source = None, None
-        elif self.in_features <= COMPACT_INDEX_LIMIT:
-            self._build_compact_columns()
-        return self
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        narrow = state.pop("_pickled_wide_columns", False)
+        super().__setstate__(state)
+        if narrow:
+            self._buffers["col_idx"] = self._buffers["col_idx"].to(torch.uint16)
 
     @torch.no_grad()
     def dense_weight(self) -> Tensor:

@@ -55,7 +55,9 @@ def sl_matmul(
         x: ``[..., n]`` input.
         A: ``[r, n]`` right factor.  B: ``[m, r]`` left factor.
         values: ``[nnz]`` nonzeros of the sparse part ``S`` (``m x n``).
-        row_ptr, col_idx: ``S``'s fixed support as int32 CSR (``[m + 1]``, ``[nnz]``).
+        row_ptr, col_idx: ``S``'s fixed support as CSR: ``row_ptr`` int32 ``[m + 1]``,
+            ``col_idx`` ``[nnz]`` int32, or uint16 where ``n <= 65536`` (the training
+            kernels widen 16-bit columns to int32 for the call).
         scale: the low-rank scale ``s = alpha / r``.
         bias: optional ``[m]``.
 
@@ -74,15 +76,12 @@ def sl_matmul_inference(
     col_idx: Tensor,
     scale: float,
     bias: Tensor | None = None,
-    compact_col_idx: Tensor | None = None,
 ) -> Tensor:
     """``sl_matmul``'s forward as one C++ op with no autograd formula (results
     carry no gradient): the inference path of ``SLLinear``. Up to 32 tokens on
-    the CPU and 16 on CUDA take one pass over ``B`` and the sparse entries;
-    with ``compact_col_idx``, a ``uint16`` copy of ``col_idx`` (``n <= 65536``,
-    on ``col_idx``'s device), they read 2-byte columns instead of 4. The copy
-    must equal ``col_idx``."""
-    return _ops.sl_matmul_inference.default(x, A, B, values, row_ptr, col_idx, scale, bias, compact_col_idx)
+    the CPU and 16 on CUDA take one pass over ``B`` and the sparse entries,
+    reading ``col_idx`` as stored (2 bytes a column for uint16, 4 for int32)."""
+    return _ops.sl_matmul_inference.default(x, A, B, values, row_ptr, col_idx, scale, bias)
 
 
 def sl_matmul_backward(
@@ -251,13 +250,14 @@ def _fused_adam_codes(op: Callable[..., None], params: Sequence[Tensor], grads: 
 
 def validate_support(row_ptr: Tensor, col_idx: Tensor, m: int, n: int) -> None:
     """Raises ``ValueError`` naming what is wrong unless ``(row_ptr, col_idx)`` is a
-    valid support of an ``m x n`` matrix: int32, ``row_ptr`` ``[m + 1]`` from 0 to
-    nnz and non-decreasing, columns in ``[0, n)`` strictly increasing in each row.
+    valid support of an ``m x n`` matrix: ``row_ptr`` int32 ``[m + 1]`` from 0 to
+    nnz and non-decreasing; ``col_idx`` int32 (or uint16 where ``n <= 65536``),
+    columns in ``[0, n)`` strictly increasing in each row.
     O(nnz); runs on the CPU (tensors on other devices are copied). A support
     on the meta device has no values to check and is refused."""
     for name, tensor in (("row_ptr", row_ptr), ("col_idx", col_idx)):
         if not isinstance(tensor, Tensor):
-            raise TypeError(f"validate_support: `{name}` must be an int32 torch.Tensor, got {type(tensor).__name__}")
+            raise TypeError(f"validate_support: `{name}` must be a torch.Tensor, got {type(tensor).__name__}")
         if tensor.is_meta:
             raise ValueError(f"validate_support: `{name}` is on the meta device, which holds no values to validate")
     _ops.validate_support(row_ptr.cpu(), col_idx.cpu(), m, n)

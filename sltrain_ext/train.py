@@ -378,10 +378,14 @@ def train_one(method: str, args: argparse.Namespace, corpus: PreparedCorpus, sto
     held_out = WindowSampler(corpus.validation, args.seq_len, 10_000 + args.seed, vocab_size)
     forward_module: nn.Module = model
     if args.dist == "ddp":
-        # Gradients as views of the all-reduce buckets: one copy of them, not two.
+        # Gradients as views of the all-reduce buckets: one copy of them, not
+        # two. No buffer broadcast, at the start or before every forward: every
+        # rank builds the same model from --seed, its supports included, and
+        # neither gloo nor NCCL can send the uint16 column indices (a 7B
+        # model's 0.6 GiB of them would otherwise go out at every step).
         forward_module = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[args.device.index] if args.device.type == "cuda" else None,
-            gradient_as_bucket_view=True)
+            gradient_as_bucket_view=True, broadcast_buffers=False)
     loss_of = torch.compile(causal_lm_loss) if args.compile else causal_lm_loss
     leader = args.dist_rank == 0
     log = RunLog(method, folder, leader, args.trackers)

@@ -81,17 +81,19 @@ class Ledger:
 
 
 def ledgers_of_a_materialized_layer(b: int, m: int, n: int, r: int, nnz: int, workspace: int, dtype: torch.dtype,
-                                    mask=(True, True, True, True), operands_aligned: bool = False
-                                    ) -> tuple[Ledger, Ledger]:
+                                    mask=(True, True, True, True), operands_aligned: bool = False,
+                                    columns: torch.dtype = torch.int32) -> tuple[Ledger, Ledger]:
     """The ledgers of one materialised forward (its y kept alive, as the caller
     of a layer would keep it) and one backward of the emulated bindings; x and
     the output gradient contiguous, or with rows padded to 8 elements as
-    sltrain_ext's LLaMA MLP hands them over (`operands_aligned`)."""
+    sltrain_ext's LLaMA MLP hands them over (`operands_aligned`); column
+    indices of dtype `columns`."""
     import sltrain_ext as sl
     from helpers import make_problem
 
     cuda_ops = ops()
-    p = make_problem(m, n, r, nnz, dtype, seed=b)
+    p = make_problem(m, n, r, nnz, dtype, seed=b, columns=columns)
+
     def operand(rows, cols):
         values = torch.randn(rows, cols, dtype=torch.float64).to(dtype)
         if not operands_aligned:

@@ -38,10 +38,13 @@ class Problem:
         return (self.A, self.B, self.values, self.row_ptr, self.col_idx, self.scale)
 
 
-def make_problem(m, n, r, nnz, dtype=torch.float32, device="cpu", seed=0, bias=True) -> Problem:
-    """Random factors (B nonzero, unlike at init) on a random support."""
+def make_problem(m, n, r, nnz, dtype=torch.float32, device="cpu", seed=0, bias=True,
+                 columns=torch.int32) -> Problem:
+    """Random factors (B nonzero, unlike at init) on a random support, its
+    column indices of dtype `columns` (int32, or uint16 as SLLinear keeps them)."""
     gen = torch.Generator().manual_seed(seed)
     row_ptr, col_idx = sl.random_support(m, n, nnz, seed, device=device)
+    col_idx = col_idx.to(columns)
 
     def rand(*shape):
         return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)

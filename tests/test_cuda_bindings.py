@@ -54,11 +54,12 @@ def run_and_check(cuda_ops, p, x, dtype, masks=(True,) * 4):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("seed", range(3))
-def test_random_shapes_against_float64(cuda_ops, seed, dtype, path):
+@pytest.mark.parametrize("columns", [torch.int32, torch.uint16])
+def test_random_shapes_against_float64(cuda_ops, seed, dtype, columns, path):
     rng = random.Random(seed)
     m, n, r = rng.randint(1, 70), rng.randint(1, 70), rng.randint(1, 12)
     lead = [rng.randint(1, 6) for _ in range(rng.randint(1, 3))]
-    p = make_problem(m, n, r, rng.randint(0, m * n), dtype, seed=seed, bias=bool(seed % 2))
+    p = make_problem(m, n, r, rng.randint(0, m * n), dtype, seed=seed, bias=bool(seed % 2), columns=columns)
     x = torch.randn(*lead, n, dtype=torch.float64).to(dtype)
     run_and_check(cuda_ops, p, x, dtype)
 
@@ -376,13 +377,13 @@ def test_zero_tokens_cost_nothing_on_either_path(cuda_ops, path):
 @pytest.mark.parametrize("compact", [False, True])
 def test_inference_equals_the_float64_forward(cuda_ops, dtype, tokens, n, compact):
     # 1..16 tokens take the fused kernels (5: a padded group of 8; n = 37: the
-    # scalar loads of A and x), with int32 or uint16 columns; 17 takes
-    # sl_matmul's factored path, which reads the int32 columns only.
+    # scalar loads of A and x), with int32 or uint16 columns read as stored;
+    # 17 takes sl_matmul's factored path, which widens uint16 ones to int32.
     p = make_problem(29, n, 6, 400, dtype, seed=tokens + n, bias=tokens % 2 == 1)
     x = torch.randn(tokens, n, dtype=torch.float64).to(dtype)
-    columns = p.col_idx.to(torch.uint16) if compact else None
+    columns = p.col_idx.to(torch.uint16) if compact else p.col_idx
     with sl.matmul_config("factored"):
-        y = cuda_ops.sl_matmul_inference(x, *p.operands(), p.bias, columns)
+        y = cuda_ops.sl_matmul_inference(x, p.A, p.B, p.values, p.row_ptr, columns, p.scale, p.bias)
     expected = x.double() @ reference_weight(p).T + (p.bias.double() if p.bias is not None else 0)
     assert y.dtype == dtype
     assert_close(y, expected, dtype)
@@ -397,31 +398,43 @@ def test_inference_of_strided_inputs_and_leading_dimensions(cuda_ops, dtype):
     x = wide[..., 1:]
     B = p.B.t().contiguous().t()
     with sl.matmul_config("factored"):
-        y = cuda_ops.sl_matmul_inference(x, p.A, B, p.values, p.row_ptr, p.col_idx, p.scale, p.bias,
-                                         p.col_idx.to(torch.uint16))
+        y = cuda_ops.sl_matmul_inference(x, p.A, B, p.values, p.row_ptr, p.col_idx.to(torch.uint16), p.scale,
+                                         p.bias)
     expected = x.double() @ reference_weight(p).T + p.bias.double()
     assert y.shape == (2, 3, 23)
     assert_close(y, expected, dtype)
 
 
-def test_the_fused_kernels_read_the_compact_columns(cuda_ops):
-    # A compact copy that differs from col_idx (every entry moved to column
-    # 0): up to 16 tokens the result is the product over the copy's columns,
-    # so the 16-bit indices are what the CUDA kernel reads; at 17 tokens
-    # (unfused) the copy is not read.
-    p = make_problem(21, 30, 4, 150, seed=9)
-    moved = torch.zeros_like(p.col_idx)
-    row_sums = torch.segment_reduce(p.values.double(), "sum", offsets=p.row_ptr.long())
-    low_rank = p.scale * p.B.double() @ p.A.double()
-    for tokens in (3, 16, 17):
-        x = torch.randn(tokens, 30, dtype=torch.float64).float()
-        with sl.matmul_config("factored"):
-            y = cuda_ops.sl_matmul_inference(x, *p.operands(), p.bias, moved.to(torch.uint16))
-        if tokens <= 16:
-            expected = x.double() @ low_rank.T + x.double()[:, :1] * row_sums + p.bias.double()
+@pytest.mark.parametrize("path", PATHS)
+def test_16_bit_columns_give_the_int32_results(cuda_ops, path):
+    # uint16 col_idx (as SLLinear keeps it): the training bindings widen it to
+    # int32 for the call (the factored backward caches its CSC by the uint16
+    # tensor), the decode kernels read it as stored. The factored path and the
+    # decode kernels give the int32 call's bits; the materialised path takes
+    # the widened copy out of its workspace, so its W chunks (and with them
+    # the GEMMs' summation blocking) may differ: equal to rounding. Two calls
+    # with uint16 columns: the second backward finds the cached CSC.
+    p = make_problem(29, 37, 6, 300, seed=5)
+    narrow = p.col_idx.to(torch.uint16)
+    wide = (p.A, p.B, p.values, p.row_ptr, p.col_idx, p.scale)
+    compact = (p.A, p.B, p.values, p.row_ptr, narrow, p.scale)
+    x, grad_y = torch.randn(9, 37), torch.randn(9, 29)
+
+    def check(got, want):
+        if path == "factored":
+            assert torch.equal(got, want)
         else:
-            expected = x.double() @ reference_weight(p).T + p.bias.double()
-        assert_close(y, expected, torch.float32, f"{tokens} tokens")
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+    with sl.matmul_config(path, workspace_bytes=4096):
+        for _ in range(2):
+            check(cuda_ops.sl_matmul(x, *compact, p.bias), cuda_ops.sl_matmul(x, *wide, p.bias))
+            for got, want in zip(cuda_ops.sl_matmul_backward(grad_y, x, *compact, [True] * 4),
+                                 cuda_ops.sl_matmul_backward(grad_y, x, *wide, [True] * 4)):
+                check(got, want)
+        for tokens in (1, 16):
+            check(cuda_ops.sl_matmul_inference(x[:tokens], *compact, p.bias),
+                  cuda_ops.sl_matmul_inference(x[:tokens], *wide, p.bias))
 
 
 def test_inference_scales_after_the_product(cuda_ops):
@@ -431,7 +444,6 @@ def test_inference_scales_after_the_product(cuda_ops):
     A, B = torch.randn(8, 40), torch.zeros(48, 8)
     x = torch.randn(4, 40)
     with sl.matmul_config("factored"):
-        y = cuda_ops.sl_matmul_inference(x, A, B, p.values, p.row_ptr, p.col_idx, 3.4e38, None,
-                                         p.col_idx.to(torch.uint16))
+        y = cuda_ops.sl_matmul_inference(x, A, B, p.values, p.row_ptr, p.col_idx.to(torch.uint16), 3.4e38, None)
     S = sl.densify(A, B, p.values, p.row_ptr, p.col_idx, 0.0).double()
     torch.testing.assert_close(y.double(), x.double() @ S.T, rtol=1e-5, atol=1e-4)

@@ -16,10 +16,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # Both paths, many chunks and staging tiles, every mask, odd widths, strided
-# inputs, the Adam groups, the fused decode kernels on 16-bit columns: the
-# bindings' own index arithmetic.
+# inputs, the Adam groups, 16-bit columns (widened, cached, read by the decode
+# kernels): the bindings' own index arithmetic.
 SELECTION = ("edge_shapes or every_output_mask or staging or strided or adam or zero_tokens or densify "
-             "or fused_kernels_read_the_compact_columns")
+             "or 16_bit_columns")
 
 
 def sanitizer_runtimes() -> list[str]:

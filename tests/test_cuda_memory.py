@@ -40,15 +40,19 @@ LAYERS = [
 
 
 def measured_peaks(layer: Layer, dtype, mask=(True,) * 4):
+    columns = torch.uint16 if layer.column_bytes == 2 else torch.int32
     return emulated_cuda.ledgers_of_a_materialized_layer(layer.b, layer.m, layer.n, layer.r, layer.nnz,
-                                                         layer.workspace, dtype, mask, layer.operands_aligned)
+                                                         layer.workspace, dtype, mask, layer.operands_aligned,
+                                                         columns)
 
 
+@pytest.mark.parametrize("column_bytes", [4, 2], ids=["int32_columns", "uint16_columns"])
 @pytest.mark.parametrize("operands_aligned", [False, True], ids=["contiguous", "aligned_rows"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
 @pytest.mark.parametrize("b,m,n,r,nnz,workspace", LAYERS)
-def test_ledger_equals_the_allocation_plan(b, m, n, r, nnz, workspace, dtype, operands_aligned):
-    layer = Layer(b, m, n, r, nnz, element=dtype.itemsize, workspace=workspace, operands_aligned=operands_aligned)
+def test_ledger_equals_the_allocation_plan(b, m, n, r, nnz, workspace, dtype, operands_aligned, column_bytes):
+    layer = Layer(b, m, n, r, nnz, element=dtype.itemsize, workspace=workspace, operands_aligned=operands_aligned,
+                  column_bytes=column_bytes)
     forward, backward = measured_peaks(layer, dtype)
     assert forward.peak == materialized_forward_peak(layer)
     assert forward.live == b * m * dtype.itemsize  # only y survives the call
@@ -69,21 +73,23 @@ TRAINING_SHAPES = PRESETS["training"]
 SCALED_TRAINING_SHAPES = [(name, *(v // 16 for v in dims), density) for name, *dims, density in TRAINING_SHAPES]
 
 
+@pytest.mark.parametrize("column_bytes", [4, 2], ids=["int32_columns", "uint16_columns"])
 @pytest.mark.parametrize("name,b,n,m,r,density", SCALED_TRAINING_SHAPES, ids=[s[0] for s in SCALED_TRAINING_SHAPES])
-def test_forward_backward_peak_is_at_most_dense(name, b, n, m, r, density):
+def test_forward_backward_peak_is_at_most_dense(name, b, n, m, r, density, column_bytes):
     # As a network runs it: y stays alive through the backward.
-    layer = Layer(b, m, n, r, round(density * m * n), element=4)
+    layer = Layer(b, m, n, r, round(density * m * n), element=4, column_bytes=column_bytes)
     forward, backward = measured_peaks(layer, torch.float32)
     peak = max(forward.peak, b * m * 4 + backward.peak)
     assert peak <= dense_peak(layer), f"{name}: {peak} bytes against dense's {dense_peak(layer)}"
 
 
+@pytest.mark.parametrize("column_bytes", [4, 2], ids=["int32_columns", "uint16_columns"])
 @pytest.mark.parametrize("name,b,n,m,r,density", TRAINING_SHAPES, ids=[s[0] for s in TRAINING_SHAPES])
 @pytest.mark.parametrize("element", [2, 4])
-def test_planned_peak_at_the_real_training_shapes_is_at_most_dense(name, b, n, m, r, density, element):
+def test_planned_peak_at_the_real_training_shapes_is_at_most_dense(name, b, n, m, r, density, element, column_bytes):
     # The plan, checked against the ledger above, at the unscaled shapes
     # (bf16 and fp32): what the GPU issue will measure.
-    layer = Layer(b, m, n, r, round(density * m * n), element=element)
+    layer = Layer(b, m, n, r, round(density * m * n), element=element, column_bytes=column_bytes)
     peak = max(materialized_forward_peak(layer), b * m * element + materialized_backward_peak(layer))
     assert peak <= dense_peak(layer), f"{name}: {peak} bytes against dense's {dense_peak(layer)}"
 

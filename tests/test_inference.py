@@ -5,6 +5,7 @@ column copy, all equal to the training path's forward."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import subprocess
 import sys
@@ -39,33 +40,32 @@ def training_forward(p, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("tokens", [1, 2, 3, 4, 8, 16, 32, 33])
 @pytest.mark.parametrize("path", ["factored", "materialized"])
-@pytest.mark.parametrize("compact", [False, True])
-def test_inference_op_equals_the_training_forward(dtype, tokens, path, compact):
+@pytest.mark.parametrize("columns", [torch.int32, torch.uint16])
+def test_inference_op_equals_the_training_forward(dtype, tokens, path, columns):
     # 1, 2, 4, 8 and 16 tokens run unrolled kernels, 3 and 32 the runtime-b one; 33 is
     # past the decode kernel's 32 and goes through sl_matmul's own code.
-    p = make_problem(48, 40, 6, 300, dtype=dtype, seed=tokens)
+    p = make_problem(48, 40, 6, 300, dtype=dtype, seed=tokens, columns=columns)
     x = torch.randn(tokens, 40, dtype=torch.float64).to(dtype)
-    columns = p.col_idx.to(torch.uint16) if compact else None
     with sl.matmul_config(path):
         expected = training_forward(p, x.clone())
         with torch.no_grad():
-            actual = sl_matmul_inference(x, *p.operands(), p.bias, columns)
+            actual = sl_matmul_inference(x, *p.operands(), p.bias)
     assert_close(actual, expected.double(), dtype)
 
 
 def test_without_bias_and_with_leading_dimensions():
-    p = make_problem(20, 24, 3, 90, bias=False)
+    p = make_problem(20, 24, 3, 90, bias=False, columns=torch.uint16)
     x = torch.randn(2, 3, 24)
     with sl.matmul_config("factored"):
         expected = training_forward(p, x.clone())
-        actual = sl_matmul_inference(x, *p.operands(), None, p.col_idx.to(torch.uint16))
+        actual = sl_matmul_inference(x, *p.operands(), None)
     assert actual.shape == (2, 3, 20)
     assert_close(actual, expected.double(), torch.float32)
 
 
 def test_sllinear_without_grad_dispatches_one_op_and_keeps_the_training_path_with_grad():
     torch.manual_seed(0)
-    layer = sl.SLLinear(32, 24, rank=4, density=0.1).eval()  # eval() builds the 16-bit columns
+    layer = sl.SLLinear(32, 24, rank=4, density=0.1).eval()
     torch.nn.init.normal_(layer.B)
     x = torch.randn(1, 32)
     for no_grad in (torch.no_grad, torch.inference_mode):
@@ -79,50 +79,53 @@ def test_sllinear_without_grad_dispatches_one_op_and_keeps_the_training_path_wit
     assert_close(y, y_train.detach().double(), torch.float32)
 
 
-def test_compact_columns_are_cached_not_saved_dropped_by_train_and_follow_the_support():
+def test_a_layer_keeps_16_bit_columns_up_to_65536_inputs_and_loads_int32_ones():
     torch.manual_seed(0)
     layer = sl.SLLinear(40, 30, rank=4, density=0.2)
     torch.nn.init.normal_(layer.B)
-    x = torch.randn(2, 40)
-    assert layer.compact_col_idx is None
-    layer.eval()
-    compact = layer.compact_col_idx
-    assert compact.dtype == torch.uint16 and torch.equal(compact.int(), layer.col_idx)
-    with torch.no_grad():
-        layer(x)
-    assert layer.compact_col_idx is compact  # built once, not per call
-    assert "compact_col_idx" not in layer.state_dict()
-    layer.train()
-    assert layer.compact_col_idx is None
-    with torch.no_grad():
-        layer(x)  # evaluation in training mode builds it again
-    assert torch.equal(layer.compact_col_idx.int(), layer.col_idx)
-    layer.train()
+    assert layer.row_ptr.dtype == torch.int32 and layer.col_idx.dtype == torch.uint16
+    row_ptr, col_idx = sl.random_support(30, 40, layer.nnz, layer.seed)
+    assert torch.equal(layer.row_ptr, row_ptr) and torch.equal(layer.col_idx.int(), col_idx)
+    assert layer.state_dict()["col_idx"].dtype == torch.uint16
 
-    # Another support loaded into the layer: the copy is rebuilt from it, and
-    # the output is the new layer's.
+    # A state with int32 columns (saved before layers kept 16-bit ones) loads:
+    # validated, then narrowed into the layer's buffer; the output is the
+    # saved layer's, with grad and without.
     other = sl.SLLinear(40, 30, rank=4, density=0.2, seed=layer.seed + 1)
     torch.nn.init.normal_(other.B)
-    layer.eval()
-    layer.load_state_dict(other.state_dict())
-    with torch.no_grad(), sl.matmul_config("factored"):
-        actual = layer(x)
-        assert torch.equal(layer.compact_col_idx.int(), other.col_idx)
+    state = {**other.state_dict(), "col_idx": other.col_idx.int()}
+    layer.load_state_dict(state)
+    assert layer.col_idx.dtype == torch.uint16 and torch.equal(layer.col_idx, other.col_idx)
+    x = torch.randn(2, 40)
     with sl.matmul_config("factored"):
         expected = other(x).detach()
-    assert_close(actual, expected.double(), torch.float32)
+        assert torch.equal(layer(x).detach(), expected)
+        with torch.no_grad():
+            assert_close(layer(x), expected.double(), torch.float32)
+    broken = {**state, "col_idx": state["col_idx"].clone()}
+    broken["col_idx"][0] = 40
+    with pytest.raises(ValueError, match="invalid support in state_dict"):
+        layer.load_state_dict(broken)
 
-    # Buffers replaced by assignment, or written in place: rebuilt at the next call.
-    third = sl.SLLinear(40, 30, rank=4, density=0.2, seed=layer.seed + 2)
-    layer.row_ptr, layer.col_idx = third.row_ptr.clone(), third.col_idx.clone()
+
+def test_layers_wider_than_16_bit_columns_keep_int32_ones():
+    layer = sl.SLLinear(sl.nn.COMPACT_INDEX_LIMIT + 1, 2, rank=1, density=1e-4)
+    assert layer.col_idx.dtype == torch.int32
+    x = torch.randn(1, layer.in_features)
     with torch.no_grad():
-        layer(x)
-    assert torch.equal(layer.compact_col_idx.int(), third.col_idx)
-    layer.row_ptr.copy_(other.row_ptr)
-    layer.col_idx.copy_(other.col_idx)
-    with torch.no_grad(), sl.matmul_config("factored"):
-        assert_close(layer(x), expected.double(), torch.float32, "after an in-place write")
-    assert torch.equal(layer.compact_col_idx.int(), other.col_idx)
+        torch.testing.assert_close(layer(x), x @ layer.dense_weight().T + layer.bias)
+
+
+def test_16_bit_columns_pickle_and_copy():
+    # Plain pickle cannot rebuild a uint16 tensor (torch's unpickler): the
+    # layer pickles its columns as int32 and narrows them back.
+    import pickle
+
+    layer = sl.SLLinear(24, 16, rank=2, density=0.3)
+    for copied in (pickle.loads(pickle.dumps(layer)), copy.deepcopy(layer)):
+        assert copied.col_idx.dtype == torch.uint16 and torch.equal(copied.col_idx, layer.col_idx)
+        assert not hasattr(copied, "_pickled_wide_columns")
+    assert layer.col_idx.dtype == torch.uint16
 
 
 def test_a_layer_built_under_inference_mode_runs_there():
@@ -132,32 +135,30 @@ def test_a_layer_built_under_inference_mode_runs_there():
         x = torch.randn(3, 16)
         y = layer(x)
     torch.testing.assert_close(y, x @ layer.dense_weight().T + layer.bias)
-    assert torch.equal(layer.compact_col_idx.int(), layer.col_idx)
 
 
-def test_no_compact_copy_beyond_16_bit_columns():
-    layer = sl.SLLinear(sl.nn.COMPACT_INDEX_LIMIT + 1, 2, rank=1, density=1e-4).eval()
-    assert layer.compact_col_idx is None
-    with torch.no_grad():
-        layer(torch.randn(1, layer.in_features))
-    assert layer.compact_col_idx is None
+@pytest.mark.parametrize("op", ["sl_matmul", "sl_matmul_inference", "sl_matmul_backward", "densify"])
+def test_bad_columns_name_the_argument(op):
+    def call(p, x):
+        if op == "densify":
+            return sl.densify(*p.operands())
+        if op == "sl_matmul_backward":
+            return sl.sl_matmul_backward(torch.randn(x.shape[0], p.m), x, *p.operands())
+        return getattr(sl.ops, op)(x, *p.operands(), p.bias)
 
-
-def test_bad_compact_columns_name_the_argument():
-    p = make_problem(8, 10, 2, 20)
+    p = make_problem(8, 10, 2, 20, columns=torch.uint16)
     x = torch.randn(1, 10)
-    with pytest.raises(TypeError, match="`compact_col_idx` must be uint16"):
-        sl_matmul_inference(x, *p.operands(), p.bias, p.col_idx)
-    with pytest.raises(ValueError, match="`compact_col_idx` must be 1-D with nnz = 20"):
-        sl_matmul_inference(x, *p.operands(), p.bias, p.col_idx[:5].to(torch.uint16))
-    outside = p.col_idx.to(torch.uint16)
+    with pytest.raises(TypeError, match=f"{op}: `col_idx` must be int32 or uint16, got Long"):
+        call(dataclasses.replace(p, col_idx=p.col_idx.long()), x)
+    with pytest.raises(ValueError, match=f"{op}: `col_idx` must be 1-D with nnz = values.numel\\(\\) = 20"):
+        call(dataclasses.replace(p, col_idx=p.col_idx[:5]), x)
+    outside = p.col_idx.clone()
     outside[3] = 10
     with sl.matmul_config("factored"), pytest.raises(ValueError, match="`col_idx` has entries outside"):
-        sl_matmul_inference(x, *p.operands(), p.bias, outside)
-    wide = make_problem(2, sl.nn.COMPACT_INDEX_LIMIT + 1, 1, 4)
-    with pytest.raises(ValueError, match="exceeds 65536"):
-        sl_matmul_inference(torch.randn(1, wide.n), *wide.operands(), wide.bias,
-                            wide.col_idx.to(torch.uint16))
+        call(dataclasses.replace(p, col_idx=outside), x)
+    wide = make_problem(2, sl.nn.COMPACT_INDEX_LIMIT + 1, 1, 4, columns=torch.uint16)
+    with pytest.raises(ValueError, match=f"{op}: uint16 `col_idx` holds columns below 65536, but n = 65537"):
+        call(wide, torch.randn(1, wide.n))
 
 
 def decode_model() -> torch.nn.Module:
@@ -182,12 +183,11 @@ def test_compiled_reduce_overhead_decode_step_equals_eager():
 @pytest.mark.parametrize("tokens", [1, 40])
 def test_opcheck_sl_matmul_inference(path, tokens):
     for dtype in (torch.float32, torch.bfloat16):
-        p = make_problem(9, 12, 3, 30, dtype)
-        x = torch.randn(tokens, 12, dtype=dtype)
-        with sl.matmul_config(path):
-            for columns in (None, p.col_idx.to(torch.uint16)):
-                torch.library.opcheck(torch.ops.sltrain.sl_matmul_inference.default,
-                                      (x, *p.operands(), p.bias, columns))
+        for columns in (torch.int32, torch.uint16):
+            p = make_problem(9, 12, 3, 30, dtype, columns=columns)
+            x = torch.randn(tokens, 12, dtype=dtype)
+            with sl.matmul_config(path):
+                torch.library.opcheck(torch.ops.sltrain.sl_matmul_inference.default, (x, *p.operands(), p.bias))
 
 
 def test_hugging_face_generate_through_a_converted_model_equals_its_merged_twin():
@@ -214,15 +214,14 @@ def test_hugging_face_generate_through_a_converted_model_equals_its_merged_twin(
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("tokens", [1, 5])
 def test_the_cpu_decode_reads_16_bit_operands_as_stored(dtype, tokens):
-    # A 16-bit decode call copies nothing of the size of A, B or values (a
-    # float32 copy of each per call would triple the bytes a token moves);
-    # the profiler sees every ATen op the C++ op calls.
-    p = make_problem(64, 48, 8, 500, dtype=dtype, seed=tokens)
+    # A 16-bit decode call copies nothing of the size of A, B, values or the
+    # columns (a float32 copy of each per call would triple the bytes a token
+    # moves); the profiler sees every ATen op the C++ op calls.
+    p = make_problem(64, 48, 8, 500, dtype=dtype, seed=tokens, columns=torch.uint16)
     x = torch.randn(tokens, 48, dtype=torch.float64).to(dtype)
-    columns = p.col_idx.to(torch.uint16)
     with sl.matmul_config("factored"), torch.no_grad():
         with torch.profiler.profile(record_shapes=True) as profile:
-            y = sl_matmul_inference(x, *p.operands(), p.bias, columns)
+            y = sl_matmul_inference(x, *p.operands(), p.bias)
     expected = x.double() @ reference_weight(p).T + p.bias.double()
     operand_shapes = {(8, 48), (64, 8), (500,)}
     copies = [tuple(map(tuple, event.input_shapes[:1])) for event in profile.events()
@@ -258,7 +257,7 @@ def test_a_decode_layer_call_runs_little_python():
     ours = [name for path, name in frames if "sltrain_ext" in path]
     # _has_autocast: a dict lookup (a functools.cache around it would be no
     # frame, but dynamo in torch 2.11 traces into that wrapper and fails).
-    assert ours == ["forward", "_has_autocast", "scale", "_compact_columns", "_version_of"], ours
+    assert ours == ["forward", "_has_autocast", "scale"], ours
 
 
 DECODE_IN_A_FRESH_PROCESS = """

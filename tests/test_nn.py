@@ -17,7 +17,7 @@ def test_shapes_init_and_buffers():
     assert layer.A.shape == (4, 40) and layer.B.shape == (24, 4) and layer.bias.shape == (24,)
     assert torch.count_nonzero(layer.B) == 0
     assert layer.values.abs().max() <= 1 / math.sqrt(40)
-    assert layer.row_ptr.dtype == layer.col_idx.dtype == torch.int32
+    assert layer.row_ptr.dtype == torch.int32 and layer.col_idx.dtype == torch.uint16  # in_features <= 65536
     assert set(dict(layer.named_buffers())) == {"row_ptr", "col_idx"}
     assert {n for n, _ in layer.named_parameters()} == {"A", "B", "values", "bias"}
     assert layer.scale == 4.0
@@ -72,9 +72,9 @@ def test_loading_a_corrupt_support_raises_and_keeps_the_module():
     assert torch.equal(layer.col_idx, before)
 
 
-def test_dtype_conversion_keeps_int32_support():
+def test_dtype_conversion_keeps_the_support_dtypes():
     layer = sl.SLLinear(8, 8, 2, 0.5).to(torch.bfloat16)
-    assert layer.A.dtype == torch.bfloat16 and layer.col_idx.dtype == torch.int32
+    assert layer.A.dtype == torch.bfloat16 and layer.row_ptr.dtype == torch.int32 and layer.col_idx.dtype == torch.uint16
     assert layer(torch.randn(2, 8, dtype=torch.bfloat16)).dtype == torch.bfloat16
 
 
@@ -131,7 +131,7 @@ def test_half_a_support_is_validated_against_the_other_half(key):
     layer = sl.SLLinear(12, 10, rank=3, density=0.2, seed=1)
     before = {k: v.clone() for k, v in layer.state_dict().items()}
     corrupt = before[key].clone()
-    corrupt[-1] = 10**6 if key == "col_idx" else corrupt[-1] + 1
+    corrupt[-1] = 12 if key == "col_idx" else corrupt[-1] + 1  # column n, or an entry too many
     with pytest.raises(ValueError, match="invalid support in state_dict"):
         layer.load_state_dict({key: corrupt}, strict=False)
     assert torch.equal(getattr(layer, key), before[key])

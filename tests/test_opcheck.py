@@ -11,8 +11,8 @@ ops = torch.ops.sltrain
 
 
 def sl_matmul_samples():
-    for dtype in (torch.float32, torch.bfloat16):
-        p = make_problem(9, 12, 3, 30, dtype)
+    for dtype, columns in ((torch.float32, torch.int32), (torch.bfloat16, torch.uint16)):
+        p = make_problem(9, 12, 3, 30, dtype, columns=columns)
         x = torch.randn(2, 4, 12, dtype=dtype)
         leaves = [t.requires_grad_() for t in (x, p.A, p.B, p.values, p.bias)]
         yield (leaves[0], *leaves[1:4], p.row_ptr, p.col_idx, p.scale, leaves[4])
@@ -26,20 +26,23 @@ def test_opcheck_sl_matmul(path):
             torch.library.opcheck(ops.sl_matmul.default, args)
 
 
-def test_opcheck_sl_matmul_backward():
-    p = make_problem(9, 12, 3, 30)
+@pytest.mark.parametrize("columns", [torch.int32, torch.uint16])
+def test_opcheck_sl_matmul_backward(columns):
+    p = make_problem(9, 12, 3, 30, columns=columns)
     for mask in ([True] * 4, [False, True, False, True]):
         torch.library.opcheck(ops.sl_matmul_backward.default,
                               (torch.randn(5, 9), torch.randn(5, 12), *p.operands(), mask))
 
 
-def test_opcheck_transpose_support():
+@pytest.mark.parametrize("columns", [torch.int32, torch.uint16])
+def test_opcheck_transpose_support(columns):
     row_ptr, col_idx = sl.random_support(10, 20, 30, 4)
-    torch.library.opcheck(ops.transpose_support.default, (row_ptr, col_idx, 20))
+    torch.library.opcheck(ops.transpose_support.default, (row_ptr, col_idx.to(columns), 20))
 
 
-def test_opcheck_densify():
-    torch.library.opcheck(ops.densify.default, make_problem(7, 5, 2, 11).operands())
+@pytest.mark.parametrize("columns", [torch.int32, torch.uint16])
+def test_opcheck_densify(columns):
+    torch.library.opcheck(ops.densify.default, make_problem(7, 5, 2, 11, columns=columns).operands())
 
 
 def test_opcheck_random_support_and_fill():
@@ -48,9 +51,10 @@ def test_opcheck_random_support_and_fill():
     torch.library.opcheck(ops._random_support_fill.default, (row_ptr, col_idx, 20, 4))
 
 
-def test_opcheck_validate_support():
+@pytest.mark.parametrize("columns", [torch.int32, torch.uint16])
+def test_opcheck_validate_support(columns):
     row_ptr, col_idx = sl.random_support(10, 20, 30, 4)
-    torch.library.opcheck(ops.validate_support.default, (row_ptr, col_idx, 10, 20))
+    torch.library.opcheck(ops.validate_support.default, (row_ptr, col_idx.to(columns), 10, 20))
 
 
 def test_opcheck_fused_adam():

@@ -18,14 +18,15 @@ def path(request):
         yield request.param
 
 
+@pytest.mark.parametrize("columns", [torch.int32, torch.uint16])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("seed", range(6))
-def test_random_shapes(seed, dtype, path):
+def test_random_shapes(seed, dtype, columns, path):
     rng = random.Random(seed)
     m, n, r = rng.randint(1, 70), rng.randint(1, 70), rng.randint(1, 12)
     nnz = rng.randint(0, m * n)
     lead = [rng.randint(0, 9) for _ in range(rng.randint(1, 3))]
-    p = make_problem(m, n, r, nnz, dtype, seed=seed, bias=bool(seed % 2))
+    p = make_problem(m, n, r, nnz, dtype, seed=seed, bias=bool(seed % 2), columns=columns)
     x = torch.randn(*lead, n, dtype=torch.float64).to(dtype)
     check_sl_matmul(p, x, dtype)
 

@@ -62,7 +62,7 @@ Tensor checked_row_ptr(const char* op, const Tensor& row_ptr, int64_t m, int64_t
 
 Csr make_csr(const char* op, const Tensor& row_ptr, const Tensor& col_idx, const Tensor& values,
              const FactorDims& dims) {
-  return Csr{checked_row_ptr(op, row_ptr, dims.m, dims.nnz), col_idx.contiguous(),
+  return Csr{checked_row_ptr(op, row_ptr, dims.m, dims.nnz), int32_columns(col_idx),
              to_compute(values), dims.m, dims.n, dims.nnz};
 }
 
@@ -155,18 +155,16 @@ template <> struct Storage<at::Half> { using type = fp16; };
 // sl_matmul's forward for inference: the same result (to rounding), one op
 // call. Up to kMaxDecodeTokens tokens on the factored path go through one pass
 // over B and S's entries (sl_decode_rows) instead of GEMV, scale, GEMV and
-// SpMV, reading 16-bit columns where compact_col_idx is given, and 16-bit
-// operands as stored (never widened copies of A, B and values per call);
-// other calls take sl_matmul's own path.
+// SpMV, reading col_idx as stored (16- or 32-bit) and 16-bit operands as
+// stored (never widened copies of A, B, values or columns per call); other
+// calls take sl_matmul's own path.
 Tensor sl_matmul_inference_cpu(const Tensor& x, const Tensor& A, const Tensor& B,
                                const Tensor& values, const Tensor& row_ptr, const Tensor& col_idx,
-                               double scale, const std::optional<Tensor>& bias,
-                               const std::optional<Tensor>& compact_col_idx) {
+                               double scale, const std::optional<Tensor>& bias) {
   const NoAutocast no_autocast;
   constexpr const char* op = "sl_matmul_inference";
   const FactorDims dims =
-      check_sl_matmul_inference(x, A, B, values, row_ptr, col_idx, scale, bias, compact_col_idx)
-          .concrete();
+      check_sl_matmul_inference(x, A, B, values, row_ptr, col_idx, scale, bias).concrete();
   const int64_t batch = x.numel() / std::max<int64_t>(dims.n, 1);
   if (batch == 0 || dims.n == 0 || batch > cpu::kMaxDecodeTokens || !use_factored_path(batch, dims)) {
     return sl_matmul_cpu(x, A, B, values, row_ptr, col_idx, scale, bias);
@@ -179,7 +177,6 @@ Tensor sl_matmul_inference_cpu(const Tensor& x, const Tensor& A, const Tensor& B
   const Tensor b_factor = B.contiguous();
   const Tensor x_t = x2.t().contiguous();
   const Tensor bias_c = bias.has_value() ? bias->contiguous() : Tensor();
-  const Tensor compact = compact_col_idx.has_value() ? compact_col_idx->contiguous() : Tensor();
   Tensor y = at::empty({batch, dims.m}, x2.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x2.scalar_type(), "sl_matmul_inference_cpu", [&] {
     using T = typename Storage<scalar_t>::type;
@@ -192,8 +189,9 @@ Tensor sl_matmul_inference_cpu(const Tensor& x, const Tensor& A, const Tensor& B
                                     reinterpret_cast<T*>(y.data_ptr()));
     };
     check_columns(op,
-                  compact.defined() ? run(static_cast<const uint16_t*>(compact.const_data_ptr()))
-                                    : run(csr.cols()),
+                  csr.col_idx.scalar_type() == at::kUInt16
+                      ? run(static_cast<const uint16_t*>(csr.col_idx.const_data_ptr()))
+                      : run(csr.cols()),
                   csr);
   });
   auto out_sizes = x.sizes().vec();
@@ -320,7 +318,7 @@ void check_support_values(const char* op, const Tensor& row_ptr, const Tensor& c
                           int64_t n) {
   const int64_t nnz = col_idx.size(0);
   const Tensor rows_tensor = checked_row_ptr(op, row_ptr, m, nnz);
-  const Tensor cols_tensor = col_idx.contiguous();
+  const Tensor cols_tensor = int32_columns(col_idx);
   const int32_t* rows = rows_tensor.data_ptr<int32_t>();
   const int32_t* cols = cols_tensor.data_ptr<int32_t>();
   const int64_t bad = cpu::first_bad_col_idx(m, n, rows, cols);
@@ -346,7 +344,7 @@ Tensor transpose_support_cpu(const Tensor& row_ptr, const Tensor& col_idx, int64
   Tensor packed = at::zeros({layout.size}, row_ptr.options());  // zeros in the pads
   int32_t* col_ptr = packed.data_ptr<int32_t>();
   cpu::transpose_support(m, n, nnz, row_ptr.contiguous().data_ptr<int32_t>(),
-                         col_idx.contiguous().data_ptr<int32_t>(), col_ptr, col_ptr + layout.row_idx,
+                         int32_columns(col_idx).data_ptr<int32_t>(), col_ptr, col_ptr + layout.row_idx,
                          col_ptr + layout.entry);
   return packed;
 }

@@ -10,8 +10,8 @@
 //      is one contiguous read of all its tokens; then each warp takes
 //      kDecodeRowsPerWarp output rows at a time and reads their slices of B,
 //      their CSR values and column indices once (one pass over B, values and
-//      columns), adding the bias. Columns are int32 (the training contract) or
-//      uint16 (the compact inference copy, n <= 65536: a quarter fewer bytes).
+//      columns), adding the bias. Columns are read as stored: uint16 (SLLinear's,
+//      n <= 65536: a quarter fewer bytes) or int32.
 //
 // Bytes per call (b tokens, 16-bit T, 16-bit columns): 2 (r n + m r + nnz) +
 // 2 nnz + O(b (n + m + r)), against dense's 2 m n. Shared memory holds

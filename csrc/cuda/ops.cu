@@ -97,6 +97,12 @@ class Workspace {
 int64_t forward_spare(const FactorDims& d, int64_t batch) { return batch * d.n + d.m * d.n; }
 int64_t backward_spare(const FactorDims& d) { return d.m * d.n - d.r * (d.m + d.n) - d.nnz; }
 
+// The int32 copy of 16-bit columns a call makes (int32_columns) comes out of
+// its workspace, so the peak stays within the same bound.
+int64_t widened_column_bytes(const Tensor& col_idx) {
+  return col_idx.scalar_type() == at::kInt ? 0 : col_idx.numel() * int64_t(sizeof(int32_t));
+}
+
 // t [rows, cols] (unit column stride) as cuBLAS wants it: t itself when its
 // rows are aligned, else a copy with a padded row stride if the workspace
 // holds one, else t as it is (slower, but within dense's memory).
@@ -218,7 +224,7 @@ Tensor sl_matmul_cuda(const Tensor& x, const Tensor& A, const Tensor& B, const T
   if (batch == 0 || dims.m == 0) return x.new_empty(out_sizes);  // nothing to compute
 
   const Tensor a = A.contiguous(), b_factor = B.contiguous(), vals = values.contiguous();
-  const Tensor rows = row_ptr.contiguous(), cols = col_idx.contiguous();
+  const Tensor rows = row_ptr.contiguous(), cols = int32_columns(col_idx);
   Tensor y;
   if (use_factored_path(batch, dims)) {
     // Scaled after the product: a scale near the dtype's largest value must not
@@ -232,6 +238,7 @@ Tensor sl_matmul_cuda(const Tensor& x, const Tensor& A, const Tensor& B, const T
     const Support support{rows, cols, vals, dims.m, dims.n, dims.nnz};
     const int64_t element = x2.element_size();
     Workspace workspace(forward_spare(dims, batch), element);
+    workspace.spend(widened_column_bytes(col_idx));
     const Tensor a_aligned = aligned_rows(a, workspace), x_aligned = aligned_rows(x2, workspace);
     y = at::empty({batch, dims.m}, x2.options());
     const int64_t per_token = staging_per_token(x_aligned, y);
@@ -336,15 +343,13 @@ Tensor cached_transposed_support(const Tensor& row_ptr, const Tensor& col_idx, i
 
 // sl_matmul_inference on CUDA: up to cuda::kMaxDecodeTokens tokens on the
 // factored path go through the fused decode kernels (decode.cuh: a GEMV, then
-// one pass over B and S's entries, reading compact_col_idx's 16-bit columns
-// where given); other calls take sl_matmul's own path.
+// one pass over B and S's entries, reading col_idx as stored: 16- or 32-bit);
+// other calls take sl_matmul's own path.
 Tensor sl_matmul_inference_cuda(const Tensor& x, const Tensor& A, const Tensor& B,
                                 const Tensor& values, const Tensor& row_ptr, const Tensor& col_idx,
-                                double scale, const std::optional<Tensor>& bias,
-                                const std::optional<Tensor>& compact_col_idx) {
+                                double scale, const std::optional<Tensor>& bias) {
   const NoAutocast no_autocast;
-  const FactorDims dims =
-      check_sl_matmul_inference(x, A, B, values, row_ptr, col_idx, scale, bias, compact_col_idx).concrete();
+  const FactorDims dims = check_sl_matmul_inference(x, A, B, values, row_ptr, col_idx, scale, bias).concrete();
   const c10::cuda::CUDAGuard guard(A.device());
   const Tensor x2 = flatten_tokens(x, dims.n);
   const int64_t batch = x2.size(0);
@@ -357,7 +362,7 @@ Tensor sl_matmul_inference_cuda(const Tensor& x, const Tensor& A, const Tensor& 
   const Tensor a = A.contiguous(), b_factor = B.contiguous(), vals = values.contiguous();
   const Tensor rows = row_ptr.contiguous();
   const Tensor bias_contiguous = bias.has_value() ? bias->contiguous() : Tensor();
-  const Tensor columns = compact_col_idx.has_value() ? compact_col_idx->contiguous() : col_idx.contiguous();
+  const Tensor columns = col_idx.contiguous();
   const at::ScalarType accumulation = x2.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const Tensor t = at::empty({batch, dims.r}, x2.options().dtype(accumulation));
   Tensor y = at::empty({batch, dims.m}, x2.options());
@@ -372,7 +377,7 @@ Tensor sl_matmul_inference_cuda(const Tensor& x, const Tensor& A, const Tensor& 
           y.stride(0), reinterpret_cast<cuda::Acc<T>*>(t.data_ptr())};
       C10_CUDA_CHECK(cuda::sl_decode(args, stream()));
     };
-    if (compact_col_idx.has_value())
+    if (columns.scalar_type() == at::kUInt16)
       run(static_cast<const uint16_t*>(columns.const_data_ptr()));
     else
       run(columns.const_data_ptr<int32_t>());
@@ -394,7 +399,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cuda(
   const Tensor g2 = flatten_tokens(grad_y, dims.m);
   const Tensor x2 = flatten_tokens(x, dims.n);
   const Tensor a = A.contiguous(), b_factor = B.contiguous(), vals = values.contiguous();
-  const Tensor rows = row_ptr.contiguous(), cols = col_idx.contiguous();
+  const Tensor rows = row_ptr.contiguous(), cols = int32_columns(col_idx);
   const int64_t batch = x2.size(0);
   const auto options = x2.options();
   Tensor dx, dA, dB, dvalues;
@@ -442,6 +447,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cuda(
     }
     const bool need_dW = need_dvalues || (factors_from_dW && (need_dA || need_dB));
     Workspace workspace(backward_spare(dims), element);
+    workspace.spend(widened_column_bytes(col_idx));
     const Tensor g_aligned = aligned_rows(g2, workspace), x_aligned = aligned_rows(x2, workspace);
     const Tensor a_aligned = need_dx ? aligned_rows(a, workspace) : a;
     if (need_dx) dx = at::empty({batch, dims.n}, options);
@@ -538,7 +544,7 @@ Tensor densify_cuda(const Tensor& A, const Tensor& B, const Tensor& values, cons
   const c10::cuda::CUDAGuard guard(A.device());
   Tensor w = at::zeros({dims.m, dims.n}, A.options());
   if (w.numel() == 0) return w;
-  const Tensor vals = values.contiguous(), rows = row_ptr.contiguous(), cols = col_idx.contiguous();
+  const Tensor vals = values.contiguous(), rows = row_ptr.contiguous(), cols = int32_columns(col_idx);
   materialize_block(A.contiguous(), B.contiguous(), Support{rows, cols, vals, dims.m, dims.n, dims.nnz},
                     scale, 0, 0, w);
   return w;

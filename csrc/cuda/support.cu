@@ -55,7 +55,7 @@ Tensor transpose_support_cuda(const Tensor& row_ptr, const Tensor& col_idx, int6
   int32_t* col_ptr = packed.data_ptr<int32_t>();
   TemporaryMemory temporary{row_ptr.device(), {}};
   C10_CUDA_CHECK(cuda::transpose_support(m, n, nnz, row_ptr.contiguous().data_ptr<int32_t>(),
-                                         col_idx.contiguous().data_ptr<int32_t>(), col_ptr,
+                                         int32_columns(col_idx).data_ptr<int32_t>(), col_ptr,
                                          col_ptr + layout.row_idx, col_ptr + layout.entry, temporary,
                                          at::cuda::getCurrentCUDAStream()));
   return packed;

@@ -93,8 +93,8 @@ template <class T> using DecodeAcc = typename DecodeAccOf<T>::type;
 // with t = x @ A^T token-major [b, r] (in the accumulation type), x_t
 // feature-major [n, b], y token-major [b, m] and bias nullable. T is float,
 // double, bf16 or fp16: 16-bit operands are read as stored (2 bytes each) and
-// summed in float, y rounded once. Index is int32_t (the training contract)
-// or uint16_t (the compact inference copy, for n <= 65536). Returns false,
+// summed in float, y rounded once. Index is uint16_t (SLLinear's columns,
+// n <= 65536) or int32_t, read as stored. Returns false,
 // having written only in-bounds memory, if a column lies outside [0, n).
 template <class T, class Index>
 bool sl_decode_rows(int64_t m, int64_t n, int64_t r, int64_t b, DecodeAcc<T> scale, const T* B,
