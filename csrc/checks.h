@@ -43,7 +43,7 @@ constexpr int64_t kCompactColumnLimit = 65536;
 // One index type in every training kernel; the decode kernels read both.
 at::Tensor int32_columns(const at::Tensor& col_idx);
 
-// A [r, n], B [m, r], values [nnz], row_ptr int32 [m + 1], col_idx int32 [nnz],
+// A [r, n], B [m, r], values [nnz], row_ptr int32 [m + 1], col_idx int32 or uint16 [nnz],
 // floating tensors of one supported dtype, all on one device.
 SymFactorDims check_factors(const char* op, const at::Tensor& A, const at::Tensor& B,
                             const at::Tensor& values, const at::Tensor& row_ptr,

@@ -113,8 +113,8 @@ class SLLinear(_FactoredLinear):
     ``round(density * out * in)`` positions drawn uniformly at random once (from
     ``seed``) and kept in CSR buffers: ``row_ptr`` int32, ``col_idx`` uint16
     where ``in_features <= 65536`` (half the bytes of int32, which wider layers
-    keep). Only its ``values`` train. Shaped like ``nn.Linear``: input ``[..., in_features]``,
-    output ``[..., out_features]``.
+    keep). Only its ``values`` train. Shaped like ``nn.Linear``: input
+    ``[..., in_features]``, output ``[..., out_features]``.
 
     Args:
         in_features, out_features: sizes of each input and output sample.
