@@ -126,23 +126,39 @@ def markdown(runs: list[dict[str, Any]], rows: list[dict[str, Any]], args: argpa
 
 
 def plot(runs: list[dict[str, Any]], path: Path) -> None:
+    """Top: the held-out curves, one line a run. Bottom: each quantised run
+    against the 32-bit run of its seed at every evaluation, in percent (the
+    curves overlap at the top's scale)."""
     plt = pyplot()
     if plt is None:
         return
     configs = list(dict.fromkeys(r["config"] for r in runs))
-    fig, axes = plt.subplots(1, len(configs), figsize=(6.5 * len(configs), 4.2), squeeze=False)
-    for ax, config in zip(axes[0], configs):
-        for color, bits in zip(("C0", "C1", "C2"), STATE_BITS):
-            for run in (r for r in runs if r["config"] == config and r["state_bits"] == bits):
-                steps, bpb = zip(*run["curve"])
-                first = run["seed"] == min(r["seed"] for r in runs)
-                ax.plot(steps, bpb, "-", color=color, linewidth=1.2, alpha=0.8,
-                        label=f"{bits}-bit states" if first else None)
-        ax.set_title(f"LLaMA-{config} SLTrain (one line a seed)")
-        ax.set_xlabel("step")
-        ax.set_ylabel("held-out bits per byte")
-        ax.grid(alpha=0.3)
-        ax.legend()
+    fig, axes = plt.subplots(2, len(configs), figsize=(6.5 * len(configs), 7.5), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 2]})
+    colors = dict(zip(STATE_BITS, ("C0", "C1", "C2")))
+    first_seed = min(r["seed"] for r in runs)
+    for column, config in enumerate(configs):
+        curves, excess = axes[0][column], axes[1][column]
+        for run in (r for r in runs if r["config"] == config):
+            bits, label = run["state_bits"], f"{run['state_bits']}-bit states" if run["seed"] == first_seed else None
+            steps, bpb = zip(*run["curve"])
+            curves.plot(steps, bpb, "-", color=colors[bits], linewidth=1.2, alpha=0.8, label=label)
+            if bits != 32:
+                full = dict(next(r for r in runs if r["config"] == config and r["seed"] == run["seed"]
+                                 and r["state_bits"] == 32)["curve"])
+                shared = [(s, 100 * (v / full[s] - 1)) for s, v in run["curve"] if s in full]
+                excess.plot(*zip(*shared), "-", color=colors[bits], linewidth=1.2, alpha=0.8, label=label)
+        for bits, target in TARGETS.items():
+            excess.axhline(100 * target, color=colors[bits], linestyle=":", linewidth=1,
+                           label=f"{bits}-bit target at 20M")
+        excess.axhline(0, color="gray", linewidth=0.8)
+        curves.set_title(f"LLaMA-{config} SLTrain (one line a seed)")
+        curves.set_ylabel("held-out bits per byte")
+        excess.set_ylabel("vs 32-bit, same seed (%)")
+        excess.set_xlabel("step")
+        for axis in (curves, excess):
+            axis.grid(alpha=0.3)
+            axis.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
