@@ -1,12 +1,13 @@
 """The inference path of SLLinear: one C++ op per layer call without grad
-(sl_matmul_inference), the one-pass CPU decode kernel and the cached 16-bit
-column copy, all equal to the training path's forward."""
+(sl_matmul_inference), the one-pass CPU decode kernel and the 16-bit columns
+SLLinear keeps, all equal to the training path's forward."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
 import os
+import pickle
 import subprocess
 import sys
 
@@ -119,8 +120,6 @@ def test_layers_wider_than_16_bit_columns_keep_int32_ones():
 def test_16_bit_columns_pickle_and_copy():
     # Plain pickle cannot rebuild a uint16 tensor (torch's unpickler): the
     # layer pickles its columns as int32 and narrows them back.
-    import pickle
-
     layer = sl.SLLinear(24, 16, rank=2, density=0.3)
     for copied in (pickle.loads(pickle.dumps(layer)), copy.deepcopy(layer)):
         assert copied.col_idx.dtype == torch.uint16 and torch.equal(copied.col_idx, layer.col_idx)
