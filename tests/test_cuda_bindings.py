@@ -351,21 +351,23 @@ def test_factored_path_scales_after_each_product(cuda_ops, tokens):
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_zero_tokens_cost_nothing_on_either_path(cuda_ops, path):
+@pytest.mark.parametrize("columns", [torch.int32, torch.uint16])
+def test_zero_tokens_cost_nothing_on_either_path(cuda_ops, path, columns):
     # W would be 4 x 2^40 (16 TiB in float32): a call with no token must never
-    # build it, nor allocate anything but its (empty or zero) outputs.
-    n = 2**40
+    # build it, nor allocate anything but its (empty or zero) outputs: no
+    # int32 copy of 16-bit columns either (32 entries: 128 bytes it would add).
+    n = 2**40 if columns == torch.int32 else 2**16
     A, B = torch.empty(0, n), torch.empty(4, 0)
-    values, row_ptr = torch.ones(1), torch.tensor([0, 1, 1, 1, 1], dtype=torch.int32)
-    col_idx, x = torch.tensor([5], dtype=torch.int32), torch.empty(2, 0, n)
+    values, row_ptr = torch.ones(32), torch.tensor([0, 8, 16, 24, 32], dtype=torch.int32)
+    col_idx, x = torch.arange(5, 13).repeat(4).to(columns), torch.empty(2, 0, n)
     with sl.matmul_config(path), emulated_cuda.Ledger() as ledger:
         y = cuda_ops.sl_matmul(x, A, B, values, row_ptr, col_idx, 1.0, torch.ones(4))
         dx, dA, dB, dvalues = cuda_ops.sl_matmul_backward(torch.empty(2, 0, 4), x, A, B, values, row_ptr, col_idx,
                                                           1.0, [True] * 4)
     assert y.shape == (2, 0, 4) and dx.shape == (2, 0, n)
     assert dA.shape == (0, n) and dB.shape == (4, 0)
-    assert torch.equal(dvalues, torch.zeros(1))
-    assert ledger.peak <= 64  # the bias and dvalues: nothing of size n
+    assert torch.equal(dvalues, torch.zeros(32))
+    assert ledger.peak <= 32 * 4 + 64  # dvalues and small change: nothing of size n
 
 
 # ---- inference: the fused decode kernels (csrc/cuda/decode.cuh) -------------------

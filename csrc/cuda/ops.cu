@@ -399,12 +399,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sl_matmul_backward_cuda(
   const Tensor g2 = flatten_tokens(grad_y, dims.m);
   const Tensor x2 = flatten_tokens(x, dims.n);
   const Tensor a = A.contiguous(), b_factor = B.contiguous(), vals = values.contiguous();
-  const Tensor rows = row_ptr.contiguous(), cols = int32_columns(col_idx);
   const int64_t batch = x2.size(0);
+  const bool nothing_to_compute = batch == 0 || dims.m == 0;
+  const Tensor rows = row_ptr.contiguous(), cols = nothing_to_compute ? Tensor() : int32_columns(col_idx);
   const auto options = x2.options();
   Tensor dx, dA, dB, dvalues;
 
-  if (batch == 0 || dims.m == 0) {
+  if (nothing_to_compute) {
     // No tokens or no outputs: every gradient is zero (and no kernel runs).
     if (need_dx) dx = at::zeros({batch, dims.n}, options);
     if (need_dA) dA = at::zeros({dims.r, dims.n}, options);
