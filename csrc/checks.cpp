@@ -30,17 +30,25 @@ void check_same(const char* op, const char* name, const at::Tensor& t, const cha
                     like_name, "` is on ", like.device());
 }
 
-void check_int32_vector(const char* op, const char* name, const at::Tensor& t) {
+void check_int32(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK_TYPE(t.scalar_type() == at::kInt, op, ": `", name, "` must be int32, got ",
                    t.scalar_type());
+}
+
+void check_vector(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK_VALUE(t.dim() == 1, op, ": `", name, "` must be 1-D, got shape ", t.sym_sizes());
 }
 
-void check_index(const char* op, const char* name, const at::Tensor& t,
-                 const c10::SymInt& expected_numel, const char* expected_what,
-                 const char* like_name, const at::Tensor& like) {
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kInt, op, ": `", name, "` must be int32, got ",
-                   t.scalar_type());
+void check_int32_vector(const char* op, const char* name, const at::Tensor& t) {
+  check_int32(op, name, t);
+  check_vector(op, name, t);
+}
+
+// An index vector's length and device (its dtype is checked apart: row_ptr
+// is int32, col_idx int32 or uint16).
+void check_index_layout(const char* op, const char* name, const at::Tensor& t,
+                        const c10::SymInt& expected_numel, const char* expected_what,
+                        const char* like_name, const at::Tensor& like) {
   TORCH_CHECK_VALUE(t.dim() == 1 && t.sym_size(0) == expected_numel, op, ": `", name,
                     "` must be 1-D with ", expected_what, " = ", expected_numel,
                     " entries, got shape ", t.sym_sizes());
@@ -224,13 +232,10 @@ SymFactorDims check_factors(const char* op, const at::Tensor& A, const at::Tenso
   check_same(op, "B", B, "A", A);
   check_same(op, "values", values, "A", A);
   const SymFactorDims dims{B.sym_size(0), A.sym_size(1), A.sym_size(0), values.sym_size(0)};
-  check_index(op, "row_ptr", row_ptr, dims.m + 1, "m + 1", "values", values);
+  check_int32(op, "row_ptr", row_ptr);
+  check_index_layout(op, "row_ptr", row_ptr, dims.m + 1, "m + 1", "values", values);
   check_columns(op, col_idx, dims.n);
-  TORCH_CHECK_VALUE(col_idx.dim() == 1 && col_idx.sym_size(0) == dims.nnz, op,
-                    ": `col_idx` must be 1-D with nnz = values.numel() = ", dims.nnz,
-                    " entries, got shape ", col_idx.sym_sizes());
-  TORCH_CHECK_VALUE(col_idx.device() == values.device(), op, ": `col_idx` is on ", col_idx.device(),
-                    " but `values` is on ", values.device());
+  check_index_layout(op, "col_idx", col_idx, dims.nnz, "nnz = values.numel()", "values", values);
   TORCH_CHECK_VALUE(!exceeds_sym_product(dims.nnz, dims.m, dims.n), op, ": `values` has ",
                     dims.nnz, " entries, more than the m * n = ", dims.m, " * ", dims.n, " of W");
   // Kernels may multiply by scale in the factors' dtype: it must be representable there.
@@ -285,7 +290,7 @@ void check_support(const char* op, const at::Tensor& row_ptr, const at::Tensor& 
   TORCH_CHECK_VALUE(m >= 0 && n >= 0, op, ": `m` and `n` must be non-negative, got ", m, " and ", n);
   check_int32_vector(op, "row_ptr", row_ptr);
   check_columns(op, col_idx, n);
-  TORCH_CHECK_VALUE(col_idx.dim() == 1, op, ": `col_idx` must be 1-D, got shape ", col_idx.sym_sizes());
+  check_vector(op, "col_idx", col_idx);
   TORCH_CHECK_VALUE(row_ptr.sym_size(0) == m + 1, op, ": `row_ptr` must have m + 1 = ", m + 1,
                     " entries, got ", row_ptr.sym_size(0));
   TORCH_CHECK_VALUE(col_idx.device() == row_ptr.device(), op, ": `col_idx` is on ",
