@@ -1,5 +1,5 @@
 """Saving and loading SLTrain models: weights (factors, sparse values and the
-int32 support) as safetensors, plus a small JSON of how the model was built."""
+support: int32 row pointers, uint16 or int32 columns) as safetensors, plus a small JSON of how the model was built."""
 
 from __future__ import annotations
 
